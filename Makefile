@@ -1,0 +1,43 @@
+# Two commands for a newcomer: `make demo` and `make test`. Each creates the
+# virtual environment in .venv (torch from the registry; 2.13.0 is the CPU build)
+# and builds the extension in place.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+NVCC   ?= $(shell command -v nvcc 2>/dev/null)
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv build demo test test-fast check-cuda bench clean
+
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+build: $(STAMP)
+	$(PY) setup.py -q build_ext --inplace
+
+demo: build
+	$(PY) -m spectral_edge_fast.cli demo
+
+# Compile-check the CUDA kernels (no GPU needed) whenever nvcc is present.
+check-cuda:
+ifneq ($(NVCC),)
+	@for f in csrc/kernels/*.cu; do echo "nvcc -c $$f"; $(NVCC) -std=c++17 -O3 -Icsrc -c $$f -o /dev/null || exit 1; done
+else
+	@echo "nvcc not found: CUDA kernels not compile-checked"
+endif
+
+test: build check-cuda
+	$(PY) -m pytest -q tests
+
+bench: build
+	$(PY) benchmarks/bench_gram.py
+
+clean:
+	rm -rf build $(VENV) spectral_edge_fast/_C*.so *.egg-info

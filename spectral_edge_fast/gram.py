@@ -1,0 +1,28 @@
+"""``gram(x)``: the drop-in fast Gram matrix ``x x^T`` in float64."""
+from __future__ import annotations
+
+import torch
+
+from .kernels import get_backend
+
+
+def gram(x, backend: str = "auto") -> torch.Tensor:
+    """W x W float64 Gram of ``x`` of shape (W, P), or of a list of W tensors
+    (each flattened), on ``x``'s device. Products accumulate in float32 over
+    chunks whose partial sums are added in float64."""
+    if isinstance(x, (list, tuple)):
+        if not x:
+            raise ValueError("gram() needs at least one row")
+        x = torch.stack([t.detach().reshape(-1) for t in x])
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        raise ValueError(f"gram() takes a (W, P) tensor or a list of W tensors, got {getattr(x, 'shape', type(x))}")
+    if not torch.is_floating_point(x):
+        raise TypeError(f"gram() needs a floating-point tensor, got {x.dtype}")
+    x = x.detach()
+    if not x.is_contiguous():
+        x = x.contiguous()
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        x = x.float() if x.dtype != torch.float64 else x
+    if x.dtype == torch.float64:
+        return x @ x.T
+    return get_backend(backend, x.device).gram(x)

@@ -1,0 +1,140 @@
+"""Backend registry and dispatch for the engine's inner-product kernels.
+
+Every backend implements the same six ops on the same flat layout (below);
+``reference`` defines them in float64 and every other backend is tested
+against it.
+
+Flat layout
+-----------
+* ``P`` numbers per update, in a fixed order, split into ``G`` contiguous
+  groups by ``bounds = (0, o_1, ..., o_G = P)`` (a tuple of Python ints, so
+  no backend ever needs a host-device copy to read it).
+* ``ring``: ``[W, P]`` tensor, float32 or bfloat16, one update per row.
+* ``snapshot``: ``[P]`` float32 (float64 when the parameters are float64):
+  the parameters at the previous update, kept at parameter precision because
+  ``theta - snapshot`` cancels (MATH.md section 2).
+* ``params``: a sequence of contiguous 1-D tensors (views of the model's
+  parameters, any floating dtype) whose lengths add up to ``P``.
+
+Ops (all results float64 on the ring's device)
+-----------------------------------------------
+* ``gather(params, snapshot, out)``: ``out = cat(params) - snapshot`` cast to
+  ``out.dtype``; then ``snapshot = cat(params)``.
+* ``slide(ring, row, slot, bounds) -> [G, W+1]``: let ``a`` be ``row`` rounded
+  to ``ring.dtype``. ``out[g, i] = <a, ring[i]>`` over group ``g`` with
+  ``ring`` as it was *before* the call (so ``out[g, slot]`` is ``a . b`` with
+  the leaving row ``b``), ``out[g, W] = <a, a>``; then ``ring[slot] = a``.
+* ``step(params, snapshot, ring, slot, bounds) -> [G, W+1]``: ``gather`` into
+  the slot and ``slide``, fused into one pass over memory where the backend
+  can; the same result as ``gather`` into a float32 row then ``slide``.
+* ``project(ring, vec, bounds) -> [G, W]``: ``out[g, i] = <vec, ring[i]>``.
+* ``combine(ring, coeffs) -> [P] float32``: ``ring^T coeffs``.
+* ``gram(x) -> [W, W]``: ``x x^T`` for ``x`` of shape ``[W, P]``.
+
+Accumulation: products in float32 over chunks of at most a few 10^4
+elements, chunk partials summed in float64, in a fixed order (no atomics), so
+the same inputs give the same bits on every run.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Dict, Sequence, Tuple
+
+import torch
+
+Bounds = Tuple[int, ...]
+
+# Preference order of "auto": the first available backend for the device wins.
+_ORDER = {
+    "cpu": ("cpp", "torch"),
+    "cuda": ("cuda", "triton", "torch"),
+}
+_MODULES = {
+    "reference": "spectral_edge_fast.kernels.reference",
+    "torch": "spectral_edge_fast.kernels.torch_ops",
+    "cpp": "spectral_edge_fast.kernels.native",
+    "cuda": "spectral_edge_fast.kernels.native",
+    "triton": "spectral_edge_fast.kernels.triton_ops",
+}
+_cache: Dict[str, object] = {}
+
+
+class Backend:
+    """One implementation of the engine's ops. Subclasses override the ops;
+    ``step`` defaults to ``gather`` into a float32 scratch row then ``slide``."""
+
+    name = "base"
+
+    def available(self, device: torch.device) -> Tuple[bool, str]:
+        return True, ""
+
+    def gather(self, params: Sequence[torch.Tensor], snapshot: torch.Tensor, out: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def slide(self, ring: torch.Tensor, row: torch.Tensor, slot: int, bounds: Bounds) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step(self, params, snapshot, ring, slot, bounds) -> torch.Tensor:
+        row = torch.empty(ring.shape[1], dtype=torch.float32, device=ring.device)
+        self.gather(params, snapshot, row)
+        return self.slide(ring, row, slot, bounds)
+
+    def project(self, ring: torch.Tensor, vec: torch.Tensor, bounds: Bounds) -> torch.Tensor:
+        raise NotImplementedError
+
+    def combine(self, ring: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def gram(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _load(name: str):
+    if name not in _MODULES:
+        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(_MODULES)} or 'auto'")
+    if name not in _cache:
+        try:
+            module = importlib.import_module(_MODULES[name])
+            _cache[name] = module.make_backend(name)
+        except Exception as exc:  # an optional dependency or the extension is missing
+            _cache[name] = exc
+    return _cache[name]
+
+
+def _device_type(device) -> str:
+    return torch.device(device).type if device is not None else "cpu"
+
+
+def backend_status(name: str, device="cpu") -> Tuple[bool, str]:
+    backend = _load(name)
+    if isinstance(backend, Exception):
+        return False, f"{type(backend).__name__}: {backend}"
+    return backend.available(torch.device(device))
+
+
+def backends(device=None) -> Dict[str, Tuple[bool, str]]:
+    """``{name: (available, reason)}`` for every backend, on ``device``
+    (default: the CPU, or the current CUDA device for ``cuda`` and ``triton``)."""
+    out = {}
+    for name in _MODULES:
+        dev = device
+        if dev is None:
+            dev = "cuda" if name in ("cuda", "triton") else "cpu"
+        out[name] = backend_status(name, dev)
+    return out
+
+
+def get_backend(name: str = "auto", device="cpu") -> Backend:
+    """The backend called ``name`` for ``device``; "auto" picks the fastest
+    available one. Raises a RuntimeError naming the reason when unavailable."""
+    dev_type = _device_type(device)
+    if name == "auto":
+        for candidate in _ORDER.get(dev_type, ("torch",)):
+            ok, _ = backend_status(candidate, device)
+            if ok:
+                return _load(candidate)
+        return _load("torch")
+    ok, reason = backend_status(name, device)
+    if not ok:
+        raise RuntimeError(f"backend {name!r} is not available on {dev_type}: {reason}")
+    return _load(name)

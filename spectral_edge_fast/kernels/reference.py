@@ -1,0 +1,52 @@
+"""The float64 definitions of the engine's ops: every backend is tested
+against these. Slow and memory-hungry on purpose: clarity over speed."""
+from __future__ import annotations
+
+import torch
+
+from . import Backend
+
+
+def _flat(params):
+    return torch.cat([p.reshape(-1).double() for p in params]) if len(params) else torch.zeros(0, dtype=torch.float64)
+
+
+def _group_dots(rows: torch.Tensor, vec: torch.Tensor, bounds) -> torch.Tensor:
+    """``out[g, i] = <vec, rows[i]>`` over each group, in float64."""
+    rows, vec = rows.double(), vec.double()
+    return torch.stack([rows[:, s:e] @ vec[s:e] for s, e in zip(bounds[:-1], bounds[1:])])
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+
+    def gather(self, params, snapshot, out):
+        theta = _flat(params).to(snapshot.device)
+        out.copy_((theta - snapshot.double()).to(out.dtype))
+        snapshot.copy_(theta.to(snapshot.dtype))
+
+    def slide(self, ring, row, slot, bounds):
+        a = row.to(ring.dtype)
+        before = _group_dots(ring, a, bounds)
+        self_dot = _group_dots(a.unsqueeze(0), a, bounds)
+        ring[slot] = a
+        return torch.cat([before, self_dot], dim=1)
+
+    def step(self, params, snapshot, ring, slot, bounds):
+        row = torch.empty(ring.shape[1], dtype=torch.float32, device=ring.device)
+        self.gather(params, snapshot, row)
+        return self.slide(ring, row, slot, bounds)
+
+    def project(self, ring, vec, bounds):
+        return _group_dots(ring, vec, bounds)
+
+    def combine(self, ring, coeffs):
+        return (ring.double().T @ coeffs.double().to(ring.device)).float()
+
+    def gram(self, x):
+        x = x.double()
+        return x @ x.T
+
+
+def make_backend(name):
+    return ReferenceBackend()

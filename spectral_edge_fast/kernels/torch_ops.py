@@ -1,0 +1,74 @@
+"""Vectorised torch fallback: always available, on any device.
+
+Also home of the naive baseline (what a user writes today), which the
+benchmarks compare against."""
+from __future__ import annotations
+
+import torch
+
+from . import Backend
+
+CHUNK = 1 << 16  # elements accumulated in float32 before the float64 sum
+
+
+def _chunks(start: int, stop: int):
+    return ((s, min(s + CHUNK, stop)) for s in range(start, stop, CHUNK))
+
+
+def _group_dots(rows: torch.Tensor, vec: torch.Tensor, bounds) -> torch.Tensor:
+    """``[G, R]`` float64: float32 mat-vec per chunk, float64 sum of chunks."""
+    out = torch.zeros(len(bounds) - 1, rows.shape[0], dtype=torch.float64, device=rows.device)
+    for g, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+        for s, e in _chunks(start, stop):
+            out[g] += (rows[:, s:e].float() @ vec[s:e].float()).double()
+    return out
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def gather(self, params, snapshot, out):
+        theta = torch.cat([p.reshape(-1) for p in params]).to(snapshot.dtype)
+        torch.sub(theta, snapshot, out=snapshot)  # snapshot now holds delta
+        out.copy_(snapshot)
+        snapshot.copy_(theta)
+
+    def slide(self, ring, row, slot, bounds):
+        a = row.to(ring.dtype)
+        before = _group_dots(ring, a, bounds)
+        self_dot = _group_dots(a.unsqueeze(0), a, bounds)
+        ring[slot].copy_(a)
+        return torch.cat([before, self_dot], dim=1)
+
+    def project(self, ring, vec, bounds):
+        return _group_dots(ring, vec, bounds)
+
+    def combine(self, ring, coeffs):
+        out = torch.zeros(ring.shape[1], dtype=torch.float32, device=ring.device)
+        for i, c in enumerate(coeffs.tolist()):
+            out.add_(ring[i].float(), alpha=c)
+        return out
+
+    def gram(self, x):
+        w, p = x.shape
+        out = torch.zeros(w, w, dtype=torch.float64, device=x.device)
+        for s, e in _chunks(0, p):
+            block = x[:, s:e].float()
+            out += (block @ block.T).double()
+        return out
+
+
+def naive_gram_step(history: list, params, snapshot_flat: torch.Tensor, window: int) -> torch.Tensor:
+    """What a user writes today: flatten the parameters with torch.cat, subtract
+    the last snapshot, keep a list of the last ``window`` updates, and form the
+    Gram with ``X @ X.T`` from scratch every step. Returns the new snapshot."""
+    theta = torch.cat([p.detach().reshape(-1).float() for p in params])
+    history.append(theta - snapshot_flat)
+    del history[:-window]
+    x = torch.stack(history)
+    naive_gram_step.last_gram = (x @ x.T).double()
+    return theta
+
+
+def make_backend(name):
+    return TorchBackend()

@@ -1,0 +1,355 @@
+"""GramWindow: the rolling-window Gram matrix of parameter updates, kept
+incrementally on the parameters' device.
+
+Per slide (MATH.md section 2): one fused pass over the parameters and the
+ring computes the inner products of the entering update ``a`` with every row,
+including the leaving row ``b`` (read before it is overwritten), per group;
+the small device-side Gram is then updated in place. Nothing on this path
+waits for the device: the host only keeps counters.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .distributed import all_reduce_sum, rank_and_world
+from .kernels import get_backend
+from .layout import GroupSpec, ParamLayout
+
+STORAGE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _free_bytes(device: torch.device) -> Optional[int]:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.3g} GB"
+
+
+def chronological_slots(count: int, window: int) -> List[int]:
+    """Ring slots of the filled rows, oldest first (update k sits at k % W)."""
+    start = count % window if count > window else 0
+    return [(start + k) % window for k in range(min(count, window))]
+
+
+class GramState:
+    """A host copy of a window's small state: every Gram the analysis needs,
+    as float64 NumPy arrays, oldest row first."""
+
+    def __init__(self, gram: np.ndarray, left: np.ndarray, count: int, window: int, groups: List[str]):
+        self._gram = gram  # [G, W, W], slot order
+        self._left = left  # [G, W+1]: the leaving row's old Gram row, then a.b
+        self.count = count
+        self.window = window
+        self.groups = groups
+        self.n = min(count, window)
+        self.order = chronological_slots(count, window)
+
+    def _index(self, group: Optional[str]):
+        if group is None:
+            return slice(None)
+        try:
+            return self.groups.index(group)
+        except ValueError:
+            raise KeyError(f"unknown group {group!r}; groups are {self.groups}") from None
+
+    def _sum(self, arr: np.ndarray, group: Optional[str]) -> np.ndarray:
+        sel = arr[self._index(group)]
+        return sel.sum(axis=0) if group is None else sel
+
+    def gram(self, group: Optional[str] = None) -> np.ndarray:
+        g = self._sum(self._gram, group)
+        return g[np.ix_(self.order, self.order)].copy()
+
+    def group_grams(self) -> Dict[str, np.ndarray]:
+        return {name: self.gram(name) for name in self.groups}
+
+    def extended_gram(self, group: Optional[str] = None) -> np.ndarray:
+        """(n+1)x(n+1) Gram of the leaving update and the window, oldest first:
+        row 0 is the update that just left (zeros while the window fills)."""
+        n = self.n
+        out = np.zeros((n + 1, n + 1))
+        if n == 0:
+            return out
+        out[1:, 1:] = self.gram(group)
+        left = self._sum(self._left, group)
+        newest = self.order[-1]
+        b_row = np.array([left[s] for s in self.order])
+        b_row[-1] = left[-1]  # b . a
+        out[0, 0] = left[newest]  # |b|^2: the old diagonal entry of the slot a took
+        out[0, 1:] = out[1:, 0] = b_row
+        return out
+
+    def delta_c_fro(self, group: Optional[str] = None) -> float:
+        """Exact ``||a a^T - b b^T||_F`` of the last slide (MATH.md section 2)."""
+        if self.n == 0:
+            return 0.0
+        e = self.extended_gram(group)
+        aa, bb, ab = e[-1, -1], e[0, 0], e[0, -1]
+        return float(np.sqrt(max(aa * aa + bb * bb - 2.0 * ab * ab, 0.0)))
+
+    def finite_rows(self) -> np.ndarray:
+        """Mask of the window's rows (oldest first) whose update was finite."""
+        return np.isfinite(np.diagonal(self.gram()))
+
+
+class GramReadback:
+    """Device-to-host copies started without waiting; ``wait()`` finishes them."""
+
+    def __init__(self, gram: torch.Tensor, left: torch.Tensor, count: int, window: int, groups: List[str]):
+        self._meta = (count, window, groups)
+        if gram.device.type == "cuda":
+            self._gram = torch.empty(gram.shape, dtype=gram.dtype, pin_memory=True)
+            self._left = torch.empty(left.shape, dtype=left.dtype, pin_memory=True)
+            self._gram.copy_(gram, non_blocking=True)
+            self._left.copy_(left, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._gram, self._left, self._event = gram.clone(), left.clone(), None
+
+    def ready(self) -> bool:
+        return self._event is None or self._event.query()
+
+    def wait(self) -> GramState:
+        if self._event is not None:
+            self._event.synchronize()
+        return GramState(self._gram.numpy(), self._left.numpy(), *self._meta)
+
+
+class GramWindow:
+    """The last ``window`` updates of the monitored parameters and their Gram
+    matrices, kept incrementally.
+
+    Args:
+        params: an ``nn.Module`` (its trainable parameters), an iterable of
+            tensors, or an iterable of ``(name, tensor)``.
+        window: ``W``, rows kept (2 or more).
+        every: stride ``s``: an update is ``theta_t - theta_{t-s}``, formed
+            every ``s`` calls of :meth:`step`.
+        groups: "auto" (one group per repeated block, embeddings and head
+            their own), "tensor", None (one group) or a callable name -> group.
+        storage_dtype: the ring's dtype, ``torch.float32`` or
+            ``torch.bfloat16`` (the snapshot always stays at parameter
+            precision). With bf16, every Gram is that of the rows as stored.
+        backend: "auto" or a name from :func:`spectral_edge_fast.backends`.
+        process_group: a torch.distributed group over which the parameters
+            are sharded (DTensor) or replicated (DDP: each rank then stores
+            1/world of the ring); partial inner products are SUM-reduced.
+
+    The snapshot is taken at construction: the first :meth:`step` after the
+    first optimizer step forms the first update.
+    """
+
+    def __init__(
+        self,
+        params,
+        window: int = 16,
+        every: int = 1,
+        groups: GroupSpec = "auto",
+        storage_dtype: torch.dtype = torch.float32,
+        backend: str = "auto",
+        process_group=None,
+    ):
+        if not isinstance(window, int) or window < 2:
+            raise ValueError(f"window must be an integer >= 2, got {window!r}")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        if storage_dtype not in STORAGE_DTYPES:
+            raise ValueError(f"storage_dtype must be torch.float32 or torch.bfloat16, got {storage_dtype}")
+        self.window, self.every, self.storage_dtype = window, every, storage_dtype
+        self.process_group = process_group
+        rank, world = rank_and_world(process_group)
+        self.layout = ParamLayout(params, groups, rank=rank, world=world)
+        self.device = self.layout.device
+        if self.layout.snapshot_dtype == torch.float64 and backend == "auto":
+            backend = "torch"  # float64 parameters: only the torch backend keeps them exact
+        self.backend = get_backend(backend, self.device)
+        self._check_memory()
+        P, G = self.layout.numel, len(self.layout.groups)
+        self._ring = torch.zeros((window, P), dtype=storage_dtype, device=self.device)
+        self._snapshot = torch.empty(P, dtype=self.layout.snapshot_dtype, device=self.device)
+        self._gram = torch.zeros((G, window, window), dtype=torch.float64, device=self.device)
+        self._left = torch.zeros((G, window + 1), dtype=torch.float64, device=self.device)
+        self.reset()
+
+    # -- sizes -------------------------------------------------------------
+    @property
+    def groups(self) -> List[str]:
+        return list(self.layout.groups)
+
+    @property
+    def numel(self) -> int:
+        """P: numbers per update over the whole model (all ranks)."""
+        return self.layout.total_numel
+
+    @property
+    def n(self) -> int:
+        return min(self.count, self.window)
+
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self._ring, self._snapshot, self._gram, self._left))
+
+    def _check_memory(self) -> None:
+        P, W = self.layout.numel, self.window
+        item = torch.tensor([], dtype=self.storage_dtype).element_size()
+        snap = torch.tensor([], dtype=self.layout.snapshot_dtype).element_size()
+        need = W * P * item + P * snap + P * 4  # ring, snapshot, one scratch row
+        free = _free_bytes(self.device)
+        if free is not None and need > free:
+            name = "bf16" if self.storage_dtype == torch.bfloat16 else "fp32"
+            raise MemoryError(
+                f"P={P:.3g} at W={W} needs {_gb(need)} ({_gb(W * P * item)} of ring in {name}) but only "
+                f"{_gb(free)} is free on {self.device}; use storage_dtype=torch.bfloat16, a smaller window, "
+                "fewer parameters, or shard the ring over a process_group"
+            )
+
+    # -- the per-step path --------------------------------------------------
+    def reset(self) -> None:
+        """Forget every update and take a new snapshot of the parameters."""
+        self.count = 0
+        self._calls = 0
+        self._ring.zero_()
+        self._gram.zero_()
+        self._left.zero_()
+        views = self.layout.views()
+        if views:
+            self._snapshot.copy_(torch.cat(views))
+
+    def step(self) -> bool:
+        """Call after each optimizer step. Every ``every`` calls, forms the
+        update ``theta - snapshot`` and slides the window; returns True then."""
+        self._calls += 1
+        if self._calls % self.every:
+            return False
+        slot = self.count % self.window
+        partials = self.backend.step(self.layout.views(), self._snapshot, self._ring, slot, self.layout.bounds)
+        self._apply(partials, slot)
+        return True
+
+    def push(self, update) -> None:
+        """Slide in an update given directly: tensors shaped like the
+        parameters, or one flat tensor of this process's ``P`` numbers."""
+        if isinstance(update, torch.Tensor) and update.dim() == 1 and len(self.layout.params) != 1:
+            if update.numel() != self.layout.numel:
+                raise ValueError(f"flat update has {update.numel()} numbers, expected {self.layout.numel}")
+            row = update.to(device=self.device, dtype=torch.float32)
+        else:
+            row = self.layout.flatten([update] if isinstance(update, torch.Tensor) else update)
+        slot = self.count % self.window
+        self._apply(self.backend.slide(self._ring, row, slot, self.layout.bounds), slot)
+
+    def _apply(self, partials: torch.Tensor, slot: int) -> None:
+        """Fold one slide's ``[G, W+1]`` inner products into the device Gram."""
+        partials = all_reduce_sum(partials, self.process_group)
+        self._left[:, : self.window].copy_(self._gram[:, slot, :])
+        self._left[:, self.window].copy_(partials[:, slot])
+        row = partials[:, : self.window].clone()
+        row[:, slot] = partials[:, self.window]
+        self._gram[:, slot, :] = row
+        self._gram[:, :, slot] = row
+        self.count += 1
+
+    # -- reading the Gram ---------------------------------------------------
+    def readback(self) -> GramReadback:
+        """Start copying the small state to the host; ``.wait()`` gives a
+        :class:`GramState`. On a GPU the copies are non-blocking into pinned
+        memory, so a monitor can start one and read it steps later."""
+        return GramReadback(self._gram, self._left, self.count, self.window, self.groups)
+
+    def state(self) -> GramState:
+        return self.readback().wait()
+
+    def gram(self) -> np.ndarray:
+        """n x n float64 Gram of the window, oldest row first."""
+        return self.state().gram()
+
+    def group_grams(self) -> Dict[str, np.ndarray]:
+        return self.state().group_grams()
+
+    def extended_gram(self, group: Optional[str] = None) -> np.ndarray:
+        return self.state().extended_gram(group)
+
+    def delta_c_fro(self, group: Optional[str] = None) -> float:
+        return self.state().delta_c_fro(group)
+
+    # -- projections ---------------------------------------------------------
+    def _order(self) -> List[int]:
+        return chronological_slots(self.count, self.window)
+
+    def project(self, tensors: Sequence[torch.Tensor], per_group: bool = False):
+        """``p = X y`` for ``y`` given as tensors shaped like the parameters
+        (a gradient, say): length-n float64 array, oldest first, or
+        ``{group: array}`` with ``per_group``."""
+        vec = self.layout.flatten(tensors)
+        partials = all_reduce_sum(self.backend.project(self._ring, vec, self.layout.bounds), self.process_group)
+        p = partials.cpu().numpy()[:, self._order()]
+        if per_group:
+            return {name: p[g].copy() for g, name in enumerate(self.layout.groups)}
+        return p.sum(axis=0)
+
+    def combine(self, coeffs) -> List[torch.Tensor]:
+        """``X^T c`` for ``c`` (length n, oldest first), as float32 tensors
+        shaped like the parameters (local shards for DTensor parameters)."""
+        c = np.asarray(coeffs, dtype=np.float64).reshape(-1)
+        if c.shape[0] != self.n:
+            raise ValueError(f"expected {self.n} coefficients (one per row of the window), got {c.shape[0]}")
+        slot_coeffs = np.zeros(self.window)
+        slot_coeffs[self._order()] = c
+        flat = self.backend.combine(self._ring, torch.from_numpy(slot_coeffs).to(self.device))
+        out = self.layout.unflatten(flat)
+        if self.process_group is not None:
+            for t in out:
+                all_reduce_sum(t, self.process_group)
+        return out
+
+    # -- checkpointing -------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "version": 1,
+            "window": self.window,
+            "every": self.every,
+            "storage_dtype": str(self.storage_dtype),
+            "groups": self.groups,
+            "bounds": list(self.layout.bounds),
+            "count": self.count,
+            "calls": self._calls,
+            "ring": self._ring.clone(),
+            "snapshot": self._snapshot.clone(),
+            "gram": self._gram.clone(),
+            "left": self._left.clone(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a window saved by :meth:`state_dict`; it then continues
+        bit-identically. Refuses a state from a different layout."""
+        for key, mine in (
+            ("window", self.window),
+            ("every", self.every),
+            ("storage_dtype", str(self.storage_dtype)),
+            ("groups", self.groups),
+            ("bounds", list(self.layout.bounds)),
+        ):
+            if state.get(key) != mine:
+                raise ValueError(f"state_dict does not match this window: {key} is {state.get(key)!r}, expected {mine!r}")
+        self._ring.copy_(state["ring"])
+        self._snapshot.copy_(state["snapshot"])
+        self._gram.copy_(state["gram"])
+        self._left.copy_(state["left"])
+        self.count, self._calls = int(state["count"]), int(state["calls"])

@@ -1,0 +1,23 @@
+import os
+import sys
+
+# Triton runs on the CPU through its interpreter; this must precede any import of triton.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, os.path.dirname(__file__))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Backends named in SEF_REQUIRE_BACKENDS (set by `make test`) must be
+    available: a missing build fails the run instead of skipping quietly."""
+    required = [b for b in os.environ.get("SEF_REQUIRE_BACKENDS", "").split(",") if b]
+    if required:
+        from spectral_edge_fast.kernels import backend_status
+
+        missing = {b: backend_status(b, "cpu")[1] for b in required if not backend_status(b, "cpu")[0]}
+        if missing:
+            raise pytest.UsageError(f"required backends unavailable: {missing}")

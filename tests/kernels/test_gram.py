@@ -1,0 +1,37 @@
+import pytest
+import torch
+from helpers import BACKENDS, assert_dots_close, backend_or_skip, dot_tolerance, small_integers
+
+import spectral_edge_fast as sef
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("W,P", [(2, 1), (3, 65537), (16, 10007), (64, 2053)])
+def test_gram_matches_float64(backend, dtype, W, P):
+    backend_or_skip(backend)
+    x = torch.randn(W, P, generator=torch.Generator().manual_seed(W + P)).to(dtype)
+    want = x.double() @ x.double().T
+    got = sef.gram(x, backend=backend)
+    tol = torch.stack([dot_tolerance(x, x[i], (0, P))[0] for i in range(W)])
+    assert_dots_close(got, want, tol, f"{backend} gram")
+    assert torch.equal(got, sef.gram(x, backend=backend)), "same bits twice"
+
+
+def test_gram_accepts_a_list_of_tensors():
+    rows = [torch.randn(3, 5, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    x = torch.stack([r.reshape(-1) for r in rows]).double()
+    assert torch.allclose(sef.gram(rows), x @ x.T, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(3, dtype=torch.int64).reshape(1, 3), torch.zeros(2, 3, 4)])
+def test_gram_rejects_bad_input(bad):
+    with pytest.raises((TypeError, ValueError)):
+        sef.gram(bad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gram_exact_on_small_integers(backend):
+    backend_or_skip(backend)
+    x = small_integers((7, 90001), torch.Generator().manual_seed(2))
+    assert torch.equal(sef.gram(x, backend=backend), x.double() @ x.double().T)
