@@ -1,0 +1,232 @@
+"""The engine benchmark: one slide of the rolling-window Gram, timed for the
+naive torch code a user writes today, the incremental torch backend and each
+compiled backend, against the bytes that must move.
+
+Bytes that must move for one fused step (gather + slide): read the
+parameters, read and write the snapshot, read the W ring rows (the leaving
+row included) and write the new row:
+``P * (param_bytes + 2 * snapshot_bytes + (W + 1) * storage_bytes)``,
+i.e. ``(W + 4) * P * 4`` when everything is float32.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from .kernels import backend_status, get_backend
+from .kernels.torch_ops import naive_gram_step
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def gpt2_124m_sizes() -> List[int]:
+    """Element counts of GPT-2 124M's parameter tensors (n_layer=12,
+    d=768, vocab 50257, context 1024), in module order."""
+    d, ff, vocab, ctx = 768, 3072, 50257, 1024
+    block = [d, d, d * 3 * d, 3 * d, d * d, d, d, d, d * ff, ff, ff * d, d]
+    return [vocab * d, ctx * d] + block * 12 + [d, d]
+
+
+def split_sizes(P: int, n_tensors: int) -> List[int]:
+    """``n_tensors`` sizes adding up to P, uneven like a real model's."""
+    weights = [1 + (i * 7919) % 13 for i in range(n_tensors)]
+    total = sum(weights)
+    sizes = [max(1, P * w // total) for w in weights]
+    sizes[-1] += P - sum(sizes)
+    return sizes
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> List[float]:
+    """Seconds per call: CUDA events on a GPU, perf_counter on the CPU."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 29, repeats: int = 7) -> float:
+    """Measured copy bandwidth in bytes/s (read + write counted)."""
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    times = time_fn(lambda: dst.copy_(src), device, repeats, warmup=2)
+    return 2 * nbytes / statistics.median(times)
+
+
+def step_bytes(P: int, W: int, param_bytes: int, storage_bytes: int, snapshot_bytes: int = 4) -> int:
+    return P * (param_bytes + 2 * snapshot_bytes + (W + 1) * storage_bytes)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cpus)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> Optional[str]:
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def bench_case(
+    P: int,
+    W: int,
+    sizes: List[int],
+    storage: str,
+    device: torch.device,
+    backends: List[str],
+    repeats: int,
+    bandwidth: float,
+    naive: bool = True,
+) -> List[Dict]:
+    """Time one slide per backend at these sizes; one result row each."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    params = [torch.randn(n, generator=gen).to(device) for n in sizes]
+    bounds = (0, P)
+    rows = []
+    moved = step_bytes(P, W, 4, DTYPES[storage].itemsize)
+
+    def record(name, times, nbytes):
+        med = statistics.median(times)
+        rows.append(
+            dict(
+                backend=name, P=P, W=W, tensors=len(sizes), storage=storage, ms=med * 1e3,
+                ms_min=min(times) * 1e3, bytes=nbytes, gbps=nbytes / med / 1e9, bandwidth_fraction=nbytes / med / bandwidth,
+            )
+        )
+
+    if naive and storage == "fp32":
+        history: List[torch.Tensor] = []
+        snap = [torch.cat([p.reshape(-1) for p in params])]
+        for _ in range(W):  # a full window, as in steady state
+            snap[0] = naive_gram_step(history, params, snap[0], W)
+
+        def naive_step():
+            snap[0] = naive_gram_step(history, params, snap[0], W)
+
+        record("naive_torch", time_fn(naive_step, device, max(2, repeats // 3)), moved)
+        del history, snap
+    for name in backends:
+        ok, _ = backend_status(name, device)
+        if not ok:
+            continue
+        be = get_backend(name, device)
+        ring = torch.randn(W, P, generator=gen).to(device=device, dtype=DTYPES[storage])
+        snapshot = torch.cat(params).float()
+        slot = [0]
+
+        def step():
+            be.step(params, snapshot, ring, slot[0], bounds)
+            slot[0] = (slot[0] + 1) % W
+
+        record("torch_incremental" if name == "torch" else name, time_fn(step, device, repeats), moved)
+        del ring, snapshot
+    return rows
+
+
+def format_table(rows: List[Dict]) -> str:
+    head = f"{'backend':<18} {'P':>10} {'W':>3} {'tensors':>7} {'storage':>7} {'ms':>9} {'GB/s':>7} {'of copy bw':>10} {'vs naive':>8}"
+    lines = [head, "-" * len(head)]
+    naive = {(r["P"], r["W"], r["tensors"]): r["ms"] for r in rows if r["backend"] == "naive_torch"}
+    for r in rows:
+        base = naive.get((r["P"], r["W"], r["tensors"]))
+        speedup = f"{base / r['ms']:.1f}x" if base else "-"
+        lines.append(
+            f"{r['backend']:<18} {r['P']:>10.3g} {r['W']:>3} {r['tensors']:>7} {r['storage']:>7} {r['ms']:>9.2f} "
+            f"{r['gbps']:>7.2f} {100 * r['bandwidth_fraction']:>9.0f}% {speedup:>8}"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="Time one slide of the rolling-window Gram on every backend.")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--P", type=float, nargs="+", default=None, help="numbers per update (default: 4e7 on CPU; 1e7 1e8 5e8 on GPU)")
+    ap.add_argument("--W", type=int, nargs="+", default=None, help="window sizes (default: 16 on CPU; 8 16 64 on GPU)")
+    ap.add_argument("--tensors", type=int, default=100, help="parameter tensors the P numbers are split into")
+    ap.add_argument("--gpt2", action="store_true", help="also time GPT-2 124M's real tensor list")
+    ap.add_argument("--storage", nargs="+", default=["fp32"], choices=sorted(DTYPES))
+    ap.add_argument("--backends", nargs="+", default=["torch", "cpp", "cuda", "triton"])
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--out", default=None, help="JSON file for the results (default: print only)")
+    return ap.parse_args(argv)
+
+
+def run(args) -> Dict:
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    Ps = [int(p) for p in (args.P or ([1e7, 1e8, 5e8] if gpu else [4e7]))]
+    Ws = args.W or ([8, 16, 64] if gpu else [16])
+    bandwidth = copy_bandwidth(device)
+    print(f"device: {device_name(device)}; measured copy bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
+    rows = []
+    layouts = [(P, split_sizes(P, args.tensors)) for P in Ps]
+    if args.gpt2:
+        sizes = gpt2_124m_sizes()
+        layouts.append((sum(sizes), sizes))
+    for P, sizes in layouts:
+        for W in Ws:
+            for storage in args.storage:
+                rows += bench_case(P, W, sizes, storage, device, args.backends, args.repeats, bandwidth)
+                print(format_table(rows[-len(args.backends) - 1 :]), flush=True)
+    result = dict(
+        device=device_name(device), device_type=device.type, commit=git_commit(), torch=torch.__version__,
+        cuda=torch.version.cuda, threads=torch.get_num_threads(), copy_bandwidth_gbps=bandwidth / 1e9, results=rows,
+        backends={b: backend_status(b, device)[1] or "available" for b in args.backends},
+    )
+    try:
+        import triton
+
+        result["triton"] = triton.__version__
+    except ImportError:
+        result["triton"] = None
+    return result
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    print()
+    print(format_table(result["results"]))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"\nwrote {args.out}")
+    return 0
