@@ -34,7 +34,7 @@ else
 endif
 
 test: build check-cuda
-	$(PY) -m pytest -q tests
+	SEF_REQUIRE_BACKENDS=cpp,triton $(PY) -m pytest -q tests
 
 bench: build
 	$(PY) benchmarks/bench_gram.py

@@ -20,6 +20,7 @@ from .kernels import get_backend
 from .layout import GroupSpec, ParamLayout
 
 STORAGE_DTYPES = (torch.float32, torch.bfloat16)
+ROW_ALIGN = 64
 
 
 def _free_bytes(device: torch.device) -> Optional[int]:
@@ -183,7 +184,10 @@ class GramWindow:
         self.backend = get_backend(backend, self.device)
         self._check_memory()
         P, G = self.layout.numel, len(self.layout.groups)
-        self._ring = torch.zeros((window, P), dtype=storage_dtype, device=self.device)
+        # Rows padded to a multiple of 64 elements so every row starts aligned
+        # and the kernels' ring loads vectorise; the padding is never read.
+        padded = -(-max(P, 1) // ROW_ALIGN) * ROW_ALIGN
+        self._ring = torch.zeros((window, padded), dtype=storage_dtype, device=self.device)[:, :P]
         self._snapshot = torch.empty(P, dtype=self.layout.snapshot_dtype, device=self.device)
         self._gram = torch.zeros((G, window, window), dtype=torch.float64, device=self.device)
         self._left = torch.zeros((G, window + 1), dtype=torch.float64, device=self.device)
@@ -204,13 +208,14 @@ class GramWindow:
         return min(self.count, self.window)
 
     def memory_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self._ring, self._snapshot, self._gram, self._left))
+        ring = self._ring.shape[0] * self._ring.stride(0) * self._ring.element_size()
+        return ring + sum(t.numel() * t.element_size() for t in (self._snapshot, self._gram, self._left))
 
     def _check_memory(self) -> None:
         P, W = self.layout.numel, self.window
         item = torch.tensor([], dtype=self.storage_dtype).element_size()
         snap = torch.tensor([], dtype=self.layout.snapshot_dtype).element_size()
-        need = W * P * item + P * snap + P * 4  # ring, snapshot, one scratch row
+        need = W * (P + ROW_ALIGN) * item + P * snap + P * 4  # ring, snapshot, one scratch row
         free = _free_bytes(self.device)
         if free is not None and need > free:
             name = "bf16" if self.storage_dtype == torch.bfloat16 else "fp32"

@@ -1,12 +1,14 @@
 import os
 import sys
 
-# Triton runs on the CPU through its interpreter; this must precede any import of triton.
-os.environ.setdefault("TRITON_INTERPRET", "1")
-sys.path.insert(0, os.path.dirname(__file__))
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+# Without a GPU, Triton runs on the CPU through its interpreter; this must
+# precede any import of triton (torch does not import it).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, os.path.dirname(__file__))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
