@@ -2,7 +2,21 @@
 kept live during training, and the spectral-edge diagnostics built on it."""
 from .gram import gram
 from .kernels import backends
+from .monitor import SpectralMonitor
+from .offline import CheckpointError, analyze_checkpoints
+from .report import render
+from .sinks import Sink
 from .window import GramState, GramWindow
 
-__all__ = ["GramState", "GramWindow", "backends", "gram"]
+__all__ = [
+    "CheckpointError",
+    "GramState",
+    "GramWindow",
+    "Sink",
+    "SpectralMonitor",
+    "analyze_checkpoints",
+    "backends",
+    "gram",
+    "render",
+]
 __version__ = "0.1.0"

@@ -23,7 +23,7 @@ STORAGE_DTYPES = (torch.float32, torch.bfloat16)
 ROW_ALIGN = 64
 
 
-def _free_bytes(device: torch.device) -> Optional[int]:
+def free_bytes(device: torch.device) -> Optional[int]:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     try:
@@ -216,7 +216,7 @@ class GramWindow:
         item = torch.tensor([], dtype=self.storage_dtype).element_size()
         snap = torch.tensor([], dtype=self.layout.snapshot_dtype).element_size()
         need = W * (P + ROW_ALIGN) * item + P * snap + P * 4  # ring, snapshot, one scratch row
-        free = _free_bytes(self.device)
+        free = free_bytes(self.device)
         if free is not None and need > free:
             name = "bf16" if self.storage_dtype == torch.bfloat16 else "fp32"
             raise MemoryError(

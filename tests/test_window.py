@@ -199,6 +199,6 @@ def test_bad_parameters_name_the_problem():
 
 
 def test_ring_that_does_not_fit_is_refused_before_allocating(monkeypatch):
-    monkeypatch.setattr(window_mod, "_free_bytes", lambda device: 1000)
+    monkeypatch.setattr(window_mod, "free_bytes", lambda device: 1000)
     with pytest.raises(MemoryError, match=r"needs .* GB .* of ring in bf16"):
         GramWindow(torch.nn.Linear(100, 100), window=16, storage_dtype=torch.bfloat16)

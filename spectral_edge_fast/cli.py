@@ -1,0 +1,239 @@
+"""The ``spectral-edge`` command.
+
+    spectral-edge demo      train the grokking workload with and without weight
+                            decay, monitored live; write the report; summarise
+    spectral-edge analyze   the same records and report from a directory of
+                            checkpoints
+    spectral-edge bench     time the engine's backends against the naive code
+
+``python -m spectral_edge_fast.cli ...`` is the same command.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+GROUPS = {"auto": "auto", "tensor": "tensor", "none": None}
+
+
+# -- demo ---------------------------------------------------------------------
+
+
+def train_monitored(config, steps: int, out_dir: str, window: int, every: int, analyze_every: int,
+                    eval_every: int, progress: bool = True) -> Dict:
+    """Train one grokking run with a :class:`SpectralMonitor` attached;
+    evaluate every ``eval_every`` steps. Returns the grokking step (None when
+    it did not grok), the last metrics and the monitor."""
+    from tqdm.auto import tqdm
+
+    from .monitor import SpectralMonitor
+    from .workloads.grokking import GROK_ACCURACY, GrokkingRun
+
+    run = GrokkingRun(config)
+    monitor = SpectralMonitor(run.model, run.optimizer, window=window, every=every, analyze_every=analyze_every,
+                              sinks=("jsonl", "csv"), log_dir=out_dir)
+    name = f"{config.task} mod {config.p}, weight decay {config.weight_decay:g}"
+    monitor.annotate(name=name, task=config.task, p=config.p, weight_decay=config.weight_decay,
+                     parameters=run.n_params, config=config.to_dict())
+    grok, metrics = None, {}
+    bar = tqdm(total=steps, desc=f"wd={config.weight_decay:g}", unit="step", disable=not progress, dynamic_ncols=True,
+               mininterval=0.5)
+    for _ in range(steps):
+        run.train_step()
+        if run.step % eval_every == 0 or run.step == steps:
+            metrics = run.evaluate()
+            monitor.log(metrics, step=run.step)
+            if grok is None and metrics["test_acc"] >= GROK_ACCURACY:
+                grok = run.step
+        if run.step % analyze_every == 0 and metrics:
+            latest = monitor.latest or {}
+            R = latest.get("R")
+            bar.set_postfix(k=latest.get("k_star"), R="-" if R is None else f"{R:.2f}",
+                            train=f"{metrics['train_acc']:.2f}", test=f"{metrics['test_acc']:.2f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    monitor.annotate(milestones={"grokking": grok})
+    monitor.close()
+    return {"grok_step": grok, "metrics": metrics, "monitor": monitor}
+
+
+def describe_events(events: List[dict], grok: Optional[int]) -> List[str]:
+    """Lines on the whole model's gap events and where they fall against
+    grokking."""
+    lines = []
+    gap = [e for e in events if not e.get("group") and e["kind"] in ("gap_collapse", "gap_opening")]
+    shifts = [e for e in events if not e.get("group") and e["kind"] == "k_star_shift"]
+    for e in gap:
+        line = f"{e['kind'].replace('_', ' '):>12} at step {e['step']:>5} (R = {e['value']:.3g})"
+        if grok is not None:
+            lead = grok - e["step"]
+            line += (f": {lead} steps before grokking" if lead > 0 else
+                     f": {-lead} steps after grokking" if lead < 0 else ": at grokking")
+        lines.append(line)
+    if not gap:
+        lines.append("no gap collapse or opening")
+    if shifts:
+        last = [e for e in shifts if grok is None or e["step"] <= grok][-3:]
+        recent = ", ".join(f"{e['previous']}->{e['value']} at {e['step']}" for e in last)
+        where = "the last before grokking" if grok is not None else "the last"
+        lines.append(f"k* shifts: {len(shifts)}" + (f" ({where}: {recent})" if recent else ""))
+    return lines
+
+
+def demo(args) -> int:
+    from .report import render
+    from .workloads.grokking import GrokkingConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    runs = {}
+    print(f"spectral-edge demo: {args.task} mod {args.p}, {args.steps} steps per run, seed {args.seed}, on {args.device}; "
+          f"window W={args.window} of updates over {args.every} step(s), analysed every {args.analyze_every} steps")
+    for wd in (1.0, 0.0):
+        config = GrokkingConfig(task=args.task, p=args.p, weight_decay=wd, seed=args.seed, device=args.device)
+        runs[wd] = train_monitored(config, args.steps, os.path.join(args.out, f"wd{wd:g}"), args.window, args.every,
+                                   args.analyze_every, args.eval_every, progress=not args.quiet)
+    report = render(args.out)
+    print()
+    for wd, r in runs.items():
+        m = r["metrics"]
+        head = (f"grokked at step {r['grok_step']}" if r["grok_step"] is not None
+                else f"did not grok in {args.steps} steps")
+        print(f"weight decay {wd:g}: {head} (final train acc {m['train_acc']:.3f}, test acc {m['test_acc']:.3f})")
+        for line in describe_events(r["monitor"].events(), r["grok_step"]):
+            print("    " + line)
+    print(f"(an event is dated by the last step of the first window that shows it; a window spans the "
+          f"{args.window * args.every} steps before it)")
+    print(f"\nreport: {os.path.abspath(report)}")
+    print(f"records: {os.path.abspath(args.out)}/wd*/spectral.jsonl (one per analysis), metrics.jsonl, *.csv, *.png")
+    print(f"wall time: {time.time() - t0:.0f} s")
+    return 0
+
+
+# -- analyze ----------------------------------------------------------------------
+
+
+def analyze(args) -> int:
+    from .offline import CheckpointError, analyze_checkpoints
+    from .report import render
+
+    try:
+        monitor = analyze_checkpoints(args.ckpt_dir, out=args.out, window=args.window, every=args.every,
+                                      groups=GROUPS[args.groups], on_error=args.on_error, lr=args.lr,
+                                      allow_pickle=args.allow_pickle, progress=not args.quiet)
+    except (CheckpointError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, CheckpointError) and args.on_error == "raise":
+            print("(pass --on-error skip to leave such files out)", file=sys.stderr)
+        return 1
+    summary = monitor.summary()
+    print(f"{summary['analyses']} analyses of {summary['numel']:,} parameters (window {args.window}, every {args.every})")
+    if "last" in summary:
+        last = summary["last"]
+        print(f"last: step {last['step']}, k* = {last['k_star']}, R = {last['R']}")
+    for line in describe_events(summary["events"], None):
+        print("    " + line)
+    if summary["analyses"]:
+        print(f"report: {os.path.abspath(render(monitor.log_dir))}")
+    else:
+        print(f"no analysis: fewer than {args.every + 1} readable checkpoints")
+    return 0
+
+
+# -- bench ---------------------------------------------------------------------------
+
+
+def fitting_sizes(candidates: List[int], W: int, free: Optional[int]) -> List[int]:
+    """The sizes ``P`` whose benchmark fits in half the free memory: the naive
+    baseline keeps ``W`` rows and a concatenated copy, the backends a ring of
+    ``W`` rows and a snapshot: about ``(2 W + 6) * P * 4`` bytes at once. When
+    none fits, the largest that does."""
+    if free is None:
+        return candidates
+    per_number = (2 * W + 6) * 4
+    fit = [P for P in candidates if P * per_number <= free // 2]
+    return fit or [int(free // 2 // per_number)]
+
+
+def bench(argv: List[str]) -> int:
+    from . import bench as engine_bench
+    from .window import free_bytes
+
+    args = engine_bench.parse_args(argv)
+    if args.P is None:
+        device = torch.device(args.device)
+        defaults = [1e7, 1e8, 5e8] if device.type == "cuda" else [4e7]
+        sizes = fitting_sizes([int(p) for p in defaults], max(args.W or [16]), free_bytes(device))
+        argv = list(argv) + ["--P"] + [f"{p:.0f}" for p in sizes]
+    return engine_bench.main(argv)
+
+
+# -- entry point ---------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .workloads.grokking import TASKS
+
+    ap = argparse.ArgumentParser(prog="spectral-edge", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="grokking with and without weight decay, monitored live",
+                       description="Train modular-arithmetic grokking twice (weight decay 1.0 and 0.0) with the "
+                                   "monitor attached, write the report, and summarise the gap events against grokking.")
+    d.add_argument("--task", default="add", choices=sorted(TASKS), help="operation mod p (default: add)")
+    d.add_argument("--p", type=int, default=97, help="the modulus (default: 97)")
+    d.add_argument("--steps", type=int, default=3500, help="optimizer steps per run (default: 3500)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--window", type=int, default=16, help="updates in the window, W (default: 16)")
+    d.add_argument("--every", type=int, default=10,
+                   help="stride: an update is the change over this many steps (default: 10)")
+    d.add_argument("--analyze-every", type=int, default=10, help="steps between analyses (default: 10)")
+    d.add_argument("--eval-every", type=int, default=50, help="steps between accuracy evaluations (default: 50)")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads; this model's operations are too small to gain from more (default: 1; 0 "
+                        "keeps torch's choice)")
+    d.add_argument("--out", default=os.path.join("runs", "demo"), help="output directory (default: runs/demo)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=demo)
+
+    a = sub.add_parser("analyze", help="records and report from a directory of checkpoints",
+                       description="Stream a directory of checkpoints (.pt, .pth, .bin, .safetensors; ordered by the "
+                                   "step number in their names) through the window and write the records and report.")
+    a.add_argument("ckpt_dir")
+    a.add_argument("--window", type=int, default=16, help="updates in the window, W (default: 16)")
+    a.add_argument("--every", type=int, default=1, help="an update spans this many checkpoints (default: 1)")
+    a.add_argument("--groups", default="auto", choices=sorted(GROUPS), help="per-group Grams (default: auto)")
+    a.add_argument("--out", default=None, help="output directory (default: runs/analyze-<dir name>)")
+    a.add_argument("--on-error", default="raise", choices=("raise", "skip"),
+                   help="an unreadable or mismatched checkpoint stops the run (raise) or is left out (skip)")
+    a.add_argument("--lr", type=float, default=None,
+                   help="learning rate for the adiabatic parameter (default: from each checkpoint's optimizer state)")
+    a.add_argument("--allow-pickle", action="store_true",
+                   help="let torch.load run pickled Python objects (only for files you trust)")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.set_defaults(func=analyze)
+
+    b = sub.add_parser("bench", help="time the engine's backends (options: spectral-edge bench --help)",
+                       add_help=False)
+    b.set_defaults(func=None)
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":  # the benchmark parses its own options
+        rest = argv[1:]
+        return bench(rest[1:] if rest[:1] == ["--"] else rest)
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""PyTorch Lightning: a callback that attaches a :class:`SpectralMonitor`.
+
+    from spectral_edge_fast.integrations.lightning import SpectralEdgeCallback
+
+    trainer = lightning.Trainer(callbacks=[SpectralEdgeCallback(window=16, analyze_every=10)])
+
+The monitor attaches to the first optimizer's post-step hook when training
+starts (so skipped steps, e.g. under a gradient scaler's overflow, are not
+counted), logs ``trainer.callback_metrics`` after each validation and
+training epoch, travels in Lightning checkpoints (``state_dict``; Lightning
+writes rank 0's, so a window split over a ``process_group`` starts afresh on
+resume), and writes the report at the end of training. Records go to ``log_dir`` (default:
+``<trainer.log_dir>/spectral-edge``); only global rank 0 writes.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+try:
+    import lightning.pytorch as pl
+except ImportError:
+    try:
+        import pytorch_lightning as pl
+    except ImportError as exc:
+        raise ImportError(
+            "spectral_edge_fast.integrations.lightning needs PyTorch Lightning: pip install lightning"
+        ) from exc
+
+from ..monitor import SpectralMonitor
+from ..report import render
+
+
+def _numbers(metrics) -> dict:
+    """The scalar entries of Lightning's metric dict, as floats."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            out[key] = float(value)
+        elif isinstance(value, (int, float)):
+            out[key] = float(value)
+    return out
+
+
+class SpectralEdgeCallback(pl.Callback):
+    """Live spectral-edge diagnostics of a Lightning run.
+
+    Args: those of :class:`SpectralMonitor` (``window``, ``every``,
+    ``analyze_every``, ``groups``, ``storage_dtype``, ``sinks``, ``log_dir``,
+    ``process_group``), and ``report``: write the HTML report when training
+    ends. With several optimizers the first one is followed.
+
+    Attributes:
+        monitor: the :class:`SpectralMonitor` (None before training starts).
+    """
+
+    def __init__(self, window: int = 16, every: int = 1, analyze_every: int = 10, groups="auto",
+                 storage_dtype: torch.dtype = torch.float32, sinks=("jsonl",), log_dir: Optional[str] = None,
+                 process_group=None, report: bool = True):
+        super().__init__()
+        self.options = dict(window=window, every=every, analyze_every=analyze_every, groups=groups,
+                            storage_dtype=storage_dtype, sinks=sinks, process_group=process_group)
+        self.log_dir = log_dir
+        self.report = report
+        self.monitor: Optional[SpectralMonitor] = None
+        self._restored: Optional[dict] = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        log_dir = self.log_dir or os.path.join(trainer.log_dir or trainer.default_root_dir, "spectral-edge")
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        self.monitor = SpectralMonitor(pl_module, optimizer, log_dir=log_dir, **self.options)
+        if self._restored is not None and self.options["process_group"] is None:
+            self.monitor.load_state_dict(self._restored)
+        self._restored = None
+
+    def _log(self, trainer) -> None:
+        if self.monitor is not None and not trainer.sanity_checking:
+            metrics = _numbers(trainer.callback_metrics)
+            if metrics:
+                self.monitor.log(metrics, step=trainer.global_step)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._log(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._log(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.monitor is None:
+            return
+        self.monitor.close()
+        if self.report and self.monitor.is_writer and self.monitor.history:
+            render(self.monitor.log_dir)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
+
+    def state_dict(self) -> dict:
+        return self.monitor.state_dict() if self.monitor is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # Lightning restores callbacks before training starts: apply once the monitor exists.
+        if state_dict:
+            self._restored = state_dict
+
+
+__all__ = ["SpectralEdgeCallback"]

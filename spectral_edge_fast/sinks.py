@@ -1,0 +1,353 @@
+"""Where the monitor's records go: JSONL (default), CSV, TensorBoard, W&B.
+
+A sink receives two kinds of records, each a plain dict with a ``step``:
+
+* ``"analysis"``: one per analysis of the window (spectrum, stability,
+  adiabatic parameter, per-group summaries, events); CSV, TensorBoard and
+  W&B get its summary (:func:`scalars`), JSONL all of it;
+* ``"metrics"``: scalars the training loop logs through
+  :meth:`SpectralMonitor.log` (losses, accuracies).
+
+Files in the run directory:
+
+    meta.json         the monitor's configuration and the run's annotations
+    spectral.jsonl    analysis records, one JSON object a line   (jsonl sink)
+    metrics.jsonl     metric records                             (jsonl sink)
+    spectral.csv      analysis records flattened to columns      (csv sink)
+    metrics.csv       metric records                             (csv sink)
+
+TensorBoard and Weights & Biases are optional: when their package is not
+installed the sink is left out with one warning naming the package to install.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import warnings
+from typing import Dict, Iterable, List, Sequence, Union
+
+FILES = {"analysis": "spectral", "metrics": "metrics"}
+META_FILE = "meta.json"
+
+
+def _json_default(value):
+    # NumPy scalars and arrays reach the sinks from user metrics.
+    for attr in ("tolist", "item"):
+        if hasattr(value, attr):
+            return getattr(value, attr)()
+    return str(value)
+
+
+def dumps(record: dict) -> str:
+    """One JSON line; NaN and infinities become null so every reader parses it."""
+    return json.dumps(_finite(record), default=_json_default, separators=(",", ":"))
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def flatten(record: dict, prefix: str = "") -> Dict[str, float]:
+    """Numeric leaves of ``record`` as ``{"a/b/1": x}``; list entries are
+    numbered from 1 (``sigmas/1`` is sigma_1). Strings and None are dropped."""
+    out: Dict[str, float] = {}
+    items: Iterable = record.items() if isinstance(record, dict) else enumerate(record, start=1)
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, bool):
+            out[name] = float(value)
+        elif isinstance(value, (int, float)):
+            out[name] = value
+        elif isinstance(value, (dict, list, tuple)):
+            out.update(flatten(value, name + "/"))
+        elif hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # NumPy / torch scalars
+            out[name] = value.item()
+    return out
+
+
+# Analysis-record fields too detailed for a table or a dashboard; the JSONL
+# sink keeps them.
+DETAIL_FIELDS = ("spectrum", "stability", "adiabatic", "flow", "overlaps", "decomposition", "events")
+
+
+def scalars(kind: str, record: dict) -> Dict[str, float]:
+    """The columns of a record for CSV, TensorBoard and W&B: every number of
+    a metric record; of an analysis record the summary (``k_star``, ``R``,
+    ``sigmas/j``, ``alpha/j``, ``A``, ``groups/<name>/R``...), without the
+    detail kept in JSONL."""
+    if kind == "analysis":
+        record = {k: v for k, v in record.items() if k not in DETAIL_FIELDS}
+    return flatten(record)
+
+
+def event_labels(record: dict) -> str:
+    """The record's events as text: ``gap_collapse@1600 k_star_shift@1650[head]``."""
+    return " ".join(
+        f"{e['kind']}@{e['step']}" + (f"[{e['group']}]" if e.get("group") else "") for e in record.get("events", ())
+    )
+
+
+class Sink:
+    """Base class: override what the destination needs.
+
+    ``resume`` is called when a monitor is restored from a checkpoint, with
+    every record the checkpoint holds, so file sinks can drop what an
+    interrupted run wrote after it."""
+
+    def write(self, kind: str, record: dict) -> None:
+        raise NotImplementedError
+
+    def write_meta(self, meta: dict) -> None:
+        pass
+
+    def resume(self, records: Dict[str, List[dict]]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _FileSink(Sink):
+    """Files under ``log_dir``, one per kind, created (truncated) at the first
+    write and appended to afterwards, also after ``close()``; a monitor
+    restored from a checkpoint rewrites them through ``resume``."""
+
+    suffix = ""
+
+    def __init__(self, log_dir: str):
+        self.log_dir = log_dir
+        self._files: Dict[str, object] = {}
+
+    def path(self, kind: str) -> str:
+        return os.path.join(self.log_dir, FILES[kind] + self.suffix)
+
+    def write_meta(self, meta: dict) -> None:
+        os.makedirs(self.log_dir, exist_ok=True)
+        with open(os.path.join(self.log_dir, META_FILE), "w") as f:
+            json.dump(_finite(meta), f, indent=2, default=_json_default)
+
+    def flush(self) -> None:
+        for f in self._files.values():
+            f.flush()
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+class JSONLSink(_FileSink):
+    """``spectral.jsonl`` and ``metrics.jsonl``: one JSON object a line."""
+
+    suffix = ".jsonl"
+
+    def __init__(self, log_dir: str):
+        super().__init__(log_dir)
+        self._started: set = set()
+
+    def _file(self, kind: str):
+        if kind not in self._files:
+            os.makedirs(self.log_dir, exist_ok=True)
+            self._files[kind] = open(self.path(kind), "a" if kind in self._started else "w")
+            self._started.add(kind)
+        return self._files[kind]
+
+    def write(self, kind: str, record: dict) -> None:
+        self._file(kind).write(dumps(record) + "\n")
+
+    def resume(self, records: Dict[str, List[dict]]) -> None:
+        self.close()
+        self._started.clear()
+        for kind, recs in records.items():
+            f = self._file(kind)
+            for record in recs:
+                f.write(dumps(record) + "\n")
+        self.flush()
+
+
+class CSVSink(_FileSink):
+    """``spectral.csv`` and ``metrics.csv``: records flattened to columns
+    (``sigmas/3``, ``groups/encoder.layers.0/R``...). A record with new
+    columns (the window still filling, a new metric) rewrites the header."""
+
+    suffix = ".csv"
+
+    def __init__(self, log_dir: str):
+        super().__init__(log_dir)
+        self._columns: Dict[str, List[str]] = {}
+
+    def write(self, kind: str, record: dict) -> None:
+        row = self._row(kind, record)
+        columns = self._columns.get(kind)
+        new = [c for c in row if c not in (columns or ())]
+        if columns is None or new:
+            self._rewrite(kind, (columns or []) + new)
+        elif kind not in self._files:  # closed earlier: carry on
+            self._files[kind] = open(self.path(kind), "a", newline="")
+        csv.DictWriter(self._files[kind], self._columns[kind]).writerow(row)
+
+    @staticmethod
+    def _row(kind: str, record: dict) -> Dict[str, object]:
+        row: Dict[str, object] = dict(scalars(kind, record))
+        if kind == "analysis":
+            row["events"] = event_labels(record)
+        return row
+
+    def _rewrite(self, kind: str, columns: List[str]) -> None:
+        """Re-open the file with ``columns`` as its header, keeping the rows
+        written so far (none at the first write: the file is truncated)."""
+        path = self.path(kind)
+        rows = []
+        if kind in self._columns:
+            if kind in self._files:
+                self._files.pop(kind).close()
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        os.makedirs(self.log_dir, exist_ok=True)
+        f = open(path, "w", newline="")
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        self._files[kind], self._columns[kind] = f, columns
+
+    def resume(self, records: Dict[str, List[dict]]) -> None:
+        self.close()
+        self._columns.clear()
+        for kind, recs in records.items():
+            columns: List[str] = []
+            rows = [self._row(kind, r) for r in recs]
+            for row in rows:
+                columns += [c for c in row if c not in columns]
+            self._rewrite(kind, columns)
+            csv.DictWriter(self._files[kind], columns).writerows(rows)
+        self.flush()
+
+
+class TensorBoardSink(Sink):
+    """Scalars under ``spectral/...`` and ``metrics/...`` (needs ``tensorboard``)."""
+
+    def __init__(self, log_dir: str):
+        from torch.utils.tensorboard import SummaryWriter  # ImportError without the tensorboard package
+
+        self._writer = SummaryWriter(log_dir=os.path.join(log_dir, "tensorboard"))
+
+    def write(self, kind: str, record: dict) -> None:
+        step = int(record["step"])
+        for name, value in scalars(kind, record).items():
+            if name != "step":
+                self._writer.add_scalar(f"{FILES[kind]}/{name}", value, step)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class WandbSink(Sink):
+    """Logs to the active W&B run, or starts one (project ``spectral-edge``)."""
+
+    def __init__(self, log_dir: str):
+        import wandb  # ImportError without the wandb package
+
+        self._wandb = wandb
+        self._owns_run = wandb.run is None
+        if self._owns_run:
+            wandb.init(project="spectral-edge", dir=log_dir)
+
+    def write_meta(self, meta: dict) -> None:
+        self._wandb.config.update({"spectral_edge": meta}, allow_val_change=True)
+
+    def write(self, kind: str, record: dict) -> None:
+        values = {f"{FILES[kind]}/{k}": v for k, v in scalars(kind, record).items() if k != "step"}
+        self._wandb.log(values, step=int(record["step"]))
+
+    def close(self) -> None:
+        if self._owns_run:
+            self._wandb.finish()
+
+
+SINKS = {"jsonl": JSONLSink, "csv": CSVSink, "tensorboard": TensorBoardSink, "wandb": WandbSink}
+_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def make_sinks(spec: Union[None, str, Sink, Sequence[Union[str, Sink]]], log_dir: str) -> List[Sink]:
+    """Sinks from names (``"jsonl"``, ``"csv"``, ``"tensorboard"``, ``"wandb"``)
+    or ready :class:`Sink` objects. An optional sink whose package is missing
+    is left out with one warning, never an error."""
+    if spec is None:
+        return []
+    if isinstance(spec, (str, Sink)):
+        spec = [spec]
+    out: List[Sink] = []
+    for item in spec:
+        if isinstance(item, Sink):
+            out.append(item)
+            continue
+        if item not in SINKS:
+            raise ValueError(f"unknown sink {item!r}; choose from {', '.join(SINKS)} or pass a Sink object")
+        try:
+            out.append(SINKS[item](log_dir))
+        except ImportError as exc:
+            if item not in _PACKAGES:
+                raise
+            warnings.warn(
+                f"the {item} sink is off: the '{_PACKAGES[item]}' package is not installed "
+                f"(pip install {_PACKAGES[item]}); records still go to the other sinks ({exc})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return out
+
+
+def read_jsonl(path: str) -> List[dict]:
+    """Every record of a JSONL file (an absent file gives no records)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_run(run_dir: str) -> Dict[str, object]:
+    """``{"meta": dict, "analysis": [records], "metrics": [records]}`` of a run
+    directory written by the JSONL sink."""
+    meta_path = os.path.join(run_dir, META_FILE)
+    meta = {}
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+    run: Dict[str, object] = {kind: read_jsonl(os.path.join(run_dir, FILES[kind] + ".jsonl")) for kind in FILES}
+    run["meta"] = meta
+    return run
+
+
+def default_log_dir() -> str:
+    """``runs/spectral-edge/<date-time>`` under the working directory."""
+    import time
+
+    return os.path.join("runs", "spectral-edge", time.strftime("%Y%m%d-%H%M%S"))
+
+
+__all__ = [
+    "CSVSink",
+    "JSONLSink",
+    "Sink",
+    "TensorBoardSink",
+    "WandbSink",
+    "flatten",
+    "make_sinks",
+    "scalars",
+    "read_jsonl",
+    "read_run",
+]

@@ -1,0 +1,118 @@
+"""The spectral-edge command: demo end to end, analyze, bench."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import spectral_edge_fast.bench as engine_bench
+from spectral_edge_fast.cli import describe_events, fitting_sizes, main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_demo_end_to_end_on_a_small_configuration(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--p", "11", "--steps", "120", "--eval-every", "20", "--window", "6", "--every", "2",
+                 "--analyze-every", "4", "--out", str(out), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "weight decay 1:" in printed and "weight decay 0:" in printed
+    assert "report: " + str(out / "report.html") in printed
+    assert (out / "report.html").exists() and (out / "compare.png").exists()
+    for run in ("wd1", "wd0"):
+        for name in ("report.html", "gap.png", "sigmas.png", "groups.png", "training.png", "spectral.csv"):
+            assert (out / run / name).exists(), (run, name)
+        records = _jsonl(out / run / "spectral.jsonl")
+        assert [r["step"] for r in records] == list(range(4, 121, 4))
+        full = records[-1]
+        assert len(full["sigmas"]) == 6 and full["R"] >= 1.0 and full["k_star"] >= 1 and full["A"] > 0
+        assert set(full["groups"]) == {"tok_emb", "pos_emb", "encoder.layers.0", "encoder.layers.1", "ln", "head"}
+        metrics = _jsonl(out / run / "metrics.jsonl")
+        assert [m["step"] for m in metrics] == [20, 40, 60, 80, 100, 120]
+        assert {"train_loss", "test_loss", "train_acc", "test_acc"} <= set(metrics[-1])
+        meta = json.loads((out / run / "meta.json").read_text())
+        assert "grokking" in meta["info"]["milestones"] and meta["window"] == 6 and meta["every"] == 2
+
+
+def test_describe_events_against_grokking():
+    events = [
+        {"kind": "gap_collapse", "step": 1600, "value": 1.2},
+        {"kind": "k_star_shift", "step": 2400, "value": 1, "previous": 3},
+        {"kind": "gap_opening", "step": 2750, "value": 1.8},
+        {"kind": "gap_collapse", "step": 500, "value": 1.1, "group": "head"},
+    ]
+    lines = describe_events(events, grok=2600)
+    assert lines[0].strip() == "gap collapse at step  1600 (R = 1.2): 1000 steps before grokking"
+    assert lines[1].strip() == "gap opening at step  2750 (R = 1.8): 150 steps after grokking"
+    assert lines[2] == "k* shifts: 1 (the last before grokking: 3->1 at 2400)"
+    assert describe_events([], None) == ["no gap collapse or opening"]
+
+
+def _checkpoints(path, n=6):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    path.mkdir()
+    for step in range(n):
+        torch.save(model.state_dict(), path / f"model_{step * 100}.pt")
+        model(torch.randn(8, 5)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    return path
+
+
+def test_analyze_writes_records_and_report(tmp_path, capsys):
+    ckpts = _checkpoints(tmp_path / "ckpts")
+    assert main(["analyze", str(ckpts), "--window", "3", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "5 analyses of 24 parameters" in printed
+    assert (tmp_path / "out" / "report.html").exists()
+    assert [r["step"] for r in _jsonl(tmp_path / "out" / "spectral.jsonl")] == [100, 200, 300, 400, 500]
+
+
+def test_analyze_names_a_bad_file_and_can_skip_it(tmp_path, capsys):
+    ckpts = _checkpoints(tmp_path / "ckpts")
+    (ckpts / "model_300.pt").write_bytes(b"\x00" * 64)
+    assert main(["analyze", str(ckpts), "--out", str(tmp_path / "a"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "model_300.pt: cannot be read" in err and "--on-error skip" in err
+    assert main(["analyze", str(ckpts), "--out", str(tmp_path / "b"), "--on-error", "skip", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipping" in printed and "model_300.pt" in printed and "skipped 1 of 6" in printed
+    assert main(["analyze", str(tmp_path / "nowhere"), "--quiet"]) == 1
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_bench_sizes_the_problem_to_the_memory(monkeypatch):
+    assert fitting_sizes([10**7, 10**8], W=16, free=None) == [10**7, 10**8]
+    assert fitting_sizes([10**7, 10**8], W=16, free=2 * 38 * 4 * 10**7) == [10**7]
+    assert fitting_sizes([10**8], W=16, free=2 * 38 * 4 * 10**6) == [10**6]
+    seen = []
+    monkeypatch.setattr(engine_bench, "main", lambda argv: seen.append(argv) or 0)
+    assert main(["bench", "--W", "8", "--repeats", "1"]) == 0
+    argv = seen[0]
+    assert argv[:4] == ["--W", "8", "--repeats", "1"] and argv[4] == "--P" and float(argv[5]) > 0
+    assert main(["bench", "--", "--P", "1e5"]) == 0 and seen[1] == ["--P", "1e5"]
+
+
+def test_bench_runs_the_engine_benchmark(capsys):
+    assert main(["bench", "--P", "2e4", "--repeats", "2", "--backends", "torch"]) == 0
+    table = capsys.readouterr().out
+    assert "naive_torch" in table and "torch_incremental" in table and "of copy bw" in table
+
+
+def test_module_entry_point():
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-m", "spectral_edge_fast.cli", "demo", "--help"], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=120)
+    assert out.returncode == 0 and "--steps" in out.stdout and "--every" in out.stdout
+    with pytest.raises(SystemExit):
+        main(["frobnicate"])

@@ -1,0 +1,344 @@
+"""SpectralMonitor: hooks, cadence, the sync-free per-step path, learning
+rate, gradient projections, checkpointing and rank-0 writing."""
+import contextlib
+import io
+import json
+import os
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+
+import spectral_edge_fast.monitor as monitor_module
+from spectral_edge_fast import GramWindow
+from spectral_edge_fast.monitor import SpectralMonitor
+from spectral_edge_fast.window import GramReadback
+from spectral_edge_fast.workloads.grokking import GrokkingConfig, GrokkingRun
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(12, 24), torch.nn.Tanh(), torch.nn.Linear(24, 3))
+
+
+def _train(model, opt, steps, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(32, 12, generator=gen)
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def test_attaches_to_the_optimizer_and_detaches(tmp_path):
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    mon = SpectralMonitor(model, opt, window=4, analyze_every=5, log_dir=str(tmp_path))
+    _train(model, opt, 20)
+    assert mon.steps == 20 and mon.window.count == 20
+    assert [r["step"] for r in mon.history] == [5, 10, 15, 20]
+    mon.detach()
+    _train(model, opt, 5)
+    assert mon.steps == 20
+    mon.close()
+    lines = (tmp_path / "spectral.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [5, 10, 15, 20]
+
+
+def test_without_an_optimizer_the_caller_steps(tmp_path):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = SpectralMonitor(model, window=3, every=2, analyze_every=4, sinks=(), log_dir=str(tmp_path))
+    for i in range(12):
+        _train(model, opt, 1, seed=i)
+        mon.step(lr=0.1)
+    assert mon.steps == 12 and mon.window.count == 6
+    rec = mon.history[-1]
+    assert rec["step"] == 12 and rec["n"] == 3 and rec["lr"] == 0.1 and rec["A"] is not None
+    assert os.listdir(tmp_path) == []  # sinks=() writes nothing
+
+
+def test_records_carry_the_diagnostics(tmp_path):
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    mon = SpectralMonitor(model, opt, window=6, analyze_every=3, log_dir=str(tmp_path))
+    _train(model, opt, 12)
+    rec = mon.history[-1]
+    spec = rec["spectrum"]
+    assert rec["k_star"] == spec["k_star"] and rec["R"] == pytest.approx(spec["gap_ratio"])
+    assert len(rec["sigmas"]) == len(rec["alpha"]) == 6
+    assert rec["lr"] == 1e-2
+    assert rec["A"] == pytest.approx(rec["delta_c_fro"] / (1e-2 * rec["gap"] ** 2))
+    assert rec["delta_c_fro"] == pytest.approx(mon.window.delta_c_fro())
+    assert set(rec["groups"]) == set(mon.window.groups) == {"0", "2"}
+    assert sum(g["share"] for g in rec["groups"].values()) == pytest.approx(1.0)
+    for key in ("stability", "adiabatic", "flow", "overlaps", "events"):
+        assert key in rec
+    # the record's spectrum is that of the engine's Gram at the analysed step
+    sig = np.sqrt(np.clip(np.linalg.eigvalsh(mon.window.gram())[::-1], 0, None))
+    np.testing.assert_allclose(rec["sigmas"], sig, rtol=1e-9, atol=1e-12)
+
+
+def test_reads_the_learning_rate_of_the_analysed_step(tmp_path):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    mon = SpectralMonitor(model, opt, window=3, analyze_every=2, sinks=(), log_dir=str(tmp_path))
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        _train(model, opt, 1)
+        sched.step()
+    assert [r["lr"] for r in mon.history] == pytest.approx([lrs[1], lrs[3], lrs[5]])
+
+
+@contextlib.contextmanager
+def _host_reads_recorded():
+    """Make every tensor-to-host read outside ``GramReadback.wait`` recorded:
+    ``.item()``, ``.cpu()``, ``.tolist()``, ``.numpy()``, ``float()``,
+    ``int()`` and ``bool()`` of a tensor, all of which wait for the device."""
+    names = ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__")
+    calls, inside_wait = [], [False]
+    originals = {n: getattr(torch.Tensor, n) for n in names}
+    wait = GramReadback.wait
+
+    def spy(name):
+        def call(self, *args, **kwargs):
+            if not inside_wait[0]:
+                calls.append(name)
+            return originals[name](self, *args, **kwargs)
+
+        return call
+
+    def recorded_wait(self):
+        inside_wait[0] = True
+        try:
+            return wait(self)
+        finally:
+            inside_wait[0] = False
+
+    try:
+        for n in names:
+            setattr(torch.Tensor, n, spy(n))
+        GramReadback.wait = recorded_wait
+        yield calls
+    finally:
+        for n, f in originals.items():
+            setattr(torch.Tensor, n, f)
+        GramReadback.wait = wait
+
+
+def test_per_step_path_never_reads_the_device_on_cpu(tmp_path):
+    """On the CPU: no step, analysis steps included, calls .item(), .cpu(),
+    .tolist() (or float(), bool()...) on a tensor; the Gram comes back only
+    through GramReadback.wait(), once per analysis."""
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    mon = SpectralMonitor(model, opt, window=4, every=2, analyze_every=3, log_dir=str(tmp_path))
+    step, waits = mon.step, []
+    wait = GramReadback.wait
+
+    def guarded_step(*args, **kwargs):
+        with _host_reads_recorded() as calls:
+            step(*args, **kwargs)
+        assert calls == [], f"step {mon.steps} read the device through {calls}"
+
+    def counted_wait(self):
+        waits.append(mon.steps)
+        return wait(self)
+
+    mon.step = guarded_step  # the optimizer hook calls it
+    GramReadback.wait = counted_wait
+    try:
+        _train(model, opt, 30)
+    finally:
+        GramReadback.wait = wait
+    assert mon.steps == 30
+    assert waits == [4, 7, 10, 13, 16, 19, 22, 25, 28]  # each analysis read back at the next step
+    assert len(mon.history) == 10
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_per_step_path_never_synchronizes_on_gpu(tmp_path):
+    model = _model().cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    mon = SpectralMonitor(model, opt, window=8, analyze_every=5, log_dir=str(tmp_path))
+    step = mon.step
+
+    def guarded_step(*args, **kwargs):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    mon.step = guarded_step
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for _ in range(40):
+        x = torch.randn(32, 12, device="cuda", generator=gen)
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert len(mon.history) == 8
+    np.testing.assert_allclose(mon.history[-1]["sigmas"],
+                               np.sqrt(np.clip(np.linalg.eigvalsh(mon.window.gram())[::-1], 0, None)), rtol=1e-9)
+
+
+def test_gradient_projections_give_the_loss_decomposition(tmp_path):
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    mon = SpectralMonitor(model, opt, window=5, analyze_every=4, sinks=(), log_dir=str(tmp_path))
+    _train(model, opt, 9)
+    x = torch.randn(16, 12)
+    model(x).pow(2).mean().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    p_train = mon.observe_gradients("train")
+    np.testing.assert_allclose(p_train, mon.window.project(grads))
+    opt.zero_grad()
+    model(-x).sum().backward()
+    mon.observe_gradients("val")
+    opt.zero_grad()
+    _train(model, opt, 3)
+    dec = mon.history[-1]["decomposition"]
+    assert dec["step"] == 9 and dec["status"] == "ok"
+    assert len(dec["importance"]) == dec["n_modes"] > 0
+    assert dec["predicted_delta_loss"] == pytest.approx(-1e-2 * sum(dec["importance"]))
+    with pytest.raises(ValueError, match="split"):
+        mon.observe_gradients("test")
+
+
+def test_summary_and_events(tmp_path):
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    mon = SpectralMonitor(model, opt, window=4, analyze_every=2, sinks=(), log_dir=str(tmp_path))
+    _train(model, opt, 40)
+    s = mon.summary()
+    assert s["steps"] == 40 and s["analyses"] == 20 and s["last"]["step"] == 40
+    assert s["R_median"] >= 1.0 and s["k_star_mode"] >= 1
+    keys = [(e["kind"], e["step"], e.get("group")) for e in s["events"]]
+    assert len(keys) == len(set(keys))  # each event reported once
+    assert all(e in r["events"] for r in mon.history for e in r["events"])
+
+
+def _grokking_run():
+    return GrokkingRun(GrokkingConfig(p=11, d_model=16, n_heads=2, d_ff=32, batch_size=64, seed=5))
+
+
+def _monitored(log_dir):
+    run = _grokking_run()
+    mon = SpectralMonitor(run.model, run.optimizer, window=5, every=2, analyze_every=3, sinks=("jsonl", "csv"),
+                          log_dir=log_dir)
+    return run, mon
+
+
+def _advance(run, mon, steps):
+    for _ in range(steps):
+        run.train_step()
+        if run.step % 4 == 0:
+            mon.log(run.evaluate(), step=run.step)
+        if run.step == 8:  # a projection pair pending across the checkpoint
+            run.gradients("train")
+            mon.observe_gradients("train")
+            run.gradients("val")
+            mon.observe_gradients("val")
+
+
+def test_resume_continues_exactly(tmp_path):
+    """Train, save (model, optimizer, sampler, monitor), load into fresh
+    objects, continue: the history equals that of an uninterrupted run, and
+    so do the files (the interrupted run's extra records are dropped)."""
+    full_run, full = _monitored(str(tmp_path / "full"))
+    _advance(full_run, full, 25)
+    full.close()
+
+    run, mon = _monitored(str(tmp_path / "resumed"))
+    _advance(run, mon, 10)  # step 9 is an analysis started but not yet read back
+    buf = io.BytesIO()
+    torch.save({"run": run.state_dict(), "monitor": mon.state_dict()}, buf)
+    _advance(run, mon, 6)  # work lost when the job dies
+    mon.close()
+
+    buf.seek(0)
+    ckpt = torch.load(buf)  # weights_only: the monitor's state is plain data and tensors
+    run2, mon2 = _monitored(str(tmp_path / "resumed"))
+    run2.load_state_dict(ckpt["run"])
+    mon2.load_state_dict(ckpt["monitor"])
+    _advance(run2, mon2, 15)
+    mon2.close()
+
+    assert mon2.steps == full.steps == 25
+    assert json.dumps(mon2.history) == json.dumps(full.history)
+    assert mon2.metrics == full.metrics
+    assert any("decomposition" in r for r in full.history)
+    for name in ("spectral.jsonl", "metrics.jsonl", "spectral.csv", "metrics.csv"):
+        assert (tmp_path / "resumed" / name).read_text() == (tmp_path / "full" / name).read_text(), name
+
+
+def test_load_state_dict_refuses_another_configuration(tmp_path):
+    model = _model()
+    mon = SpectralMonitor(model, window=4, analyze_every=2, sinks=(), log_dir=str(tmp_path))
+    state = mon.state_dict()
+    with pytest.raises(ValueError, match="analysed every"):
+        SpectralMonitor(model, window=4, analyze_every=3, sinks=(), log_dir=str(tmp_path)).load_state_dict(state)
+    with pytest.raises(ValueError, match="window"):
+        SpectralMonitor(model, window=5, analyze_every=2, sinks=(), log_dir=str(tmp_path)).load_state_dict(state)
+
+
+def test_only_the_writer_rank_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(monitor_module, "is_writer", lambda process_group=None: False)
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    mon = SpectralMonitor(model, opt, window=4, analyze_every=2, sinks=("jsonl", "csv"), log_dir=str(tmp_path / "r1"))
+    _train(model, opt, 6)
+    mon.log({"loss": 1.0})
+    mon.close()
+    assert len(mon.history) == 3 and not (tmp_path / "r1").exists()
+
+
+def test_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="analyze_every"):
+        SpectralMonitor(_model(), analyze_every=0, log_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown sink"):
+        SpectralMonitor(_model(), sinks=("parquet",), log_dir=str(tmp_path))
+
+
+def _rank_worker(rank, store, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = SpectralMonitor(model, opt, window=3, analyze_every=2, log_dir=os.path.join(out_dir, "run"),
+                          process_group=dist.group.WORLD)
+    assert mon.window.process_group is dist.group.WORLD
+    _train(model, opt, 6)  # the same data on both ranks: replicated parameters
+    mon.close()
+    torch.save({"sigmas": [r["sigmas"] for r in mon.history], "local": mon.window.layout.numel},
+               os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_process_group_reaches_the_window_and_only_rank0_writes(tmp_path):
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    import torch.multiprocessing as mp
+
+    store = tempfile.mktemp(dir=tmp_path)
+    mp.spawn(_rank_worker, args=(store, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0["sigmas"] == r1["sigmas"] and len(r0["sigmas"]) == 3
+    assert r0["local"] + r1["local"] == sum(p.numel() for p in _model().parameters())  # ring split over ranks
+    lines = (tmp_path / "run" / "spectral.jsonl").read_text().splitlines()
+    assert len(lines) == 3  # rank 0 alone wrote (two writers would interleave or duplicate)
+
+
+def test_gram_window_is_the_engine(tmp_path):
+    mon = SpectralMonitor(_model(), window=7, every=3, groups="tensor", storage_dtype=torch.bfloat16, sinks=(),
+                          log_dir=str(tmp_path))
+    assert isinstance(mon.window, GramWindow)
+    assert (mon.window.window, mon.window.every, mon.window.storage_dtype) == (7, 3, torch.bfloat16)
+    assert len(mon.window.groups) == 4

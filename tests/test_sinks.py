@@ -1,0 +1,129 @@
+"""Sinks: JSONL and CSV files, the optional TensorBoard and W&B, resuming."""
+import csv
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from spectral_edge_fast.sinks import CSVSink, JSONLSink, Sink, flatten, make_sinks, read_run, scalars
+
+RECORD = {
+    "step": 10,
+    "k_star": 2,
+    "R": 3.5,
+    "A": math.nan,
+    "sigmas": [3.0, 1.5, 0.5],
+    "groups": {"layers.0": {"R": 2.0, "k_star": 1}},
+    "spectrum": {"eigenvalues": [9.0, 2.25, 0.25], "status": "ok"},
+    "events": [{"kind": "gap_opening", "step": 10, "value": 3.5}, {"kind": "k_star_shift", "step": 8, "group": "head"}],
+}
+
+
+def test_flatten_numbers_list_entries_from_one():
+    flat = flatten({"a": 1, "b": [2.0, 3.0], "c": {"d": np.float64(4.0), "e": "text", "f": None}, "g": True})
+    assert flat == {"a": 1, "b/1": 2.0, "b/2": 3.0, "c/d": 4.0, "g": 1.0}
+
+
+def test_scalars_keep_the_summary_of_an_analysis_record():
+    cols = scalars("analysis", RECORD)
+    assert cols["sigmas/2"] == 1.5 and cols["groups/layers.0/R"] == 2.0
+    assert not any(c.startswith(("spectrum/", "events/")) for c in cols)
+    assert scalars("metrics", {"step": 1, "loss": 0.5}) == {"step": 1, "loss": 0.5}
+
+
+def test_jsonl_writes_one_parsable_line_per_record(tmp_path):
+    sink = JSONLSink(str(tmp_path))
+    sink.write_meta({"window": 3})
+    sink.write("analysis", RECORD)
+    sink.write("analysis", {**RECORD, "step": 20})
+    sink.write("metrics", {"step": 10, "loss": np.float32(0.25)})
+    sink.close()
+    lines = (tmp_path / "spectral.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [10, 20]
+    assert json.loads(lines[0])["A"] is None  # NaN is written as null: strict JSON
+    run = read_run(str(tmp_path))
+    assert run["meta"] == {"window": 3} and run["metrics"] == [{"step": 10, "loss": 0.25}]
+
+
+def test_csv_grows_its_header_and_keeps_rows(tmp_path):
+    sink = CSVSink(str(tmp_path))
+    sink.write("analysis", {**RECORD, "sigmas": [3.0]})
+    sink.write("analysis", {**RECORD, "step": 20})
+    sink.close()
+    with open(tmp_path / "spectral.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["10", "20"]
+    assert rows[0]["sigmas/2"] == "" and rows[1]["sigmas/3"] == "0.5"
+    assert rows[1]["events"] == "gap_opening@10 k_star_shift@8[head]"
+
+
+def test_file_sinks_resume_with_exactly_the_given_records(tmp_path):
+    for cls, name in ((JSONLSink, "spectral.jsonl"), (CSVSink, "spectral.csv")):
+        sink = cls(str(tmp_path))
+        for step in (10, 20, 30):  # 30 came after the checkpoint
+            sink.write("analysis", {**RECORD, "step": step})
+        sink.close()
+        resumed = cls(str(tmp_path))
+        resumed.resume({"analysis": [{**RECORD, "step": 10}, {**RECORD, "step": 20}], "metrics": []})
+        resumed.write("analysis", {**RECORD, "step": 25})
+        resumed.close()
+        text = (tmp_path / name).read_text()
+        assert text.count("\n") == (3 if name.endswith(".jsonl") else 4), name  # CSV adds its header
+        assert "30" not in [line.split(",")[0] for line in text.splitlines()]
+
+
+def test_missing_optional_packages_warn_once_and_do_not_crash(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.warns(RuntimeWarning) as warned:
+        sinks = make_sinks(("jsonl", "tensorboard", "wandb"), str(tmp_path))
+    assert [type(s) for s in sinks] == [JSONLSink]
+    messages = [str(w.message) for w in warned]
+    assert len(messages) == 2
+    assert "pip install tensorboard" in messages[0] and "pip install wandb" in messages[1]
+
+
+def test_tensorboard_sink_writes_events_when_installed(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard package is not installed")
+    (sink,) = make_sinks(("tensorboard",), str(tmp_path))
+    sink.write("analysis", RECORD)
+    sink.close()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_wandb_sink_logs_when_installed(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb", reason="the wandb package is not installed")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    (sink,) = make_sinks(("wandb",), str(tmp_path))
+    sink.write("analysis", RECORD)
+    sink.close()
+    assert wandb.run is None
+
+
+def test_sink_objects_and_unknown_names(tmp_path):
+    class Collect(Sink):
+        def __init__(self):
+            self.seen = []
+
+        def write(self, kind, record):
+            self.seen.append((kind, record["step"]))
+
+    mine = Collect()
+    assert make_sinks(mine, str(tmp_path)) == [mine]
+    assert make_sinks(None, str(tmp_path)) == []
+    with pytest.raises(ValueError, match="unknown sink 'xml'"):
+        make_sinks(("xml",), str(tmp_path))
+
+
+def test_writing_after_close_appends(tmp_path):
+    for cls, name in ((JSONLSink, "spectral.jsonl"), (CSVSink, "spectral.csv")):
+        sink = cls(str(tmp_path))
+        sink.write("analysis", RECORD)
+        sink.close()
+        sink.write("analysis", {**RECORD, "step": 20})
+        sink.write("analysis", {**RECORD, "step": 30, "sigmas": [1.0, 1.0, 1.0, 1.0]})  # a new column
+        sink.close()
+        lines = (tmp_path / name).read_text().splitlines()
+        assert len(lines) == (3 if name.endswith(".jsonl") else 4), name
