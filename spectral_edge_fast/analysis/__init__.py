@@ -1,0 +1,87 @@
+"""Spectral diagnostics of the window's Gram matrices (MATH.md sections 3-9).
+
+Pure NumPy, float64, no torch: every function takes the small matrices and
+vectors the engine reads back (Gram ``G``, extended Gram, projections ``p = X y``)
+and returns a frozen dataclass whose ``to_dict()`` is plain, JSON-ready Python.
+
+Conventions
+-----------
+* ``G`` is ``n x n``, rows oldest first. The extended Gram is
+  ``(n+1) x (n+1)``: row 0 the update that left the window (zeros while the
+  window fills), the last row the update that entered.
+* Mode numbers (``k_star``, clusters) are 1-based; arrays are indexed ``j - 1``.
+* Eigenvalues ``<= tol = n * eps * lambda_1`` count as zero (``eps`` of
+  float64 by default; ``spectrum(G, eps=...)`` for a float32-accumulated Gram).
+* Undefined is a status, never an exception: each result has ``status`` and
+  ``reason``; undefined floats are NaN, undefined integers None. Statuses:
+  ``"ok"``; ``"partial"`` (a secondary value undefined, see ``reason``);
+  ``"nonfinite_rows"`` (NaN/inf rows left out, the rest computed);
+  ``"tied"`` (``spectrum`` only: all positive eigenvalues equal, no gap
+  position); ``"undefined"`` (the main values undefined: empty or all-zero
+  window, rank one, non-finite input where rows cannot be dropped).
+  Exceptions (``ValueError``) are for caller errors only: a matrix that is
+  not square or not symmetric beyond rounding, shapes that do not match,
+  arguments out of range.
+* Time-series functions (``events``, ``collapse_order``) read records as
+  ``Spectrum.to_dict()`` plus a ``"step"`` key (details: ``events.__doc__``).
+* Pass a ``Spectrum`` computed once to the functions that take one, so each
+  window is eigendecomposed once.
+"""
+from .decomposition import (
+    FirstOrderSplit,
+    LossDecomposition,
+    Projections,
+    first_order_split,
+    loss_decomposition,
+    projections,
+)
+from .events import CollapseOrder, Event, LeadLag, ThreePhase, collapse_order, events, lead_lag, three_phase
+from .flow import EigenFlow, delta_c_fro, eigen_flow
+from .null import BBP, NullMaxRatio, bbp, null_max_ratio, ratio_p_value
+from .spectrum import Spectrum, spectrum
+from .stability import (
+    Adiabatic,
+    Overlaps,
+    Stability,
+    adiabatic,
+    half_window_overlaps,
+    stability,
+    window_overlaps,
+)
+from .weights import WeightSpectrum, weight_spectrum
+
+__all__ = [
+    "Adiabatic",
+    "BBP",
+    "CollapseOrder",
+    "EigenFlow",
+    "Event",
+    "FirstOrderSplit",
+    "LeadLag",
+    "LossDecomposition",
+    "NullMaxRatio",
+    "Overlaps",
+    "Projections",
+    "Spectrum",
+    "Stability",
+    "ThreePhase",
+    "WeightSpectrum",
+    "adiabatic",
+    "bbp",
+    "collapse_order",
+    "delta_c_fro",
+    "eigen_flow",
+    "events",
+    "first_order_split",
+    "half_window_overlaps",
+    "lead_lag",
+    "loss_decomposition",
+    "null_max_ratio",
+    "projections",
+    "ratio_p_value",
+    "spectrum",
+    "stability",
+    "three_phase",
+    "weight_spectrum",
+    "window_overlaps",
+]

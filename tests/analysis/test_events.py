@@ -1,0 +1,127 @@
+import numpy as np
+import pytest
+
+from spectral_edge_fast.analysis import collapse_order, events, lead_lag, spectrum, three_phase
+
+
+def records(ratios, ks=None, step0=0, stride=10):
+    ks = [2] * len(ratios) if ks is None else ks
+    return [{"step": step0 + stride * i, "gap_ratio": r, "k_star": k} for i, (r, k) in enumerate(zip(ratios, ks))]
+
+
+def kinds(found):
+    return [(e.kind, e.step) for e in found]
+
+
+def test_planted_collapse_and_opening_ignore_blips():
+    R = [3.0] * 20 + [1.05] * 20 + [3.0] * 20
+    R[7] = 1.0  # one-sample blip while open
+    R[8] = 1.0  # two samples: still shorter than persist = 3
+    R[30] = 2.5  # blip while collapsed
+    assert kinds(events(records(R))) == [("gap_collapse", 200), ("gap_opening", 400)]
+    assert ("gap_collapse", 70) in kinds(events(records(R), persist=2))  # the check can fail
+
+
+def test_hysteresis_band_holds_the_state():
+    # default band [1.25, 1.5): the 1.3s break every run of 1.2s, so the
+    # collapse dates from the last 1.2 (record 29) followed by the 1.1s
+    R = [3.0] * 10 + [1.3, 1.2] * 10 + [1.1] * 5
+    assert kinds(events(records(R))) == [("gap_collapse", 290)]
+    flapping = [1.6, 1.4] * 20  # crosses open_above, never close_below
+    assert events(records(flapping)) == []
+
+
+def test_k_star_shift():
+    ks = [2] * 30 + [1] * 30
+    ks[10] = 3  # blip
+    ks[40] = None  # undefined record: skipped, does not break the run
+    found = events(records([3.0] * 60, ks))
+    assert [(e.kind, e.step, e.previous, e.value) for e in found] == [("k_star_shift", 300, 2, 1)]
+
+
+def test_nonfinite_rows_and_undefined_records():
+    recs = records([3.0] * 12)
+    for i in (4, 5, 9):
+        recs[i]["nonfinite_rows"] = [1]
+        recs[i]["gap_ratio"] = None
+    assert kinds(events(recs)) == [("nonfinite_rows", 40), ("nonfinite_rows", 90)]
+    with pytest.raises(ValueError):
+        events(recs, open_above=1.2, close_below=1.4)
+
+
+def test_events_from_spectrum_records(make_window):
+    """Records straight from Spectrum.to_dict(): the gap closes at step 50."""
+    rng = np.random.default_rng(0)
+    recs = []
+    for t in range(12):
+        sigmas = [9.0, 8.0, 2.0, 1.5] if t < 5 else [9.0, 8.0, 7.5, 7.0]
+        X = make_window(rng, sigmas, 500)
+        recs.append({**spectrum(X @ X.T).to_dict(), "step": 10 * t})
+    found = events(recs)
+    assert kinds(found) == [("gap_collapse", 50), ("k_star_shift", 50)]
+
+
+def rise_plateau_collapse(seed, n_rise=100, n_plateau=100, n_collapse=100, tail=50):
+    rng = np.random.default_rng(seed)
+    R = np.concatenate(
+        [
+            np.linspace(1.0, 5.0, n_rise),
+            np.full(n_plateau, 5.0),
+            np.linspace(5.0, 1.1, n_collapse),
+            np.full(tail, 1.1),
+        ]
+    )
+    return R + 0.05 * rng.standard_normal(R.size)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_three_phase_segments_a_planted_series(seed):
+    tp = three_phase(rise_plateau_collapse(seed))
+    assert tp.complete and tp.status == "ok"
+    assert tp.rise_start <= 10
+    assert abs(tp.plateau_start - 100) <= 20
+    assert abs(tp.collapse_start - 200) <= 20
+    assert tp.labels[150] == "plateau" and tp.labels[250] == "collapse"
+
+
+def test_three_phase_rise_only_and_undefined():
+    rng = np.random.default_rng(9)
+    rising = np.concatenate([np.full(50, 1.0), np.linspace(1, 6, 200)]) + 0.05 * rng.standard_normal(250)
+    tp = three_phase(rising)
+    assert tp.rise_start is not None and tp.collapse_start is None and not tp.complete
+    assert three_phase([1.0, np.nan, 2.0]).status == "undefined"
+
+
+def planted_lag(lag, seed, n=300):
+    rng = np.random.default_rng(seed)
+    smooth = np.convolve(rng.standard_normal(n + 40), np.ones(5) / 5, mode="same")
+    t = np.linspace(-1, 1, n)
+    R = smooth[20 : 20 + n] + 3 * t**3
+    loss = -smooth[20 - lag : 20 - lag + n] + 2 * t - t**2 + 0.1 * rng.standard_normal(n)
+    return R, loss
+
+
+@pytest.mark.parametrize("lag", [3, -2, 0])
+def test_lead_lag_recovers_a_planted_lag(lag):
+    R, loss = planted_lag(lag, seed=lag + 10)  # loss_{t+lag} follows R_t
+    out = lead_lag(R, loss)
+    assert out.best_lag == lag and out.best_correlation < -0.8
+    assert out.lags == tuple(range(-5, 8))
+
+
+def test_lead_lag_undefined_and_errors():
+    assert lead_lag(np.ones(20), np.arange(20.0), detrend_degree=-1).status == "undefined"
+    with pytest.raises(ValueError):
+        lead_lag(np.ones(5), np.ones(6))
+
+
+def test_collapse_order():
+    def group(collapse_at):
+        R = [3.0] * 40 if collapse_at is None else [3.0] * collapse_at + [1.0] * (40 - collapse_at)
+        return records(R)
+
+    out = collapse_order({"a": group(30), "b": group(10), "c": group(20), "d": group(None)})
+    assert out.order == ("b", "c", "a")
+    assert out.first_collapse == {"a": 300, "b": 100, "c": 200, "d": None}
+    assert out.k_star["a"] == 2 and out.gap_ratio["d"] == 3.0
+    assert out.to_dict()["events"]["b"][0]["kind"] == "gap_collapse"
