@@ -53,6 +53,11 @@ A_MEDIAN_SPAN = 50
 EVENT_SPAN = 500
 
 
+# The engine sums float32 products, so eigenvalues below n * eps32 * lambda_1
+# are rounding noise, not directions: they must count as zero.
+ENGINE_EPS = float(np.finfo(np.float32).eps)
+
+
 def _lr_of(optimizer) -> Any:
     """The first parameter group's learning rate, without a host sync (a
     tensor learning rate is copied on its device and read at analysis time)."""
@@ -202,7 +207,7 @@ class SpectralMonitor:
     def analyze(self, state: GramState, step: int, lr: Optional[float] = None) -> dict:
         """The analysis record of one window state (host side, float64 NumPy)."""
         G = state.gram()
-        spec = spectrum(G)
+        spec = spectrum(G, eps=ENGINE_EPS)
         dcf = state.delta_c_fro()
         stab = stability(spec, dcf)
         record: Dict[str, Any] = {
@@ -240,7 +245,7 @@ class SpectralMonitor:
     def _group_summaries(state: GramState, total: float) -> Dict[str, dict]:
         out = {}
         for name, Gg in state.group_grams().items():
-            s = spectrum(Gg)
+            s = spectrum(Gg, eps=ENGINE_EPS)
             out[name] = {
                 "k_star": s.k_star,
                 "R": _nan_to_none(s.gap_ratio),
@@ -304,7 +309,7 @@ class SpectralMonitor:
     def _decompose(self) -> dict:
         state = self.window.state()
         G = state.gram()
-        spec = spectrum(G)
+        spec = spectrum(G, eps=ENGINE_EPS)
         stab = stability(spec, state.delta_c_fro())
         lr = _as_float(_lr_of(self.optimizer)) if self.optimizer is not None else math.nan
         train, val = self._observed["train"][1], self._observed["val"][1]

@@ -10,7 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from spectral_edge_fast import GramWindow
+from spectral_edge_fast import GramWindow, SpectralMonitor
+from spectral_edge_fast.analysis import spectrum
 
 WORLD = 2
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
@@ -44,6 +45,7 @@ def _ddp_worker(rank, store_path, out_dir):
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
     win = GramWindow(model, window=4, process_group=dist.group.WORLD)
+    monitor = SpectralMonitor(model, opt, window=4, analyze_every=9, sinks=(), process_group=dist.group.WORLD)
     gen = torch.Generator().manual_seed(rank)
     history, last = [], _flat(model.parameters())
     for _ in range(9):
@@ -57,6 +59,10 @@ def _ddp_worker(rank, store_path, out_dir):
         history.append(now - last)
         last = now
     _check(win, history, os.path.join(out_dir, f"ddp{rank}.pt"))
+    monitor.flush()
+    x = torch.stack(history[-4:])
+    want = spectrum((x @ x.T).numpy(), eps=float(np.finfo(np.float32).eps)).sigmas
+    torch.save({"got": np.array(monitor.history[-1]["sigmas"]), "want": want}, os.path.join(out_dir, f"monitor{rank}.pt"))
     g = [torch.ones_like(p) for p in model.parameters()]
     p = win.project(g)
     torch.save({"project": p, "want": torch.stack(history[-4:]).sum(1).numpy()}, os.path.join(out_dir, f"proj{rank}.pt"))
@@ -113,10 +119,11 @@ def _fsdp_worker(rank, store_path, out_dir):
     dist.destroy_process_group()
 
 
-def _spawn(worker, prefix):
+def _spawn(worker, *prefixes):
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(worker, args=(os.path.join(tmp, "store"), tmp), nprocs=WORLD, join=True)
-        return [torch.load(os.path.join(tmp, f"{prefix}{r}.pt"), weights_only=False) for r in range(WORLD)]
+        out = [[torch.load(os.path.join(tmp, f"{p}{r}.pt"), weights_only=False) for r in range(WORLD)] for p in prefixes]
+        return out[0] if len(out) == 1 else out
 
 
 def _assert_same_gram_everywhere(results):
@@ -127,10 +134,14 @@ def _assert_same_gram_everywhere(results):
 
 
 def test_ddp_replicated_parameters_shard_the_ring():
-    results = _spawn(_ddp_worker, "ddp")
+    results, monitors, projections = _spawn(_ddp_worker, "ddp", "monitor", "proj")
     _assert_same_gram_everywhere(results)
     P = results[0]["P"]
     assert [r["local"] for r in results] == [P // 2, P - P // 2], "each rank stores half of the ring"
+    for m in monitors:  # the monitor's spectrum is that of a single-process run of the same updates
+        assert np.allclose(m["got"], m["want"], rtol=1e-5, atol=0)
+    for p in projections:
+        assert np.allclose(p["project"], p["want"], rtol=1e-5, atol=1e-9)
 
 
 def test_dtensor_shards_sum_to_the_full_gram():
