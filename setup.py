@@ -39,7 +39,7 @@ def get_extensions():
                 sources,
                 include_dirs=include_dirs,
                 define_macros=[("SEF_WITH_CUDA", "1")],
-                extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+                extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
                 extra_link_args=["-fopenmp"],
             )
         ]

@@ -1,0 +1,40 @@
+// Float32 dot products for the C++ kernels. kLanes independent accumulators
+// let gcc vectorise without reassociating (no -ffast-math), and element k
+// always lands in lane k % kLanes, so the bits do not depend on alignment,
+// vector width or thread count.
+#pragma once
+
+#include "kernels/common.h"
+
+// The per-chunk loops are also compiled for AVX2 and picked when the library
+// loads (GCC function multiversioning). The AVX2 target has no FMA, so no
+// multiply-add is fused and both versions give the same bits.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define SEF_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SEF_CLONES
+#endif
+
+namespace sef {
+
+constexpr int kLanes = 16;
+
+template <class A, class B>
+inline double dot(const A* a, const B* b, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += to_float(a[k + l]) * to_float(b[k + l]);
+  for (int l = 0; k + l < n; ++l) acc[l] += to_float(a[k + l]) * to_float(b[k + l]);
+  double sum = 0.0;
+  for (int l = 0; l < kLanes; ++l) sum += acc[l];
+  return sum;
+}
+
+// out[i] = <a, rows[i]> over n elements for each of `rows` rows `ld` apart.
+template <class R>
+inline void dot_rows(const float* a, const R* rows_base, int64_t ld, int64_t rows, int64_t n, double* out) {
+  for (int64_t i = 0; i < rows; ++i) out[i] = dot(a, rows_base + i * ld, n);
+}
+
+}  // namespace sef

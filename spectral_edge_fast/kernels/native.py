@@ -1,0 +1,106 @@
+"""Backends ``cpp`` (CPU tensors) and ``cuda`` (CUDA tensors) on the compiled
+extension ``spectral_edge_fast._C``, whose ops live under
+``torch.ops.spectral_edge_fast``.
+
+Importing this module never fails: when the extension is missing, was built
+against another torch, or was built without CUDA, ``available(device)`` says
+so and the registry falls back to the next backend.
+
+Every op that walks the flat space takes a *plan*: the int64 ``[n, 5]`` table
+of chunks (tensor, offset, flat, length, group) cut at tensor and group
+boundaries. It depends only on the tensor sizes and the bounds, so it is built
+once per layout and, for CUDA, uploaded once per device (pinned memory,
+non-blocking copy): the per-step path makes no host-device copy and no
+synchronisation, and can be captured in a CUDA graph once warmed up.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+from typing import Sequence, Tuple
+
+import torch
+
+from . import Backend
+
+BUILD_HINT = "build it with `python setup.py build_ext --inplace` (or `make build`)"
+
+
+def _load_library() -> Tuple[bool, str]:
+    spec = importlib.util.find_spec("spectral_edge_fast._C")
+    if spec is None or spec.origin is None:
+        return False, f"the compiled extension spectral_edge_fast._C is missing; {BUILD_HINT}"
+    try:
+        torch.ops.load_library(spec.origin)
+    except (OSError, RuntimeError) as exc:
+        return False, f"spectral_edge_fast._C failed to load ({exc}); rebuild it against torch {torch.__version__}"
+    return True, ""
+
+
+LOADED, LOAD_ERROR = _load_library()
+
+
+def _ops():
+    return torch.ops.spectral_edge_fast
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(sizes: Tuple[int, ...], bounds: Tuple[int, ...], device: torch.device) -> torch.Tensor:
+    plan = _ops().plan(list(sizes), list(bounds))
+    if device.type == "cpu":
+        return plan
+    return plan.pin_memory().to(device, non_blocking=True)
+
+
+class NativeBackend(Backend):
+    def __init__(self, name: str):
+        self.name = name
+        self._device_type = "cpu" if name == "cpp" else "cuda"
+
+    def available(self, device: torch.device) -> Tuple[bool, str]:
+        device = torch.device(device)
+        if not LOADED:
+            return False, LOAD_ERROR
+        if device.type != self._device_type:
+            return False, f"backend {self.name!r} runs on {self._device_type} tensors, not {device.type}"
+        if self._device_type == "cuda":
+            if not _ops().built_with_cuda():
+                if torch.version.cuda is None:
+                    return False, f"spectral_edge_fast._C was built without CUDA: torch {torch.__version__} is a CPU-only build"
+                return False, (
+                    "spectral_edge_fast._C was built without CUDA; rebuild with nvcc on PATH "
+                    "(SEF_FORCE_CUDA=1 builds the CUDA kernels without a visible GPU)"
+                )
+            if not torch.cuda.is_available():
+                return False, "torch sees no CUDA device"
+        return True, ""
+
+    def gather(self, params: Sequence[torch.Tensor], snapshot, out) -> None:
+        params = list(params)
+        sizes = tuple(p.numel() for p in params)
+        _ops().gather(params, snapshot, out, _plan(sizes, (0, sum(sizes)), out.device))
+
+    def slide(self, ring, row, slot, bounds):
+        plan = _plan((ring.shape[1],), tuple(bounds), ring.device)
+        return _ops().slide(ring, row, slot, plan, len(bounds) - 1)
+
+    def step(self, params, snapshot, ring, slot, bounds):
+        params = list(params)
+        plan = _plan(tuple(p.numel() for p in params), tuple(bounds), ring.device)
+        return _ops().step(params, snapshot, ring, slot, plan, len(bounds) - 1)
+
+    def project(self, ring, vec, bounds):
+        plan = _plan((ring.shape[1],), tuple(bounds), ring.device)
+        return _ops().project(ring, vec, plan, len(bounds) - 1)
+
+    def combine(self, ring, coeffs):
+        return _ops().combine(ring, torch.as_tensor(coeffs))
+
+    def gram(self, x):
+        return _ops().gram(x)
+
+
+def make_backend(name: str) -> NativeBackend:
+    if name not in ("cpp", "cuda"):
+        raise ValueError(f"native backends are 'cpp' and 'cuda', not {name!r}")
+    return NativeBackend(name)

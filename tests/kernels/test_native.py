@@ -1,0 +1,262 @@
+"""Tests specific to the compiled extension (backends ``cpp`` and ``cuda``):
+loading and unavailability reasons, the chunk plan, argument errors, and
+bits that do not depend on the thread count. The ops themselves are checked
+against the reference by the shared per-op tests."""
+import importlib.util
+
+import pytest
+import torch
+
+from spectral_edge_fast.kernels import backend_status, get_backend, native
+
+CPP_OK, CPP_REASON = backend_status("cpp", "cpu")
+CUDA_OK, CUDA_REASON = backend_status("cuda", "cuda")
+needs_cpp = pytest.mark.skipif(not CPP_OK, reason=f"cpp backend unavailable: {CPP_REASON}")
+needs_cuda = pytest.mark.skipif(not CUDA_OK, reason=f"cuda backend unavailable: {CUDA_REASON}")
+CHUNK = 8192  # kChunk in csrc/kernels/common.h
+
+
+def _ops():
+    return torch.ops.spectral_edge_fast
+
+
+def _layout(sizes, dtypes=(torch.float32,), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.randn(n, generator=g).to(dtypes[i % len(dtypes)]) for i, n in enumerate(sizes)]
+    snapshot = torch.cat([p.float() for p in params]) + 0.01 * torch.randn(sum(sizes), generator=g)
+    return params, snapshot
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def test_missing_extension_is_a_reason_not_a_crash(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    ok, reason = native._load_library()
+    assert not ok and "spectral_edge_fast._C is missing" in reason and "build_ext" in reason
+
+
+def test_wrong_device_is_a_reason():
+    ok, reason = native.make_backend("cpp").available(torch.device("cuda"))
+    assert not ok and "cpu" in reason
+    ok, reason = native.make_backend("cuda").available(torch.device("cpu"))
+    assert not ok and "cuda" in reason
+
+
+def test_unknown_native_name():
+    with pytest.raises(ValueError, match="native backends"):
+        native.make_backend("tpu")
+
+
+@needs_cpp
+def test_cuda_reason_when_not_built_or_no_device():
+    if CUDA_OK:
+        pytest.skip("CUDA backend available here")
+    assert CUDA_REASON and ("without CUDA" in CUDA_REASON or "no CUDA device" in CUDA_REASON)
+    assert _ops().built_with_cuda() == ("without CUDA" not in CUDA_REASON)
+
+
+# --- the plan -------------------------------------------------------------------------------
+
+
+@needs_cpp
+def test_plan_cuts_at_tensors_groups_and_chunk_multiples():
+    sizes, bounds = [5, 0, 20000, 3], (0, 7, 7, 9000, 20008)
+    plan = _ops().plan(sizes, list(bounds)).tolist()
+    starts = [0, 5, 5, 20005, 20008]
+    flat = 0
+    for tensor, offset, start, length, group in plan:
+        assert start == flat and length > 0
+        assert starts[tensor] + offset == start and offset + length <= sizes[tensor]
+        assert bounds[group] <= start and start + length <= bounds[group + 1]
+        assert start // CHUNK == (start + length - 1) // CHUNK
+        flat += length
+    assert flat == sum(sizes)
+    cuts = {0, 5, 20005, 20008, 7, 9000} | set(range(0, 20008, CHUNK))
+    assert {row[2] for row in plan} == cuts - {20008}
+
+
+@needs_cpp
+@pytest.mark.parametrize(
+    "sizes, bounds, match",
+    [
+        ([4, 4], [0, 9], "bounds end at 9 but the tensors hold 8"),
+        ([4, 4], [1, 8], "bounds must start at 0"),
+        ([4, 4], [0, 6, 3, 8], "non-decreasing"),
+        ([4, 4], [8], "at least two entries"),
+        ([4, -1], [0, 3], "sizes\\[1\\] is negative"),
+    ],
+)
+def test_plan_rejects_bad_bounds(sizes, bounds, match):
+    with pytest.raises(RuntimeError, match=match):
+        _ops().plan(sizes, bounds)
+
+
+# --- argument errors ------------------------------------------------------------------------
+
+
+@needs_cpp
+def test_step_argument_errors_name_the_argument():
+    cpp = get_backend("cpp")
+    params, snapshot = _layout([10, 20])
+    ring = torch.zeros(4, 30)
+    bounds = (0, 30)
+    cases = [
+        (dict(ring=torch.zeros(4, 30, dtype=torch.float16)), "ring must be float32 or bfloat16"),
+        (dict(ring=torch.zeros(4, 31)), "snapshot has 30 elements, expected P = 31"),
+        (dict(ring=torch.zeros(30, 4).T), "ring rows must be contiguous"),
+        (dict(snapshot=torch.zeros(30, dtype=torch.bfloat16)), "snapshot must be float32"),
+        (dict(snapshot=torch.zeros(29)), "snapshot has 29 elements, expected P = 30"),
+        (dict(params=[params[0], params[1].to(torch.int32)]), "params\\[1\\] must be float32, float64, bfloat16 or float16"),
+        (dict(params=[params[0], torch.zeros(40)[::2]]), "params\\[1\\] must be contiguous"),
+        (dict(slot=4), "slot 4 is outside the ring's 4 rows"),
+    ]
+    for change, match in cases:
+        args = dict(params=params, snapshot=snapshot.clone(), ring=ring.clone(), slot=0)
+        args.update(change)
+        with pytest.raises(RuntimeError, match=match):
+            cpp.step(args["params"], args["snapshot"], args["ring"], args["slot"], bounds)
+
+
+@needs_cpp
+def test_plan_from_other_sizes_is_rejected():
+    params, snapshot = _layout([10, 20])
+    plan = _ops().plan([20, 10], [0, 30])
+    with pytest.raises(RuntimeError, match="build the plan from the same sizes and bounds"):
+        _ops().step(params, snapshot, torch.zeros(3, 30), 0, plan, 1)
+    with pytest.raises(RuntimeError, match="plan must be the contiguous int64"):
+        _ops().step(params, snapshot, torch.zeros(3, 30), 0, plan.int(), 1)
+
+
+@needs_cpp
+def test_other_ops_check_their_arguments():
+    cpp = get_backend("cpp")
+    ring = torch.zeros(3, 16)
+    with pytest.raises(RuntimeError, match="slide: row has 15 elements, expected P = 16"):
+        cpp.slide(ring, torch.zeros(15), 0, (0, 16))
+    with pytest.raises(RuntimeError, match="project: vec must be float32, float64, bfloat16 or float16"):
+        cpp.project(ring, torch.zeros(16, dtype=torch.int64), (0, 16))
+    with pytest.raises(RuntimeError, match="combine: coeffs has 2 elements but the ring has 3 rows"):
+        cpp.combine(ring, torch.zeros(2))
+    with pytest.raises(RuntimeError, match="gram: x must be 2-D"):
+        cpp.gram(torch.zeros(16))
+    with pytest.raises(RuntimeError, match="gather: out must be float32 or bfloat16"):
+        cpp.gather([torch.zeros(16)], torch.zeros(16), torch.zeros(16, dtype=torch.float64))
+
+
+@needs_cpp
+def test_results_carry_no_autograd_history():
+    cpp = get_backend("cpp")
+    params = [torch.nn.Parameter(torch.randn(10)), torch.nn.Parameter(torch.randn(5))]
+    ring = torch.zeros(3, 15)
+    out = cpp.step(params, torch.zeros(15), ring, 0, (0, 15))
+    assert not out.requires_grad and out.grad_fn is None
+    assert not cpp.project(ring, torch.randn(15, requires_grad=True), (0, 15)).requires_grad
+
+
+# --- bits -----------------------------------------------------------------------------------
+
+
+def _all_ops(threads):
+    """Every op on one fixed input, at the given thread count."""
+    torch.set_num_threads(threads)
+    cpp = get_backend("cpp")
+    sizes = [3, 50_000, 1, 17_000, 40_001]
+    P, W = sum(sizes), 6
+    bounds = (0, 3, 30_000, 30_000, P)
+    params, snapshot = _layout(sizes, (torch.float32, torch.bfloat16, torch.float16), seed=1)
+    ring = torch.randn(W, P, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    out = [cpp.step(params, snapshot, ring, 2, bounds), snapshot, ring.clone()]
+    out.append(cpp.slide(ring, torch.randn(P, generator=torch.Generator().manual_seed(3)), 4, bounds))
+    out.append(cpp.project(ring, torch.randn(P, generator=torch.Generator().manual_seed(4)), bounds))
+    out.append(cpp.combine(ring, torch.linspace(-1, 1, W, dtype=torch.float64)))
+    out.append(cpp.gram(ring))
+    return out
+
+
+@needs_cpp
+def test_bits_do_not_depend_on_threads_or_runs():
+    before = torch.get_num_threads()
+    try:
+        one, two, again = _all_ops(1), _all_ops(2), _all_ops(2)
+    finally:
+        torch.set_num_threads(before)
+    for a, b, c in zip(one, two, again):
+        assert torch.equal(a, b) and torch.equal(b, c)
+
+
+@needs_cpp
+def test_bf16_ring_rounds_like_torch_and_keeps_nan():
+    g = torch.Generator().manual_seed(5)
+    bits = torch.randint(-(2**31), 2**31 - 1, (1 << 18,), generator=g, dtype=torch.int64).to(torch.int32)
+    ties = torch.tensor([0x3F808000, 0x3F818000, 0x7F7FFFFF, 0x7F800001, 0xFFC00001, 1], dtype=torch.int64).to(torch.int32)
+    row = torch.cat([bits, ties]).view(torch.float32)
+    ring = torch.zeros(2, row.numel(), dtype=torch.bfloat16)
+    get_backend("cpp").slide(ring, row, 1, (0, row.numel()))
+    expected = row.to(torch.bfloat16)
+    nan = expected.isnan()
+    assert torch.equal(ring[1].isnan(), nan)
+    assert torch.equal(ring[1][~nan].view(torch.int16), expected[~nan].view(torch.int16))
+
+
+@needs_cpp
+def test_half_parameters_convert_exactly():
+    half = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    half = half[~half.isnan()]
+    snapshot, out = torch.zeros(half.numel()), torch.empty(half.numel())
+    get_backend("cpp").gather([half], snapshot, out)
+    assert torch.equal(out.view(torch.int32), half.float().view(torch.int32))
+    assert torch.equal(snapshot, half.float())
+
+
+@needs_cpp
+def test_float64_parameters_keep_a_float64_snapshot():
+    params = [torch.randn(1000, dtype=torch.float64), torch.randn(5, dtype=torch.float64)]
+    snapshot = torch.cat(params) - 1e-9
+    ring = torch.zeros(3, 1005)
+    out = get_backend("cpp").step(params, snapshot, ring, 0, (0, 1005))
+    assert torch.equal(snapshot, torch.cat(params))
+    assert torch.allclose(ring[0], torch.full((1005,), 1e-9), rtol=1e-6, atol=0)
+    assert out[0, 3].item() == pytest.approx(1005 * 1e-18, rel=1e-6)
+
+
+# --- CUDA -----------------------------------------------------------------------------------
+
+
+@needs_cuda
+def test_cuda_matches_cpp_bits_of_state():
+    cpp, cuda = get_backend("cpp"), get_backend("cuda", "cuda")
+    sizes = [3, 50_000, 1, 300, 17_001]
+    P, W, bounds = sum(sizes), 8, (0, 3, 30_000, sum(sizes))
+    params, snapshot = _layout(sizes, (torch.float32, torch.bfloat16, torch.float16))
+    ring = torch.randn(W, P).to(torch.bfloat16)
+    ring_cpu = ring.clone()
+    ref = cpp.step(params, snapshot.clone(), ring_cpu, 5, bounds)
+    snap_gpu, ring_gpu = snapshot.cuda(), ring.cuda()
+    got = cuda.step([p.cuda() for p in params], snap_gpu, ring_gpu, 5, bounds)
+    torch.testing.assert_close(got.cpu(), ref, rtol=1e-5, atol=1e-6)
+    assert torch.equal(ring_gpu.cpu(), ring_cpu)
+
+
+@needs_cuda
+def test_cuda_step_is_graph_capturable_and_deterministic():
+    cuda = get_backend("cuda", "cuda")
+    sizes = [1000] * 300  # more tensors than one launch takes
+    P, W, bounds = sum(sizes), 4, (0, 150_000, sum(sizes))
+    params = [torch.randn(n, device="cuda") for n in sizes]
+    snapshot, ring = torch.zeros(P, device="cuda"), torch.zeros(W, P, device="cuda")
+    cuda.step(params, snapshot, ring, 0, bounds)  # warm-up: uploads the plan
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = cuda.step(params, snapshot, ring, 1, bounds)
+    state = (snapshot.clone(), ring.clone())
+    for p in params:
+        p.add_(0.5)
+    graph.replay()
+    first = captured.clone()
+    snapshot.copy_(state[0])
+    ring.copy_(state[1])
+    graph.replay()
+    assert torch.equal(captured, first)
+    eager = cuda.step(params, state[0].clone(), state[1].clone(), 1, bounds)
+    assert torch.equal(eager, first)
