@@ -245,7 +245,7 @@ class SpectralMonitor:
     def _group_summaries(state: GramState, total: float) -> Dict[str, dict]:
         out = {}
         for name, Gg in state.group_grams().items():
-            s = spectrum(Gg, eps=ENGINE_EPS)
+            s = spectrum(Gg, eps=ENGINE_EPS, vectors=False)
             out[name] = {
                 "k_star": s.k_star,
                 "R": _nan_to_none(s.gap_ratio),

@@ -143,3 +143,14 @@ def test_validation():
     G = G @ G.T
     G[0, 1] *= 1 + 1e-7
     assert spectrum(G).n == 6
+
+
+def test_values_only_spectrum_matches_the_full_one():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((12, 500)) * np.linspace(3.0, 0.1, 12)[:, None]
+    G = x @ x.T
+    full, values = spectrum(G), spectrum(G, vectors=False)
+    assert values.vectors.shape == (12, 0)
+    np.testing.assert_allclose(values.eigenvalues, full.eigenvalues, rtol=1e-10, atol=1e-12 * full.eigenvalues[0])
+    assert (values.k_star, values.k_q, values.status) == (full.k_star, full.k_q, full.status)
+    assert values.gap_ratio == pytest.approx(full.gap_ratio, rel=1e-10)
