@@ -179,8 +179,6 @@ class GramWindow:
         rank, world = rank_and_world(process_group)
         self.layout = ParamLayout(params, groups, rank=rank, world=world)
         self.device = self.layout.device
-        if self.layout.snapshot_dtype == torch.float64 and backend == "auto":
-            backend = "torch"  # float64 parameters: only the torch backend keeps them exact
         self.backend = get_backend(backend, self.device)
         self._check_memory()
         P, G = self.layout.numel, len(self.layout.groups)

@@ -202,3 +202,12 @@ def test_ring_that_does_not_fit_is_refused_before_allocating(monkeypatch):
     monkeypatch.setattr(window_mod, "free_bytes", lambda device: 1000)
     with pytest.raises(MemoryError, match=r"needs .* GB .* of ring in bf16"):
         GramWindow(torch.nn.Linear(100, 100), window=16, storage_dtype=torch.bfloat16)
+
+
+def test_float64_parameters_keep_a_float64_snapshot():
+    model = torch.nn.Linear(40, 30).double()
+    win = GramWindow(model, window=3)
+    assert win._snapshot.dtype == torch.float64
+    history = _run(win, model, 5, seed=8)
+    x = torch.stack(history[-3:])
+    assert np.allclose(win.gram(), (x @ x.T).numpy(), rtol=1e-5, atol=0)
