@@ -172,6 +172,18 @@ __device__ __forceinline__ void write_partials(const RowSums& sums, int cols, do
   }
 }
 
+// The slide proper, for one chunk of the entering row a (already rounded to
+// R): the block's sums <a, ring[i]> (ring[slot] read before it is
+// overwritten) and <a, a> to partials[0..rows], then ring[slot] = a.
+template <class R>
+__device__ __forceinline__ void slide_rounded(const Owned& a, const Span& sp, R* ring, int64_t ld, int rows, int64_t slot,
+                                              RowSums& sums, double* partials) {
+  dot_rows(a, sp, ring, ld, rows, sums);
+  self_dot(a, sp, rows, sums);
+  store_row(ring + slot * ld, a, sp);
+  write_partials(sums, rows + 1, partials);
+}
+
 // a = round_R(float(theta - snapshot)) at this thread's elements, then
 // snapshot = theta (theta and snapshot offset to the chunk's first element).
 template <class R, class P, class S>

@@ -37,4 +37,15 @@ inline void dot_rows(const float* a, const R* rows_base, int64_t ld, int64_t row
   for (int64_t i = 0; i < rows; ++i) out[i] = dot(a, rows_base + i * ld, n);
 }
 
+// The slide proper, for one chunk of the entering row a (already rounded to
+// R): out[i] = <a, ring[i]> (ring[slot] read before it is overwritten),
+// out[rows] = <a, a>, then ring[slot] = a.
+template <class R>
+inline void slide_rounded(const float* a, R* ring, int64_t ld, int64_t rows, int64_t slot, int64_t n, double* out) {
+  dot_rows(a, ring, ld, rows, n, out);
+  out[rows] = dot(a, a, n);
+  R* dst = ring + slot * ld;
+  for (int64_t k = 0; k < n; ++k) dst[k] = round_to<R>(a[k]);
+}
+
 }  // namespace sef

@@ -13,10 +13,7 @@ __global__ void __launch_bounds__(kThreads) slide_kernel(const V* row, R* ring, 
   Owned a;
   take_row<R>(row + ch.flat, sp, a);
   __shared__ RowSums sums;
-  dot_rows(a, sp, ring + ch.flat, ld, rows, sums);
-  self_dot(a, sp, rows, sums);
-  store_row(ring + slot * ld + ch.flat, a, sp);
-  write_partials(sums, rows + 1, partials + int64_t(blockIdx.x) * (rows + 1));
+  slide_rounded(a, sp, ring + ch.flat, ld, rows, slot, sums, partials + int64_t(blockIdx.x) * (rows + 1));
 }
 
 }  // namespace

@@ -17,10 +17,7 @@ SEF_CLONES void step_chunk(const P* theta, S* snap, R* ring, int64_t ld, int64_t
     a[k] = to_float(rounded_update<R>(th, snap[k]));
     snap[k] = th;
   }
-  dot_rows(a, ring, ld, rows, n, out);
-  out[rows] = dot(a, a, n);
-  R* dst = ring + slot * ld;
-  for (int64_t k = 0; k < n; ++k) dst[k] = round_to<R>(a[k]);
+  slide_rounded(a, ring, ld, rows, slot, n, out);
 }
 
 }  // namespace

@@ -21,10 +21,7 @@ __global__ void __launch_bounds__(kThreads) step_kernel(ParamBatch batch, S* sna
     take_update<R>(static_cast<const P*>(batch.data[t]) + ch.offset, snapshot + ch.flat, sp, a);
   });
   __shared__ RowSums sums;
-  dot_rows(a, sp, ring + ch.flat, ld, rows, sums);
-  self_dot(a, sp, rows, sums);
-  store_row(ring + slot * ld + ch.flat, a, sp);
-  write_partials(sums, rows + 1, partials + int64_t(blockIdx.x) * (rows + 1));
+  slide_rounded(a, sp, ring + ch.flat, ld, rows, slot, sums, partials + int64_t(blockIdx.x) * (rows + 1));
 }
 
 }  // namespace
