@@ -4,7 +4,7 @@ flat space, so one all-reduce of ``groups x (W+1)`` numbers per slide makes
 every rank see the Gram of the whole model."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 
@@ -31,7 +31,7 @@ def all_reduce_sum(tensor: torch.Tensor, process_group) -> torch.Tensor:
     return tensor
 
 
-def is_writer(process_group: Optional[object] = None) -> bool:
+def is_writer() -> bool:
     """True on the process that writes logs: rank 0 of the default group."""
     import torch.distributed as dist
 

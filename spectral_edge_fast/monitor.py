@@ -131,7 +131,7 @@ class SpectralMonitor:
         self.analyze_every = analyze_every
         self.optimizer = optimizer
         self.log_dir = log_dir or default_log_dir()
-        self.is_writer = is_writer(process_group)
+        self.is_writer = is_writer()
         self.sinks: List[Sink] = make_sinks(sinks, self.log_dir) if self.is_writer else []
         self.steps = 0
         self._history: List[dict] = []
