@@ -1,5 +1,7 @@
 """Builds ``spectral_edge_fast._C``: a CppExtension (OpenMP) by default, a
-CUDAExtension when torch has CUDA and nvcc is present.
+CUDAExtension when torch has CUDA and nvcc is present; and
+``spectral_edge_fast.analysis._secular``, plain C for the analysis layer
+(no torch).
 
 Environment switches:
   SEF_NO_EXT=1      build no extension (the package falls back to torch/triton)
@@ -10,16 +12,25 @@ import glob
 import os
 import shutil
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 
 def _flag(name):
     return os.environ.get(name, "0") not in ("", "0", "false", "False")
 
 
+def analysis_extensions():
+    # -O3 without -ffast-math: the secular solver's differences are ordered on purpose
+    return [Extension("spectral_edge_fast.analysis._secular", ["csrc/analysis/secular.cpp"], extra_compile_args=["-O3", "-std=c++17", "-Wno-psabi"])]
+
+
 def get_extensions():
     if _flag("SEF_NO_EXT"):
         return []
+    return torch_extensions() + analysis_extensions()
+
+
+def torch_extensions():
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 

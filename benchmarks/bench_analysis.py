@@ -2,19 +2,24 @@
 
 One analysis of one group = spectrum of the current window, spectrum of the
 previous window, stability, consecutive-window overlaps, eigenvalue flow and
-the adiabatic parameter, from the group's (W+1) x (W+1) extended Gram. The
-figure is the wall time for all groups, median over repeats.
+the adiabatic parameter, from the group's (W+1) x (W+1) extended Gram.
 
     python benchmarks/bench_analysis.py [--groups 64] [--window 64] [--repeats 30]
 
-Also timed: the pipeline without the principal angles of near-degenerate
-clusters (in a noisy window the whole bulk is one cluster, and its cosines
-cost an eigen-solve; ``subspace_overlaps`` stays exact), the same reusing the
-previous window's Spectrum (what a monitor that analyses every slide has from
-its last call: one eigensolve per group), the bare LAPACK eigensolves (the
-floor), and each stage alone. BLAS
-threads are pinned to 1 before NumPy loads: the matrices are tiny, and on a
-shared machine threads only add contention. Results go to
+The headline figure, ``streaming``, is one slide of a monitor that analyses
+every slide: ``EigenTracker.step`` (the current windows' eigenpairs updated
+from the previous ones by the rank-two secular solver, checked, LAPACK where
+a check fails) plus ``analyze_slides`` (every quantity, vectorised over the
+groups), timed per slide over a stream of consecutive windows, median over
+the slides. Also timed: ``batched_cold`` (``analyze_slides`` with both
+windows eigensolved by LAPACK: an analysis that does not follow the last
+one), the per-group functions in a Python loop (``per_group``, with and
+without the principal angles of near-degenerate clusters), the bare LAPACK
+eigensolves, and stages alone.
+
+The secular solver runs on up to 4 threads (it releases the GIL); BLAS is
+pinned to one thread before NumPy loads: the matrices are tiny, and BLAS
+threads only contend with ours. Results go to
 benchmarks/results/bench_analysis.json with the CPU name and git commit.
 """
 from __future__ import annotations
@@ -37,28 +42,53 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from spectral_edge_fast.analysis import (  # noqa: E402
+    EigenTracker,
     adiabatic,
+    analyze_slides,
     delta_c_fro,
+    eigen_batch,
     eigen_flow,
     spectrum,
     stability,
     window_overlaps,
 )
+from spectral_edge_fast.analysis import tracking  # noqa: E402
 
 LR = 1e-3
 
 
-def extended_grams(groups: int, W: int, P: int, seed: int = 0):
-    """Per group: W+1 consecutive updates with three planted signal directions
-    over isotropic noise, as a training window looks; returns their Grams."""
+def stream_grams(groups: int, T: int, P: int, seed: int = 0) -> np.ndarray:
+    """Per group: the Gram [T, T] of T consecutive updates with three planted
+    signal directions over isotropic noise, as a training window looks. Its
+    (W+1) x (W+1) diagonal blocks are the extended Grams of successive
+    slides, sharing their entries bit for bit as the engine's do."""
     rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(groups):
+    out = np.empty((groups, T, T))
+    for g in range(groups):
         basis = np.linalg.qr(rng.standard_normal((P, 3)))[0].T
-        signal = rng.standard_normal((W + 1, 3)) * np.array([6.0, 3.0, 1.5]) @ basis
-        Y = signal + rng.standard_normal((W + 1, P)) / np.sqrt(P)
-        out.append(Y @ Y.T)
+        signal = rng.standard_normal((T, 3)) * np.array([6.0, 3.0, 1.5]) @ basis
+        Y = signal + rng.standard_normal((T, P)) / np.sqrt(P)
+        out[g] = Y @ Y.T
     return out
+
+
+def time_stream(full: np.ndarray, W: int, warmup: int = 3) -> dict:
+    """Per-slide wall time of tracker + analyze_slides over the stream."""
+    tracker = EigenTracker()
+    times = []
+    for t in range(W, full.shape[1] - 1):
+        E = np.ascontiguousarray(full[:, t - W : t + 1, t - W : t + 1])
+        t0 = time.perf_counter()
+        analyze_slides(E, LR, tracker=tracker)
+        times.append(time.perf_counter() - t0)
+    times = times[warmup:]
+    return {
+        "median_ms": 1e3 * float(np.median(times)),
+        "min_ms": 1e3 * float(np.min(times)),
+        "slides": len(times),
+        "group_slides_updated": tracker.updated,
+        "group_slides_eigensolved": tracker.solved,
+    }
 
 
 def pipeline(E: np.ndarray, previous=None, principal_angles=True):
@@ -109,32 +139,38 @@ def main(argv=None):
     parser.add_argument("--groups", type=int, default=64)
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--params", type=int, default=4096, help="coordinates per group used to build the test Grams")
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=30, help="repeats of each case")
+    parser.add_argument("--slides", type=int, default=100, help="slides of the streaming case")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "bench_analysis.json")
     args = parser.parse_args(argv)
 
-    grams = extended_grams(args.groups, args.window, args.params)
     n = args.window
+    full = stream_grams(args.groups, n + args.slides + 4, args.params)
+    grams = [np.ascontiguousarray(F[: n + 1, : n + 1]) for F in full]
+    stack = np.stack(grams)
     previous = [spectrum(E[:n, :n]) for E in grams]
     current = [spectrum(E[1:, 1:]) for E in grams]
     dcs = [delta_c_fro(E) for E in grams]
     blocks = [np.ascontiguousarray(E[1:, 1:]) for E in grams]
 
+    prev_eig = eigen_batch(stack[:, :n, :n])
+    cur_eig = eigen_batch(stack[:, 1:, 1:])
     cases = {
-        "pipeline": lambda: [pipeline(E) for E in grams],
-        "pipeline_no_principal_angles": lambda: [pipeline(E, principal_angles=False) for E in grams],
-        "pipeline_no_principal_angles_reusing_previous": lambda: [
-            pipeline(E, p, principal_angles=False) for E, p in zip(grams, previous)
-        ],
-        "floor_eigh_x2": lambda: [(np.linalg.eigh(G), np.linalg.eigh(G)) for G in blocks],
-        "floor_eigh_x1": lambda: [np.linalg.eigh(G) for G in blocks],
+        "batched_cold": lambda: analyze_slides(stack, LR),
+        "batched_given_eigen": lambda: analyze_slides(stack, LR, prev_eig, cur_eig),
+        "slide_eigen": lambda: tracking.slide_eigen(prev_eig, stack),
+        "per_group": lambda: [pipeline(E) for E in grams],
+        "per_group_no_principal_angles": lambda: [pipeline(E, principal_angles=False) for E in grams],
+        "lapack_eigh_batched": lambda: np.linalg.eigh(stack[:, 1:, 1:]),
+        "lapack_eigvalsh_batched": lambda: np.linalg.eigvalsh(stack[:, 1:, 1:]),
         "stage_spectrum": lambda: [spectrum(G) for G in blocks],
         "stage_stability": lambda: [stability(c, d) for c, d in zip(current, dcs)],
         "stage_window_overlaps": lambda: [window_overlaps(E, p, c) for E, p, c in zip(grams, previous, current)],
         "stage_eigen_flow": lambda: [eigen_flow(E, p, c) for E, p, c in zip(grams, previous, current)],
         "stage_adiabatic": lambda: [adiabatic(c, d, LR) for c, d in zip(current, dcs)],
     }
-    figures = {name: timed(fn, args.repeats) for name, fn in cases.items()}
+    figures = {"streaming": time_stream(full, n)}
+    figures.update({name: timed(fn, args.repeats) for name, fn in cases.items()})
 
     result = {
         "benchmark": "bench_analysis",
@@ -147,6 +183,7 @@ def main(argv=None):
         "python": platform.python_version(),
         "numpy": np.__version__,
         "blas_threads": os.environ["OPENBLAS_NUM_THREADS"],
+        "secular_solver": tracking.available(),
         "commit": git_commit(),
         "target_ms": 10.0,
         "figures_ms": figures,

@@ -26,7 +26,15 @@ Conventions
   ``Spectrum.to_dict()`` plus a ``"step"`` key (details: ``events.__doc__``).
 * Pass a ``Spectrum`` computed once to the functions that take one, so each
   window is eigendecomposed once.
+* Many groups at once: ``analyze_slides`` computes the per-slide pipeline
+  (spectrum, stability, adiabatic, window overlaps, eigen flow) for a
+  [G, n+1, n+1] stack, vectorised over the groups. With an ``EigenTracker``
+  (a monitor that analyses every slide) the current windows' eigenpairs are
+  updated from the previous ones by the rank-two secular solver
+  (``tracking.py``, compiled from ``csrc/analysis/secular.cpp``; checked
+  every slide, LAPACK when a check fails or the module is not built).
 """
+from .batch import SlideBatch, analyze_slides
 from .decomposition import (
     FirstOrderSplit,
     LossDecomposition,
@@ -36,6 +44,7 @@ from .decomposition import (
     projections,
 )
 from .events import CollapseOrder, Event, LeadLag, ThreePhase, collapse_order, events, lead_lag, three_phase
+from .eigen import Eigen, eigen_batch
 from .flow import EigenFlow, delta_c_fro, eigen_flow
 from .null import BBP, NullMaxRatio, bbp, null_max_ratio, ratio_p_value
 from .spectrum import Spectrum, spectrum
@@ -48,13 +57,16 @@ from .stability import (
     stability,
     window_overlaps,
 )
+from .tracking import EigenTracker, slide_eigen
 from .weights import WeightSpectrum, weight_spectrum
 
 __all__ = [
     "Adiabatic",
     "BBP",
     "CollapseOrder",
+    "Eigen",
     "EigenFlow",
+    "EigenTracker",
     "Event",
     "FirstOrderSplit",
     "LeadLag",
@@ -62,14 +74,17 @@ __all__ = [
     "NullMaxRatio",
     "Overlaps",
     "Projections",
+    "SlideBatch",
     "Spectrum",
     "Stability",
     "ThreePhase",
     "WeightSpectrum",
     "adiabatic",
+    "analyze_slides",
     "bbp",
     "collapse_order",
     "delta_c_fro",
+    "eigen_batch",
     "eigen_flow",
     "events",
     "first_order_split",
@@ -79,6 +94,7 @@ __all__ = [
     "null_max_ratio",
     "projections",
     "ratio_p_value",
+    "slide_eigen",
     "spectrum",
     "stability",
     "three_phase",
