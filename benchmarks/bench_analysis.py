@@ -85,6 +85,8 @@ def time_stream(full: np.ndarray, W: int, warmup: int = 3) -> dict:
     return {
         "median_ms": 1e3 * float(np.median(times)),
         "min_ms": 1e3 * float(np.min(times)),
+        "p10_ms": 1e3 * float(np.percentile(times, 10)),
+        "p90_ms": 1e3 * float(np.percentile(times, 90)),
         "slides": len(times),
         "group_slides_updated": tracker.updated,
         "group_slides_eigensolved": tracker.solved,
