@@ -271,8 +271,7 @@ def analyze_slides(
     if tracker is not None:
         if previous is not None or current is not None:
             raise ValueError("pass either tracker or previous / current, not both")
-        previous, finish = tracker._begin(E, finite)
-        current, rotation = finish()
+        previous, current, rotation = tracker._advance(E, finite)
     else:
         rotation = None
     prev_vals, Up = _eigh(E[:, :n, :n], finite) if previous is None else _given(previous, "previous", G, n)

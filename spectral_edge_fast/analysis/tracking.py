@@ -75,7 +75,6 @@ def slide_eigen(
     *,
     threads: Optional[int] = None,
     out: Optional[Eigen] = None,
-    _work: Optional[np.ndarray] = None,
 ) -> Tuple[Eigen, np.ndarray]:
     """Eigen-decomposition of the current windows ``E[:, 1:, 1:]`` from that
     of the previous windows ``E[:, :n, :n]``.
@@ -101,15 +100,14 @@ def slide_eigen(
         ValueError: shapes that do not match, or a non-symmetric stack.
     """
     E, finite = _stack(extended_grams, "extended_grams")
-    return _slide(previous, E, finite, threads, out, _work)()[:2]
+    return _slide(previous, E, finite, threads, out, None)[:2]
 
 
 def _slide(previous, E, finite, threads, out, work):
-    """``slide_eigen`` on a validated stack, started on the worker threads:
-    returns a function that waits for it and gives ``(current, updated,
-    rotation)``, the rotation ``Q`` ([G, n, n], in ``work``) with
-    ``current.vectors = roll(previous.vectors @ Q)`` (rows rolled so the
-    entering update comes last), or None without the fast update."""
+    """``slide_eigen`` on a validated stack: ``(current, updated, rotation)``,
+    the rotation ``Q`` ([G, n, n], in ``work``) with ``current.vectors =
+    roll(previous.vectors @ Q)`` (rows rolled so the entering update comes
+    last), or None without the fast update."""
     G, n = E.shape[0], E.shape[1] - 1
     lam = np.asarray(previous.values, dtype=np.float64)
     V = np.asarray(previous.vectors, dtype=np.float64)
@@ -128,7 +126,7 @@ def _slide(previous, E, finite, threads, out, work):
     if _secular is None or n < 2 or not ok.any():
         fresh = eigen_batch(current)
         out.values[...], out.vectors[...] = fresh.values, fresh.vectors
-        return lambda: (out, np.zeros(G, bool), None)
+        return out, np.zeros(G, bool), None
 
     every = bool(ok.all())
     idx = slice(None) if every else np.flatnonzero(ok)
@@ -165,26 +163,22 @@ def _slide(previous, E, finite, threads, out, work):
         failed = _update(lam_o[b], V_o[b], u_plus[b], u_minus[b], values[b], vectors[b], work[:, b])
         return failed | ~_check(target[b], values[b], vectors[b])
 
-    futures = [_pool(workers).submit(solve, b) for b in blocks]
-
-    def finish():
-        failed = np.concatenate([f.result() for f in futures])
-        if every:
-            updated = ~failed
-        else:
-            out.values[idx], out.vectors[idx] = values, vectors
-            updated = np.zeros(G, bool)
-            updated[idx] = ~failed
-        redo = np.flatnonzero(~updated)
-        if redo.size:
-            fresh = eigen_batch(current[redo])
-            out.values[redo], out.vectors[redo] = fresh.values, fresh.vectors
-        rotation = work[2, :m]
-        if not every or redo.size:
-            rotation = _rotation(V, out.vectors, np.empty((G, n, n)) if not every else rotation, redo if every else None)
-        return out, updated, rotation
-
-    return finish
+    flags = [solve(blocks[0])] if workers == 1 else list(_pool(workers).map(solve, blocks))
+    failed = np.concatenate(flags)
+    if every:
+        updated = ~failed
+    else:
+        out.values[idx], out.vectors[idx] = values, vectors
+        updated = np.zeros(G, bool)
+        updated[idx] = ~failed
+    redo = np.flatnonzero(~updated)
+    if redo.size:
+        fresh = eigen_batch(current[redo])
+        out.values[redo], out.vectors[redo] = fresh.values, fresh.vectors
+    rotation = work[2, :m]
+    if not every or redo.size:
+        rotation = _rotation(V, out.vectors, np.empty((G, n, n)) if not every else rotation, redo if every else None)
+    return out, updated, rotation
 
 
 def _rotation(previous_vectors, current_vectors, out, groups=None):
@@ -267,42 +261,22 @@ class EigenTracker:
 
     def step(self, extended_grams) -> Tuple[Eigen, Eigen]:
         """``(previous, current)``: decompositions of ``E[:, :n, :n]`` and ``E[:, 1:, 1:]``."""
-        previous, finish = self._begin(*_stack(extended_grams, "extended_grams"))
-        return previous, finish()[0]
+        return self._advance(*_stack(extended_grams, "extended_grams"))[:2]
 
     @property
     def current(self) -> Optional[Eigen]:
         """The decomposition of the last ``step``'s current windows."""
         return self._current
 
-    def _begin(self, E: np.ndarray, finite: np.ndarray):
-        """Start ``step`` on a validated stack: returns ``previous`` and a
-        function that waits for the update and gives ``(current, rotation)``
-        (the rotation of ``_slide``, valid until the next call, or None after
-        eigensolves). Call it before the tracker's next step."""
+    def _advance(self, E: np.ndarray, finite: np.ndarray):
+        """``step`` on a validated stack; also returns the rotation of
+        ``_slide`` (valid until the next call), or None after eigensolves."""
         G, n = E.shape[0], E.shape[1] - 1
-        if not self._follows(E):
-            previous = eigen_batch(E[:, :n, :n])
-            current = eigen_batch(E[:, 1:, 1:])
-            self._shape = E.shape
-            self._age = (np.arange(G) * self.refresh_every) // max(G, 1)
-            self._trailing = np.empty((G, n, n))
-            self._work = np.empty((3, G, n, n))
-            self._scratch = None
-            self._buffers = [previous, current, Eigen(np.empty((G, n)), np.empty((G, n, n)))]
-            self._turn = 1
-            self.solved += 2 * G
-            self._settle(E, current)
-            return previous, lambda: (current, None)
-
-        previous = self._current
-        self._turn = (self._turn + 1) % len(self._buffers)
-        pending = _slide(previous, E, finite, self.threads, self._buffers[self._turn], self._work)
-        # until it finishes, a failed slide must not look like a tracked one
-        self._shape = None
-
-        def finish():
-            current, updated, rotation = pending()
+        rotation = None
+        if self._follows(E):
+            previous = self._current
+            self._turn = (self._turn + 1) % len(self._buffers)
+            current, updated, rotation = _slide(previous, E, finite, self.threads, self._buffers[self._turn], self._work)
             self._age += 1
             stale = np.flatnonzero(updated & (self._age >= self.refresh_every))
             if stale.size:
@@ -314,12 +288,17 @@ class EigenTracker:
             self._age[~updated] = 0
             self.updated += int(updated.sum())
             self.solved += int(G - updated.sum())
+        else:
+            previous = eigen_batch(E[:, :n, :n])
+            current = eigen_batch(E[:, 1:, 1:])
             self._shape = E.shape
-            self._settle(E, current)
-            return current, rotation
-
-        return previous, finish
-
-    def _settle(self, E: np.ndarray, current: Eigen) -> None:
+            self._age = (np.arange(G) * self.refresh_every) // max(G, 1)
+            self._trailing = np.empty((G, n, n))
+            self._work = np.empty((3, G, n, n))
+            self._scratch = None
+            self._buffers = [previous, current, Eigen(np.empty((G, n)), np.empty((G, n, n)))]
+            self._turn = 1
+            self.solved += 2 * G
         np.copyto(self._trailing, E[:, 1:, 1:])
         self._current = current
+        return previous, current, rotation
