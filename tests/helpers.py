@@ -5,18 +5,59 @@ from __future__ import annotations
 import torch
 
 EPS32 = torch.finfo(torch.float32).eps
-BACKENDS = ("torch", "cpp", "triton")
+# Backend ids: a backend name runs on the CPU; "name@cuda" runs that backend on
+# the GPU (ids present only where one is visible), fed the same CPU tensors
+# through OnDevice, so every kernel test checks the GPU kernels too.
+BACKENDS = ("torch", "cpp", "triton") + (("torch@cuda", "cuda@cuda", "triton@cuda") if torch.cuda.is_available() else ())
 
 
-def backend_or_skip(name: str, device="cpu"):
+def split_id(backend_id: str):
+    """``(backend name, device)`` of a backend id."""
+    name, _, device = backend_id.partition("@")
+    return name, device or "cpu"
+
+
+def backend_or_skip(backend_id: str):
     import pytest
 
     from spectral_edge_fast.kernels import backend_status, get_backend
 
+    name, device = split_id(backend_id)
     ok, reason = backend_status(name, device)
     if not ok:
-        pytest.skip(f"backend {name} unavailable: {reason}")
-    return get_backend(name, device)
+        pytest.skip(f"backend {backend_id} unavailable: {reason}")
+    backend = get_backend(name, device)
+    return backend if device == "cpu" else OnDevice(backend, device)
+
+
+class OnDevice:
+    """A backend on a GPU, called with CPU tensors: each call copies its tensor
+    arguments to the device and back afterwards (the ops update the ring and
+    the snapshot in place), and returns its result on the CPU."""
+
+    def __init__(self, backend, device):
+        self._backend, self._device = backend, torch.device(device)
+
+    def __getattr__(self, attr):
+        fn = getattr(self._backend, attr)
+        if not callable(fn):
+            return fn
+
+        def call(*args, **kwargs):
+            moved = []
+
+            def to_device(x):
+                if isinstance(x, torch.Tensor):
+                    moved.append((x, x.to(self._device)))
+                    return moved[-1][1]
+                return type(x)(map(to_device, x)) if isinstance(x, (list, tuple)) else x
+
+            out = fn(*map(to_device, args), **{k: to_device(v) for k, v in kwargs.items()})
+            for host, dev in moved:
+                host.copy_(dev)
+            return out.cpu() if isinstance(out, torch.Tensor) else out
+
+        return call
 
 
 def random_bounds(P: int, groups: int, gen: torch.Generator):

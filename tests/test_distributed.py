@@ -94,12 +94,14 @@ def _dtensor_worker(rank, store_path, out_dir):
 
 def _fsdp_worker(rank, store_path, out_dir):
     _init(rank, store_path)
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     model = _model()
     full_before = _flat(model.parameters())
     try:
-        fully_shard(model)
+        # a CPU mesh: with a GPU visible, the default mesh would put rank r on cuda:r
+        fully_shard(model, mesh=init_device_mesh("cpu", (WORLD,)))
     except Exception as exc:  # reported to the parent, which skips with the reason
         torch.save({"error": f"{type(exc).__name__}: {exc}"}, os.path.join(out_dir, f"fsdp{rank}.pt"))
         return

@@ -3,7 +3,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from helpers import BACKENDS, EPS32, backend_or_skip
+from helpers import BACKENDS, EPS32, backend_or_skip, split_id
 
 import spectral_edge_fast.window as window_mod
 from spectral_edge_fast import GramWindow
@@ -22,14 +22,14 @@ def _model(seed=0):
 
 
 def _flat(model):
-    return torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
+    return torch.cat([p.detach().reshape(-1).double().cpu() for p in model.parameters()])
 
 
 def _train_like(model, gen, scale=1e-2):
     """A fake optimizer step: a random, slowly drifting update."""
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(scale * (torch.randn(p.shape, generator=gen) + 0.5))
+            p.add_((scale * (torch.randn(p.shape, generator=gen) + 0.5)).to(p.device))
 
 
 def _run(win, model, steps, seed):
@@ -64,8 +64,9 @@ def _gram_bound(x: torch.Tensor, storage):
 @pytest.mark.parametrize("W,every", [(2, 1), (5, 2), (16, 1)])
 def test_window_matches_brute_force_over_many_slides(backend, storage, W, every):
     backend_or_skip(backend)
-    model = _model()
-    win = GramWindow(model, window=W, every=every, storage_dtype=storage, backend=backend)
+    name, device = split_id(backend)
+    model = _model().to(device)
+    win = GramWindow(model, window=W, every=every, storage_dtype=storage, backend=name)
     steps = (3 * W + 2) * every
     history = _run(win, model, steps, seed=W)
     x = torch.stack(history[-W:])
