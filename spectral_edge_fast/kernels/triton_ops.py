@@ -119,7 +119,6 @@ def _tile(acc, acc_self, base, start, end, src, shift, snap_ptr, out_ptr, ring_p
     if FROM_PARAMS:
         theta = x.to(snap_ptr.dtype.element_ty)
         delta = theta - tl.load(snap_ptr + offs, mask=m, other=0.0)
-        tl.store(snap_ptr + offs, theta, mask=m)
     else:
         delta = x
     if DOTS:
@@ -127,6 +126,15 @@ def _tile(acc, acc_self, base, start, end, src, shift, snap_ptr, out_ptr, ring_p
         ptrs = ring_ptr + rows.to(tl.int64)[:, None] * ring_stride + offs[None, :]
         live = (rows < W)[:, None] & m[None, :]
         r = tl.load(ptrs, mask=live, other=0.0)
+    # The snapshot and the ring's slot are read, then written, by the same
+    # program, but Triton may give a load and the store of the same element to
+    # different threads: without this barrier one warp's store can overtake
+    # another's load (seen on an H100: the leaving row, or a zero update, read
+    # back). All of the tile's loads complete before any of its stores.
+    tl.debug_barrier()
+    if FROM_PARAMS:
+        tl.store(snap_ptr + offs, theta, mask=m)
+    if DOTS:
         if WRITE:
             a_ring = _rounded(delta.to(tl.float32), ring_ptr.dtype.element_ty)
             a = a_ring.to(tl.float32)
@@ -135,11 +143,8 @@ def _tile(acc, acc_self, base, start, end, src, shift, snap_ptr, out_ptr, ring_p
             a = delta.to(tl.float32)
         acc += r.to(tl.float32) * a[None, :]
         if WRITE:
-            # Overwrite the slot through the pointers (so the threads) that
-            # read it, with a value that depends on the read: the write
-            # cannot overtake the read of the leaving row.
             is_slot = live & (rows == slot)[:, None]
-            tl.store(ptrs, tl.where(is_slot, a_ring[None, :], r), mask=is_slot)
+            tl.store(ptrs, tl.broadcast_to(a_ring[None, :], [W_BLOCK, BLOCK]), mask=is_slot)
     else:
         tl.store(out_ptr + offs, _rounded(delta, out_ptr.dtype.element_ty), mask=m)
     return acc, acc_self
