@@ -4,11 +4,24 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
 #include <vector>
 
 #include "kernels/common.h"
 
 namespace sef {
+
+// Numbers, shapes and devices reach a message as strings, never through
+// std::ostream's numeric insertion: with torch 2.11's CUDA wheel and the
+// system's GCC, formatting a long into the message stream crashed (SIGSEGV in
+// the locale's facets), so that an argument error killed the process.
+inline std::string num(int64_t v) { return std::to_string(v); }
+
+inline std::string shape(c10::IntArrayRef sizes) {
+  std::string out = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
+  return out + "]";
+}
 
 inline DType value_dtype(const at::Tensor& t, const char* op, const char* what) {
   switch (t.scalar_type()) {
@@ -28,25 +41,25 @@ inline DType ring_dtype(const at::Tensor& t, const char* op, const char* what) {
 }
 
 inline void check_device(const at::Tensor& t, const at::Device& device, const char* op, const char* what) {
-  TORCH_CHECK(t.device() == device, op, ": ", what, " is on ", t.device(), ", expected ", device, " like the other arguments");
+  TORCH_CHECK(t.device() == device, op, ": ", what, " is on ", t.device().str(), ", expected ", device.str(), " like the other arguments");
 }
 
 // A [rows, P] matrix with contiguous, non-overlapping rows (a padded row
 // stride is fine).
 inline MatRef check_ring(const at::Tensor& ring, const char* op, const char* what = "ring") {
-  TORCH_CHECK(ring.dim() == 2, op, ": ", what, " must be 2-D [W, P], got shape ", ring.sizes());
+  TORCH_CHECK(ring.dim() == 2, op, ": ", what, " must be 2-D [W, P], got shape ", shape(ring.sizes()));
   const int64_t rows = ring.size(0), cols = ring.size(1);
   TORCH_CHECK(cols <= 1 || ring.stride(1) == 1, op, ": ", what, " rows must be contiguous (stride(1) == 1), got strides ",
-              ring.strides());
+              shape(ring.strides()));
   const int64_t ld = rows > 1 ? ring.stride(0) : cols;
-  TORCH_CHECK(ld >= cols, op, ": ", what, " rows overlap (stride(0) = ", ld, " < P = ", cols, ")");
+  TORCH_CHECK(ld >= cols, op, ": ", what, " rows overlap (stride(0) = ", num(ld), " < P = ", num(cols), ")");
   return MatRef{ring.data_ptr(), ring_dtype(ring, op, what), rows, cols, ld};
 }
 
 // A contiguous vector of P elements on the ring's device.
 inline void check_vec(const at::Tensor& t, int64_t cols, const at::Device& device, const char* op, const char* what) {
   check_device(t, device, op, what);
-  TORCH_CHECK(t.numel() == cols, op, ": ", what, " has ", t.numel(), " elements, expected P = ", cols);
+  TORCH_CHECK(t.numel() == cols, op, ": ", what, " has ", num(t.numel()), " elements, expected P = ", num(cols));
   TORCH_CHECK(t.is_contiguous(), op, ": ", what, " must be contiguous");
 }
 
@@ -70,12 +83,12 @@ inline std::vector<VecRef> check_params(at::TensorList params, int64_t cols, con
     refs.push_back(VecRef{const_cast<void*>(p.const_data_ptr()), value_dtype(p, op, what.c_str())});
     total += p.numel();
   }
-  TORCH_CHECK(total == cols, op, ": params hold ", total, " elements, expected P = ", cols);
+  TORCH_CHECK(total == cols, op, ": params hold ", num(total), " elements, expected P = ", num(cols));
   return refs;
 }
 
 inline void check_slot(int64_t slot, int64_t rows, const char* op) {
-  TORCH_CHECK(slot >= 0 && slot < rows, op, ": slot ", slot, " is outside the ring's ", rows, " rows");
+  TORCH_CHECK(slot >= 0 && slot < rows, op, ": slot ", num(slot), " is outside the ring's ", num(rows), " rows");
 }
 
 // The plan from spectral_edge_fast::plan, on the ring's device.
@@ -83,8 +96,8 @@ inline const Chunk* check_plan(const at::Tensor& plan, int64_t groups, const at:
   check_device(plan, device, op, "plan");
   TORCH_CHECK(plan.scalar_type() == at::kLong && plan.dim() == 2 && plan.size(1) == 5 && plan.is_contiguous(), op,
               ": plan must be the contiguous int64 [n, 5] tensor from spectral_edge_fast::plan, got ", plan.scalar_type(),
-              " of shape ", plan.sizes());
-  TORCH_CHECK(groups >= 1, op, ": groups must be at least 1, got ", groups);
+              " of shape ", shape(plan.sizes()));
+  TORCH_CHECK(groups >= 1, op, ": groups must be at least 1, got ", num(groups));
   return reinterpret_cast<const Chunk*>(plan.const_data_ptr<int64_t>());
 }
 

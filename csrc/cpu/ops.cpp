@@ -30,7 +30,7 @@ void check_plan_rows(const Chunk* chunks, int64_t n, int64_t cols, int64_t group
     const bool ok = ch.tensor >= 0 && ch.tensor < int64_t(sizes.size()) && ch.offset >= 0 && ch.length >= 0 &&
                     ch.offset + ch.length <= sizes[ch.tensor] && ch.flat >= 0 && ch.flat + ch.length <= cols &&
                     ch.group >= group && ch.group < groups;
-    TORCH_CHECK(ok, op, ": plan row ", c,
+    TORCH_CHECK(ok, op, ": plan row ", num(c),
                 " does not fit these tensors and groups; build the plan from the same sizes and bounds");
     group = ch.group;
   }
@@ -103,7 +103,7 @@ at::Tensor project(const at::Tensor& ring, const at::Tensor& vec, const at::Tens
 at::Tensor combine(const at::Tensor& ring, const at::Tensor& coeffs) {
   constexpr const char* op = "combine";
   const MatRef r = check_ring(ring, op);
-  TORCH_CHECK(coeffs.numel() == r.rows, op, ": coeffs has ", coeffs.numel(), " elements but the ring has ", r.rows, " rows");
+  TORCH_CHECK(coeffs.numel() == r.rows, op, ": coeffs has ", num(coeffs.numel()), " elements but the ring has ", num(r.rows), " rows");
   const at::Tensor c = coeffs.to(at::kCPU, at::kFloat).contiguous();
   at::Tensor out = at::empty({r.cols}, ring.options().dtype(at::kFloat));
   combine_cpu(r, c.const_data_ptr<float>(), out.data_ptr<float>(), at::get_num_threads());

@@ -23,7 +23,7 @@ namespace {
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 void check_rows(int64_t rows, int64_t limit, const char* op) {
-  TORCH_CHECK(rows <= limit, op, ": the CUDA kernels handle rings of up to ", limit, " rows, got ", rows,
+  TORCH_CHECK(rows <= limit, op, ": the CUDA kernels handle rings of up to ", num(limit), " rows, got ", num(rows),
               "; use a smaller window or the torch backend");
 }
 
@@ -98,7 +98,7 @@ at::Tensor combine(const at::Tensor& ring, const at::Tensor& coeffs) {
   constexpr const char* op = "combine";
   const MatRef r = check_ring(ring, op);
   check_rows(r.rows, kCudaMaxRows, op);
-  TORCH_CHECK(coeffs.numel() == r.rows, op, ": coeffs has ", coeffs.numel(), " elements but the ring has ", r.rows, " rows");
+  TORCH_CHECK(coeffs.numel() == r.rows, op, ": coeffs has ", num(coeffs.numel()), " elements but the ring has ", num(r.rows), " rows");
   const c10::cuda::CUDAGuard guard(ring.device());
   const at::Tensor c = coeffs.to(ring.device(), at::kFloat, /*non_blocking=*/true).contiguous();
   at::Tensor out = at::empty({r.cols}, ring.options().dtype(at::kFloat));
