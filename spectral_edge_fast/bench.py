@@ -115,23 +115,41 @@ def bench_case(
     bandwidth: float,
     naive: bool = True,
 ) -> List[Dict]:
-    """Time one slide per backend at these sizes; one result row each."""
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    params = [torch.randn(n, generator=gen).to(device) for n in sizes]
+    """Time one slide per backend at these sizes; one result row each. A
+    case that would not fit in the GPU's free memory gets a row with
+    ``skipped`` (its reason) instead of a time."""
+    # Random data drawn on the device itself: at P = 5e8 a CPU generator
+    # would take minutes per ring.
+    gen = torch.Generator(device=device).manual_seed(0)
+    params = [torch.randn(n, generator=gen, device=device) for n in sizes]
     bounds = (0, P)
     rows = []
-    moved = step_bytes(P, W, 4, DTYPES[storage].itemsize)
+    item = DTYPES[storage].itemsize
+    moved = step_bytes(P, W, 4, item)
+    base = dict(P=P, W=W, tensors=len(sizes), storage=storage, bytes=moved)
 
     def record(name, times, nbytes):
         med = statistics.median(times)
         rows.append(
             dict(
-                backend=name, P=P, W=W, tensors=len(sizes), storage=storage, ms=med * 1e3,
-                ms_min=min(times) * 1e3, bytes=nbytes, gbps=nbytes / med / 1e9, bandwidth_fraction=nbytes / med / bandwidth,
+                base, backend=name, ms=med * 1e3, ms_min=min(times) * 1e3,
+                gbps=nbytes / med / 1e9, bandwidth_fraction=nbytes / med / bandwidth,
             )
         )
 
-    if naive and storage == "fp32":
+    def fits(name, extra_bytes):
+        """False (and a skipped row) when ``extra_bytes`` more would not fit."""
+        if device.type != "cuda":
+            return True
+        torch.cuda.empty_cache()  # the last case's blocks, held by torch's allocator
+        free = torch.cuda.mem_get_info(device)[0]
+        if extra_bytes <= 0.9 * free:
+            return True
+        rows.append(dict(base, backend=name, skipped=f"needs {extra_bytes / 1e9:.0f} GB, {free / 1e9:.0f} GB free"))
+        return False
+
+    # naive: the history's W rows, the stacked copy of them, theta and a difference
+    if naive and storage == "fp32" and fits("naive_torch", (2 * W + 3) * P * 4):
         history: List[torch.Tensor] = []
         snap = [torch.cat([p.reshape(-1) for p in params])]
         for _ in range(W):  # a full window, as in steady state
@@ -144,10 +162,12 @@ def bench_case(
         del history, snap
     for name in backends:
         ok, _ = backend_status(name, device)
-        if not ok:
+        if not ok or not fits(name, W * P * item + 2 * P * 4):
             continue
         be = get_backend(name, device)
-        ring = torch.randn(W, P, generator=gen).to(device=device, dtype=DTYPES[storage])
+        ring = torch.empty(W, P, device=device, dtype=DTYPES[storage])
+        for r in ring:  # row by row: no float32 copy of the whole ring
+            r.copy_(torch.randn(P, generator=gen, device=device))
         snapshot = torch.cat(params).float()
         slot = [0]
 
@@ -163,8 +183,11 @@ def bench_case(
 def format_table(rows: List[Dict]) -> str:
     head = f"{'backend':<18} {'P':>10} {'W':>3} {'tensors':>7} {'storage':>7} {'ms':>9} {'GB/s':>7} {'of copy bw':>10} {'vs naive':>8}"
     lines = [head, "-" * len(head)]
-    naive = {(r["P"], r["W"], r["tensors"]): r["ms"] for r in rows if r["backend"] == "naive_torch"}
+    naive = {(r["P"], r["W"], r["tensors"]): r["ms"] for r in rows if r["backend"] == "naive_torch" and "ms" in r}
     for r in rows:
+        if "skipped" in r:
+            lines.append(f"{r['backend']:<18} {r['P']:>10.3g} {r['W']:>3} {r['tensors']:>7} {r['storage']:>7}   skipped: {r['skipped']}")
+            continue
         base = naive.get((r["P"], r["W"], r["tensors"]))
         speedup = f"{base / r['ms']:.1f}x" if base else "-"
         lines.append(
@@ -203,8 +226,9 @@ def run(args) -> Dict:
     for P, sizes in layouts:
         for W in Ws:
             for storage in args.storage:
-                rows += bench_case(P, W, sizes, storage, device, args.backends, args.repeats, bandwidth)
-                print(format_table(rows[-len(args.backends) - 1 :]), flush=True)
+                case = bench_case(P, W, sizes, storage, device, args.backends, args.repeats, bandwidth)
+                rows += case
+                print(format_table(case), flush=True)
     result = dict(
         device=device_name(device), device_type=device.type, commit=git_commit(), torch=torch.__version__,
         cuda=torch.version.cuda, threads=torch.get_num_threads(), copy_bandwidth_gbps=bandwidth / 1e9, results=rows,
