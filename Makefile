@@ -40,4 +40,4 @@ bench: build
 	$(PY) benchmarks/bench_gram.py
 
 clean:
-	rm -rf build $(VENV) spectral_edge_fast/_C*.so spectral_edge_fast/analysis/_secular*.so *.egg-info
+	rm -rf build $(VENV) spectral_edge_fast/_C*.so spectral_edge_fast/analysis/_secular*.so spectral_edge_fast/analysis/_slide_terms*.so *.egg-info

@@ -1,7 +1,7 @@
 """Builds ``spectral_edge_fast._C``: a CppExtension (OpenMP) by default, a
 CUDAExtension when torch has CUDA and nvcc is present; and
-``spectral_edge_fast.analysis._secular``, plain C for the analysis layer
-(no torch).
+``spectral_edge_fast.analysis._secular`` and ``._slide_terms``, plain C++
+for the analysis layer (no torch).
 
 Environment switches:
   SEF_NO_EXT=1      build no extension (the package falls back to torch/triton)
@@ -21,7 +21,11 @@ def _flag(name):
 
 def analysis_extensions():
     # -O3 without -ffast-math: the secular solver's differences are ordered on purpose
-    return [Extension("spectral_edge_fast.analysis._secular", ["csrc/analysis/secular.cpp"], extra_compile_args=["-O3", "-std=c++17", "-Wno-psabi"])]
+    flags = ["-O3", "-std=c++17", "-Wno-psabi"]
+    return [
+        Extension(f"spectral_edge_fast.analysis._{name}", [f"csrc/analysis/{name}.cpp"], extra_compile_args=flags)
+        for name in ("secular", "slide_terms")
+    ]
 
 
 def get_extensions():

@@ -13,38 +13,13 @@
  * of torch, and this module is optional (analysis/tracking.py falls back to
  * LAPACK without it).
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "common.h"
 
 #include <cfloat>
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 
 #define MAX_ITER 200
-
-/* The divisions of the secular sums dominate; an AVX2 clone runs four per
- * instruction, chosen at load time. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SEF_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define SEF_CLONES
-#endif
-
-/* Explicit 4-lane sums: without -ffast-math (which would reassociate the
- * carefully ordered (D_j - base) - tau) the compiler keeps scalar reductions. */
-typedef double v4d __attribute__((vector_size(32)));
-
-static inline __attribute__((always_inline)) v4d load4(const double *p) {
-    v4d v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline __attribute__((always_inline)) v4d splat(double x) {
-    const v4d v = {x, x, x, x};
-    return v;
-}
 
 /* *s = sum_j Z_j r_j and *ds = sum_j r_j^2, r_j = Z_j / ((D_j - base) - tau), j in [0, len) */
 static inline __attribute__((always_inline)) void secular_sums(const double *D, const double *Z, int len, double base, double tau,
@@ -57,7 +32,7 @@ static inline __attribute__((always_inline)) void secular_sums(const double *D, 
         vs += z * r;
         vds += r * r;
     }
-    double a = (vs[0] + vs[1]) + (vs[2] + vs[3]), b = (vds[0] + vds[1]) + (vds[2] + vds[3]);
+    double a = hsum(vs), b = hsum(vds);
     for (; j < len; ++j) {
         const double r = Z[j] / ((D[j] - base) - tau);
         a += Z[j] * r;
@@ -338,16 +313,6 @@ SEF_CLONES static int slide_group(int n, const double *d_desc, const double *V, 
     return status;
 }
 
-static int get(PyObject *obj, Py_buffer *view, int writable, const char *name, Py_ssize_t expect) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
-    if (strcmp(view->format, "d") != 0 || view->len != expect * (Py_ssize_t)sizeof(double)) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %zd contiguous float64 values", name, expect);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
-
 static PyObject *py_slide(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *o[7];
@@ -360,7 +325,7 @@ static PyObject *py_slide(PyObject *self, PyObject *args) {
     Py_buffer b[7];
     int got = 0;
     for (; got < 7; ++got)
-        if (get(o[got], &b[got], got >= 4, names[got], sizes[got]) < 0) break;
+        if (get_buffer(o[got], &b[got], got >= 4, names[got], sizes[got]) < 0) break;
     PyObject *result = nullptr;
     if (got == 7) {
         unsigned char *failed = (unsigned char *)calloc((size_t)G + 1, 1);

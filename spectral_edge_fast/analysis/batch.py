@@ -23,6 +23,11 @@ from .spectrum import spectrum
 from .stability import adiabatic, stability, window_overlaps
 from .tracking import EigenTracker
 
+try:  # the O(n^2) sums in one pass each (csrc/analysis/slide_terms.cpp); NumPy below without it
+    from . import _slide_terms
+except ImportError:
+    _slide_terms = None
+
 
 class _Spectra(NamedTuple):
     lam: np.ndarray
@@ -308,38 +313,44 @@ def analyze_slides(
     # M = diag(1 / sigma_c) U_c^T E[1:, :n] U_p diag(1 / sigma_p)
     n_modes = np.minimum(cur.m, prev.m)
     in_modes = modes < n_modes[:, None]
-    # Fresh [G, n, n] arrays cost page faults comparable to the arithmetic on
-    # them, so the overlaps and the flow share two work buffers through out=
-    # (a tracker keeps them from slide to slide).
-    work, spare = tracker._workspace() if tracker is not None else (np.empty((G, n, n)), np.empty((G, n, n)))
-    if rotation is None:
-        np.multiply(Up, _inverse(prev.sig, in_modes)[:, None, :], out=work)
-        np.matmul(E[:, 1:, :n], work, out=spare)
-        M = np.matmul(Uc.transpose(0, 2, 1), spare, out=work)
-    else:
-        # With U_c = roll(U_p Q) (the tracker's rotation) and the entering row
-        # in the leaving one's slot, X_t = X_{t-1} + e_0 (a - b)^T, so
-        # U_c^T E[1:, :n] U_p = Q^T (Lambda_p + r s^T) with r = U_p^T e_0 and
-        # s = U_p^T X_{t-1} (a - b): O(n^2) per group instead of two products.
-        s = np.matmul((E[:, :n, n] - E[:, :n, 0])[:, None, :], Up)[:, 0, :]
-        t = np.matmul(Up[:, :1, :], rotation)[:, 0, :]  # Q^T r
-        M = np.multiply(rotation.transpose(0, 2, 1), prev_vals[:, None, :], out=work)
-        M += np.multiply(t[:, :, None], s[:, None, :], out=spare)
-        M *= _inverse(prev.sig, in_modes)[:, None, :]
-    M *= _inverse(cur.sig, in_modes)[:, :, None]
-    diag = np.abs(np.diagonal(M, axis1=1, axis2=2))
+    inv_c, inv_p = _inverse(cur.sig, in_modes), _inverse(prev.sig, in_modes)
     gap_c, gap_p = cur.lam[:, :-1] - cur.lam[:, 1:], prev.lam[:, :-1] - prev.lam[:, 1:]
     gap_eff = dc.copy() if gap_given is None else np.full(G, gap_given)
     threshold = np.maximum(gap_eff, np.maximum(cur.tol, prev.tol))
     joined = (np.minimum(gap_c, gap_p) <= threshold[:, None]) & (modes[:-1] < (n_modes - 1)[:, None])
-    # Contiguous runs of joined neighbours share a label, unique across groups;
-    # a cluster's block of M is where the row and column labels agree.
-    label = np.concatenate((np.zeros((G, 1), np.intp), np.cumsum(~joined, axis=1)), axis=1) + n * rows[:, None]
-    M *= M
-    M *= label[:, :, None] == label[:, None, :]
-    block_sums = np.bincount(label.ravel(), M.sum(axis=2).ravel(), G * n)[label]
-    size = np.bincount(label.ravel(), minlength=G * n)[label]
-    subspace = np.where(size > 1, np.sqrt(block_sums / size), diag)
+    # Fresh [G, n, n] arrays cost page faults comparable to the arithmetic on
+    # them, so the overlaps and the flow share two work buffers through out=
+    # (a tracker keeps them from slide to slide).
+    work, spare = tracker._workspace() if tracker is not None else (np.empty((G, n, n)), np.empty((G, n, n)))
+    if rotation is not None:
+        # With U_c = roll(U_p Q) (the tracker's rotation) and the entering row
+        # in the leaving one's slot, X_t = X_{t-1} + e_0 (a - b)^T, so
+        # U_c^T E[1:, :n] U_p = Q^T (Lambda_p + r s^T) with r = U_p^T e_0 and
+        # s = U_p^T X_{t-1} (a - b): M[k, j] = (Q[j, k] lambda_j + t_k s_j) / (sigma_c,k sigma_p,j), t = Q^T r.
+        s = np.matmul((E[:, :n, n] - E[:, :n, 0])[:, None, :], Up)[:, 0, :]
+        t = np.matmul(Up[:, :1, :], rotation)[:, 0, :]
+    if rotation is not None and _slide_terms is not None:
+        diag, subspace = np.empty((G, n)), np.empty((G, n))
+        _slide_terms.overlaps(G, n, rotation, prev_vals, t, s, inv_c, inv_p, joined, diag, subspace)
+    else:
+        if rotation is None:
+            np.multiply(Up, inv_p[:, None, :], out=work)
+            np.matmul(E[:, 1:, :n], work, out=spare)
+            M = np.matmul(Uc.transpose(0, 2, 1), spare, out=work)
+        else:
+            M = np.multiply(rotation.transpose(0, 2, 1), prev_vals[:, None, :], out=work)
+            M += np.multiply(t[:, :, None], s[:, None, :], out=spare)
+            M *= inv_p[:, None, :]
+        M *= inv_c[:, :, None]
+        diag = np.abs(np.diagonal(M, axis1=1, axis2=2))
+        # Contiguous runs of joined neighbours share a label, unique across groups;
+        # a cluster's block of M is where the row and column labels agree.
+        label = np.concatenate((np.zeros((G, 1), np.intp), np.cumsum(~joined, axis=1)), axis=1) + n * rows[:, None]
+        M *= M
+        M *= label[:, :, None] == label[:, None, :]
+        block_sums = np.bincount(label.ravel(), M.sum(axis=2).ravel(), G * n)[label]
+        size = np.bincount(label.ravel(), minlength=G * n)[label]
+        subspace = np.where(size > 1, np.sqrt(block_sums / size), diag)
     overlaps = np.where(in_modes, np.minimum(diag, 1.0), np.nan)
     subspace = np.where(in_modes, np.minimum(subspace, 1.0), np.nan)
 
@@ -348,19 +359,25 @@ def analyze_slides(
     va, vb = (np.matmul(E[:, [n, 0], :n], Up) * _inverse(prev.sig, positive)[:, None, :]).transpose(1, 0, 2)
     entering, exiting = va * va, vb * vb
     first = entering - exiting
-    coupling = np.multiply(va[:, :, None], va[:, None, :], out=spare)  # v_k^T dC v_j at [k, j]
-    coupling -= np.multiply(vb[:, :, None], vb[:, None, :], out=work)
-    denom = np.subtract(prev.lam[:, None, :], prev.lam[:, :, None], out=work)  # lambda_j - lambda_k at [k, j]
-    # tied pairs (and pairs of null modes) get an infinite denominator, as in eigen_flow
-    tol = prev.tol[:, None, None]
-    denom[(denom <= tol) & (denom >= -tol)] = np.inf
     a_perp2 = np.where(prev.m > 0, np.maximum(E[:, n, n] - entering.sum(axis=1), 0.0), np.nan)
     null_space = np.divide(a_perp2[:, None] * entering, prev.lam, out=np.zeros((G, n)), where=positive)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        repulsion = 2.0 * coupling[rows, j0, j1] ** 2 / (prev.lam[rows, j0] - prev.lam[rows, j1])
-    coupling *= coupling
-    coupling /= denom
-    second = first + coupling.sum(axis=1) + null_space
+    with np.errstate(divide="ignore", invalid="ignore"):  # v_k^T dC v_j for the gap pair k, j = j0, j1
+        pair = va[rows, j0] * va[rows, j1] - vb[rows, j0] * vb[rows, j1]
+        repulsion = 2.0 * pair**2 / (prev.lam[rows, j0] - prev.lam[rows, j1])
+    if _slide_terms is not None:
+        coupled = np.empty((G, n))
+        _slide_terms.flow(G, n, np.ascontiguousarray(va), np.ascontiguousarray(vb), prev.lam, prev.tol, coupled)
+    else:
+        coupling = np.multiply(va[:, :, None], va[:, None, :], out=spare)  # v_k^T dC v_j at [k, j]
+        coupling -= np.multiply(vb[:, :, None], vb[:, None, :], out=work)
+        denom = np.subtract(prev.lam[:, None, :], prev.lam[:, :, None], out=work)  # lambda_j - lambda_k at [k, j]
+        # tied pairs (and pairs of null modes) get an infinite denominator, as in eigen_flow
+        tol = prev.tol[:, None, None]
+        denom[(denom <= tol) & (denom >= -tol)] = np.inf
+        coupling *= coupling
+        coupling /= denom
+        coupled = coupling.sum(axis=1)
+    second = first + coupled + null_space
     pgaps = prev.neighbour_gaps
     valid = positive & (pgaps > validity_factor * dc[:, None]) & (pgaps > prev.tol[:, None])
     measured = cur.lam - prev.lam

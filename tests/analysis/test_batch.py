@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from spectral_edge_fast.analysis import batch
 from spectral_edge_fast.analysis import (
     Eigen,
     EigenTracker,
@@ -21,6 +22,16 @@ from spectral_edge_fast.analysis import (
 
 # a RuntimeWarning would mean arithmetic on NaN, inf or zero divisors that no mask kept out
 pytestmark = pytest.mark.filterwarnings("error")
+
+
+@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+def slide_terms(request, monkeypatch):
+    """Every test runs with the compiled O(n^2) sums and with their NumPy form."""
+    if request.param == "numpy":
+        monkeypatch.setattr(batch, "_slide_terms", None)
+    elif batch._slide_terms is None:
+        pytest.skip("spectral_edge_fast.analysis._slide_terms is not built")
+    return request.param
 
 # Tolerance unit of each float field: lambda_1, sigma_1 or 1 (dimensionless).
 EIGEN_UNITS = (
