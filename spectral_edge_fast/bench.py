@@ -166,8 +166,8 @@ def bench_case(
             continue
         be = get_backend(name, device)
         ring = torch.empty(W, P, device=device, dtype=DTYPES[storage])
-        for r in ring:  # row by row: no float32 copy of the whole ring
-            r.copy_(torch.randn(P, generator=gen, device=device))
+        for i in range(W):  # row by row: no float32 copy of the whole ring (and no row view left holding it)
+            ring[i].copy_(torch.randn(P, generator=gen, device=device))
         snapshot = torch.cat(params).float()
         slot = [0]
 
