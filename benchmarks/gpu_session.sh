@@ -2,11 +2,13 @@
 # On a CUDA machine, in one call: build the extension with its CUDA kernels,
 # run the whole suite with the cuda and triton backends required on the GPU
 # (every kernel test then also runs on the GPU against the float64
-# reference), and time the engine. Logs and JSON go to $OUT (default
+# reference), time the engine, and (stage "train") the monitor's overhead on
+# a GPT-2 124M training run. Logs and JSON go to $OUT (default
 # benchmarks/results/gpu); copy the JSON to benchmarks/results/ to commit it.
 #
 #   bash benchmarks/gpu_session.sh            # build + tests + benchmark
 #   STAGES="bench" bash benchmarks/gpu_session.sh
+#   SEF_COMMIT=<sha> ...                       # a copied tree: the commit to record in the JSON
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu}
@@ -37,5 +39,10 @@ if [[ $STAGES == *bench* ]]; then
   timeout ${BENCH_TIMEOUT:-300} $PY benchmarks/bench_gram.py --device cuda --gpt2 --storage fp32 bf16 \
     --out "$OUT/gram_cuda.json" >"$OUT/bench_gram.log" 2>&1 || status=1
   tail -60 "$OUT/bench_gram.log"
+fi
+if [[ $STAGES == *train* ]]; then
+  echo "== training overhead"
+  timeout ${TRAIN_TIMEOUT:-400} $PY benchmarks/train_overhead.py --out "$OUT/train_overhead.json" >"$OUT/train_overhead.log" 2>&1 || status=1
+  tail -30 "$OUT/train_overhead.log"
 fi
 exit $status

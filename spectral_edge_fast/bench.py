@@ -96,6 +96,10 @@ def device_name(device: torch.device) -> str:
 
 
 def git_commit() -> Optional[str]:
+    """HEAD of the checkout; ``SEF_COMMIT`` overrides it for a tree copied
+    to another machine without its history (its ``.git`` would name another commit)."""
+    if os.environ.get("SEF_COMMIT"):
+        return os.environ["SEF_COMMIT"]
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
