@@ -1,8 +1,11 @@
 """Spectral diagnostics of the window's Gram matrices (MATH.md sections 3-9).
 
-Pure NumPy, float64, no torch: every function takes the small matrices and
+NumPy, float64, no torch: every function takes the small matrices and
 vectors the engine reads back (Gram ``G``, extended Gram, projections ``p = X y``)
 and returns a frozen dataclass whose ``to_dict()`` is plain, JSON-ready Python.
+Two optional compiled modules (plain C++, ``csrc/analysis``) speed up the
+streaming path, the eigen-update and the per-slide ``O(n^2)`` sums; without
+them the same results come from LAPACK and NumPy.
 
 Conventions
 -----------
