@@ -44,3 +44,12 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *
     }
     return 0;
 }
+
+/* The buffers of one call, released on every way out. */
+struct Buffers {
+    Py_buffer b[10];
+    int got = 0;
+    ~Buffers() {
+        for (int k = 0; k < got; ++k) PyBuffer_Release(&b[k]);
+    }
+};

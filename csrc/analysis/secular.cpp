@@ -322,31 +322,26 @@ static PyObject *py_slide(PyObject *self, PyObject *args) {
     static const char *names[7] = {"values", "vectors", "u_plus", "u_minus", "out_values", "q1", "q2"};
     const Py_ssize_t G = groups, N = n;
     const Py_ssize_t sizes[7] = {G * N, G * N * N, G * N, G * N, G * N, G * N * N, G * N * N};
-    Py_buffer b[7];
-    int got = 0;
-    for (; got < 7; ++got)
-        if (get_buffer(o[got], &b[got], got >= 4, names[got], sizes[got]) < 0) break;
-    PyObject *result = nullptr;
-    if (got == 7) {
-        unsigned char *failed = (unsigned char *)calloc((size_t)G + 1, 1);
-        Work w;
-        if (!failed || work_alloc(&w, n) < 0) {
-            PyErr_NoMemory();
-        } else {
-            Py_BEGIN_ALLOW_THREADS
-            for (Py_ssize_t g = 0; g < G; ++g) {
-                const size_t v = (size_t)g * N, m = (size_t)g * N * N;
-                failed[g] = slide_group(n, (double *)b[0].buf + v, (double *)b[1].buf + m, (double *)b[2].buf + v,
-                                        (double *)b[3].buf + v, (double *)b[4].buf + v, (double *)b[5].buf + m,
-                                        (double *)b[6].buf + m, &w) != 0;
-            }
-            Py_END_ALLOW_THREADS
-            work_free(&w);
-            result = PyBytes_FromStringAndSize((const char *)failed, G);
-        }
+    Buffers B;
+    for (; B.got < 7; ++B.got)
+        if (get_buffer(o[B.got], &B.b[B.got], B.got >= 4, names[B.got], sizes[B.got]) < 0) return nullptr;
+    const Py_buffer *b = B.b;
+    unsigned char *failed = (unsigned char *)calloc((size_t)G + 1, 1);
+    Work w;
+    if (!failed || work_alloc(&w, n) < 0) {
         free(failed);
+        return PyErr_NoMemory();
     }
-    for (int k = 0; k < got; ++k) PyBuffer_Release(&b[k]);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t g = 0; g < G; ++g) {
+        const size_t v = (size_t)g * N, m = (size_t)g * N * N;
+        failed[g] = slide_group(n, (double *)b[0].buf + v, (double *)b[1].buf + m, (double *)b[2].buf + v, (double *)b[3].buf + v,
+                                (double *)b[4].buf + v, (double *)b[5].buf + m, (double *)b[6].buf + m, &w) != 0;
+    }
+    Py_END_ALLOW_THREADS
+    work_free(&w);
+    PyObject *result = PyBytes_FromStringAndSize((const char *)failed, G);
+    free(failed);
     return result;
 }
 

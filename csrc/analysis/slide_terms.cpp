@@ -74,14 +74,6 @@ SEF_CLONES static void flow_group(int n, const double *va, const double *vb, con
     }
 }
 
-struct Buffers {
-    Py_buffer b[10];
-    int got = 0;
-    ~Buffers() {
-        for (int k = 0; k < got; ++k) PyBuffer_Release(&b[k]);
-    }
-};
-
 static PyObject *py_overlaps(PyObject *, PyObject *args) {
     PyObject *o[9];
     int groups, n;
