@@ -61,11 +61,10 @@ def run(args, monitored: bool, tokens: torch.Tensor) -> dict:
     model = make_model(args.tiny).to(device)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=device.type == "cuda")
-    log_dir = tempfile.mkdtemp(prefix="sef-train-")
     monitor = None
-    if monitored:
+    if monitored:  # no sinks: the records stay in monitor.history, the log folder holds only its metadata
         monitor = SpectralMonitor(model, opt, window=args.window, every=1, analyze_every=args.analyze_every,
-                                  storage_dtype=torch.bfloat16, sinks=(), log_dir=log_dir)
+                                  storage_dtype=torch.bfloat16, sinks=(), log_dir=args.log_dir)
     gen = torch.Generator().manual_seed(1)
     n_windows = tokens.numel() - args.seq - 1
 
@@ -126,7 +125,11 @@ def main(argv=None) -> int:
     ap.add_argument("--data-mb", type=float, default=32.0, help="megabytes of standard-library source to train on")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_overhead.json"))
     args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="sef-train-") as args.log_dir:
+        return _main(args)
 
+
+def _main(args) -> int:
     tokens = stdlib_bytes(int(args.data_mb * 2**20))
     print(f"{tokens.numel() / 2**20:.1f} MB of tokens; {args.batch} x {args.accum} sequences of {args.seq} per step", flush=True)
     runs = [run(args, monitored, tokens) for monitored in (False, True)]
@@ -134,7 +137,8 @@ def main(argv=None) -> int:
     overhead = 100.0 * (mon["median_ms"] / base["median_ms"] - 1.0)
     result = dict(
         benchmark="train_overhead", device=device_name(torch.device(args.device)), commit=git_commit(),
-        torch=torch.__version__, cuda=torch.version.cuda, args=vars(args), tokens_per_step=args.batch * args.accum * args.seq,
+        torch=torch.__version__, cuda=torch.version.cuda,
+        args={k: v for k, v in vars(args).items() if k != "log_dir"}, tokens_per_step=args.batch * args.accum * args.seq,
         overhead_percent=overhead, runs=runs,
     )
     for r in runs:
