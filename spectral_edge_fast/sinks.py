@@ -16,6 +16,12 @@ Files in the run directory:
     spectral.csv      analysis records flattened to columns      (csv sink)
     metrics.csv       metric records                             (csv sink)
 
+The files survive a crash (``kill -9``) at any instant: records are
+appended, each reaching the operating system whole as it is written, so at
+most the record being written is lost (:func:`read_jsonl` skips a line cut
+that way, with a warning); whole-file rewrites (``meta.json``, a CSV header
+that grows, ``resume``) go through :func:`~spectral_edge_fast.files.atomic_write`.
+
 TensorBoard and Weights & Biases are optional: when their package is not
 installed the sink is left out with one warning naming the package to install.
 """
@@ -26,7 +32,9 @@ import json
 import math
 import os
 import warnings
-from typing import Dict, Iterable, List, Sequence, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Union
+
+from .files import atomic_write
 
 FILES = {"analysis": "spectral", "metrics": "metrics"}
 META_FILE = "meta.json"
@@ -133,8 +141,7 @@ class _FileSink(Sink):
         return os.path.join(self.log_dir, FILES[kind] + self.suffix)
 
     def write_meta(self, meta: dict) -> None:
-        os.makedirs(self.log_dir, exist_ok=True)
-        with open(os.path.join(self.log_dir, META_FILE), "w") as f:
+        with atomic_write(os.path.join(self.log_dir, META_FILE)) as f:
             json.dump(_finite(meta), f, indent=2, default=_json_default)
 
     def flush(self) -> None:
@@ -164,22 +171,24 @@ class JSONLSink(_FileSink):
         return self._files[kind]
 
     def write(self, kind: str, record: dict) -> None:
-        self._file(kind).write(dumps(record) + "\n")
+        f = self._file(kind)
+        f.write(dumps(record) + "\n")
+        f.flush()  # the whole line to the OS now: a crash loses at most the record being written
 
     def resume(self, records: Dict[str, List[dict]]) -> None:
         self.close()
         self._started.clear()
         for kind, recs in records.items():
-            f = self._file(kind)
-            for record in recs:
-                f.write(dumps(record) + "\n")
-        self.flush()
+            with atomic_write(self.path(kind)) as f:
+                f.writelines(dumps(record) + "\n" for record in recs)
+            self._started.add(kind)  # later records are appended
 
 
 class CSVSink(_FileSink):
     """``spectral.csv`` and ``metrics.csv``: records flattened to columns
     (``sigmas/3``, ``groups/encoder.layers.0/R``...). A record with new
-    columns (the window still filling, a new metric) rewrites the header."""
+    columns (the window still filling, a new metric) rewrites the file with
+    the grown header, atomically."""
 
     suffix = ".csv"
 
@@ -195,7 +204,9 @@ class CSVSink(_FileSink):
             self._rewrite(kind, (columns or []) + new)
         elif kind not in self._files:  # closed earlier: carry on
             self._files[kind] = open(self.path(kind), "a", newline="")
-        csv.DictWriter(self._files[kind], self._columns[kind]).writerow(row)
+        f = self._files[kind]
+        csv.DictWriter(f, self._columns[kind]).writerow(row)
+        f.flush()  # the whole row to the OS now: a crash loses at most the record being written
 
     @staticmethod
     def _row(kind: str, record: dict) -> Dict[str, object]:
@@ -204,22 +215,23 @@ class CSVSink(_FileSink):
             row["events"] = event_labels(record)
         return row
 
-    def _rewrite(self, kind: str, columns: List[str]) -> None:
-        """Re-open the file with ``columns`` as its header, keeping the rows
-        written so far (none at the first write: the file is truncated)."""
+    def _rewrite(self, kind: str, columns: List[str], rows: Optional[List[dict]] = None) -> None:
+        """Replace the file, atomically, by one with ``columns`` as its header
+        and ``rows`` (default: the rows written so far, none at the first
+        write), then keep it open for appending."""
         path = self.path(kind)
-        rows = []
-        if kind in self._columns:
-            if kind in self._files:
-                self._files.pop(kind).close()
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
-        os.makedirs(self.log_dir, exist_ok=True)
-        f = open(path, "w", newline="")
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        self._files[kind], self._columns[kind] = f, columns
+        if kind in self._files:
+            self._files.pop(kind).close()
+        if rows is None:
+            rows = []
+            if kind in self._columns:
+                with open(path, newline="") as f:
+                    rows = list(csv.DictReader(f))
+        with atomic_write(path, newline="") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        self._files[kind], self._columns[kind] = open(path, "a", newline=""), columns
 
     def resume(self, records: Dict[str, List[dict]]) -> None:
         self.close()
@@ -229,9 +241,7 @@ class CSVSink(_FileSink):
             rows = [self._row(kind, r) for r in recs]
             for row in rows:
                 columns += [c for c in row if c not in columns]
-            self._rewrite(kind, columns)
-            csv.DictWriter(self._files[kind], columns).writerows(rows)
-        self.flush()
+            self._rewrite(kind, columns, rows)
 
 
 class TensorBoardSink(Sink):
@@ -312,21 +322,48 @@ def make_sinks(spec: Union[None, str, Sink, Sequence[Union[str, Sink]]], log_dir
 
 
 def read_jsonl(path: str) -> List[dict]:
-    """Every record of a JSONL file (an absent file gives no records)."""
+    """Every record of a JSONL file (an absent file gives no records). A line
+    that is not a JSON object (the last one, cut by a crash while it was
+    written) is skipped with one warning naming the file and the line."""
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    records, broken = [], []
+    with open(path, "rb") as f:  # bytes: a line cut inside a UTF-8 character is one bad line, not a bad file
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                broken.append(f"line {number} ({exc})")
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                broken.append(f"line {number} (a JSON {type(record).__name__}, not an object)")
+    if broken:
+        shown = "; ".join(broken[:3]) + (f"; and {len(broken) - 3} more" if len(broken) > 3 else "")
+        warnings.warn(f"{path}: skipped {len(broken)} unreadable line(s), kept {len(records)} record(s): {shown}. "
+                      "A crash while a record was written leaves its line cut.", RuntimeWarning, stacklevel=2)
+    return records
 
 
 def read_run(run_dir: str) -> Dict[str, object]:
     """``{"meta": dict, "analysis": [records], "metrics": [records]}`` of a run
-    directory written by the JSONL sink."""
+    directory written by the JSONL sink. A broken ``meta.json`` is left out
+    (``meta`` is empty) with a warning naming it."""
     meta_path = os.path.join(run_dir, META_FILE)
     meta = {}
     if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
+        try:
+            with open(meta_path, "rb") as f:
+                meta = json.load(f)
+            if not isinstance(meta, dict):
+                raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+        except ValueError as exc:
+            meta = {}
+            warnings.warn(f"{meta_path} is unreadable ({exc}); going on without it (no run name, window or "
+                          "milestones in the report)", RuntimeWarning, stacklevel=2)
     run: Dict[str, object] = {kind: read_jsonl(os.path.join(run_dir, FILES[kind] + ".jsonl")) for kind in FILES}
     run["meta"] = meta
     return run

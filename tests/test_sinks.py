@@ -2,7 +2,10 @@
 import csv
 import json
 import math
+import os
+import signal
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -127,3 +130,100 @@ def test_writing_after_close_appends(tmp_path):
         sink.close()
         lines = (tmp_path / name).read_text().splitlines()
         assert len(lines) == (3 if name.endswith(".jsonl") else 4), name
+
+
+def _killed_at_random(target, trials, longest, seed):
+    """Run ``target(ack)`` in forked children, each killed with SIGKILL after a
+    random delay; yields (trial, the count the child acknowledged through
+    ``ack(i)``) once each child is dead. Forked, not spawned: no new
+    interpreter to start, so many kills stay short."""
+    rng = np.random.default_rng(seed)
+    for trial in range(trials):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the writer
+            os.close(read_end)
+            try:
+                target(trial, lambda i: os.write(write_end, b"%d\n" % i))
+            finally:
+                os._exit(1)  # never reaches pytest's own exit
+        os.close(write_end)
+        time.sleep(rng.uniform(0.0, longest))
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        with os.fdopen(read_end, "rb") as f:
+            acked = [int(x) for x in f.read().split()]
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, "the writer ended before the kill"
+        yield trial, (acked[-1] if acked else 0)
+
+
+def _steps_of_lines(lines, parse):
+    """Steps of the lines that parse; only the last line may fail to."""
+    steps = []
+    for i, line in enumerate(lines):
+        try:
+            steps.append(parse(line))
+        except (ValueError, KeyError, TypeError):
+            assert i == len(lines) - 1, f"line {i + 1} of {len(lines)} is broken"
+    return steps
+
+
+def test_files_survive_sigkill_at_any_instant_losing_at_most_the_record_in_flight(tmp_path):
+    """JSONL, CSV (its header grows every 40 records, so it is rewritten
+    often) and meta.json, with the writer killed at random instants."""
+
+    def write(trial, ack):
+        sinks = [JSONLSink(str(tmp_path / str(trial))), CSVSink(str(tmp_path / str(trial)))]
+        for step in range(1, 10**6):
+            record = {"step": step, "loss": step / 7, f"metric_{step // 40}": 1.0}
+            for sink in sinks:
+                sink.write("metrics", record)
+                if step % 10 == 0:
+                    sink.write_meta({"step": step, "padding": "x" * 5000})
+            ack(step)
+
+    def csv_step(line):
+        row = next(csv.reader([line]))
+        if len(row) < 2 or float(row[1]) != int(row[0]) / 7:  # a cut row: its loss not written in full
+            raise ValueError(line)
+        return int(row[0])
+
+    killed_with_records = 0
+    for trial, acked in _killed_at_random(write, trials=20, longest=0.5, seed=0):
+        run = tmp_path / str(trial)
+        jsonl, table, meta = (run / name for name in ("metrics.jsonl", "metrics.csv", "meta.json"))
+        if acked == 0 and not jsonl.exists():
+            continue
+        lines = jsonl.read_text().splitlines()
+        steps = _steps_of_lines(lines, lambda line: json.loads(line)["step"])
+        assert steps == list(range(1, len(steps) + 1)) and acked <= len(steps) <= acked + 1, (trial, acked)
+        if table.exists() or acked:
+            lines = table.read_text().splitlines()
+            assert lines[0].startswith("step,loss,metric_"), (trial, lines[:1])
+            steps = _steps_of_lines(lines[1:], csv_step)
+            assert steps == list(range(1, len(steps) + 1)) and acked <= len(steps) <= acked + 1, (trial, acked)
+        if meta.exists():
+            assert json.loads(meta.read_text())["step"] >= acked - acked % 10
+        killed_with_records += acked > 0
+    assert killed_with_records >= 10  # most kills came after records were written
+
+
+def test_a_line_cut_by_a_crash_is_skipped_with_a_warning_naming_file_and_line(tmp_path):
+    good = [{"step": s, "R": 2.0} for s in (1, 2, 3)]
+    text = "".join(json.dumps(r) + "\n" for r in good)
+    (tmp_path / "spectral.jsonl").write_text(text + '{"step": 4, "R": 2.')
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n[1, 2]\n{"step": 2, "loss": 0.5}\n')
+    with pytest.warns(RuntimeWarning) as warned:
+        run = read_run(str(tmp_path))
+    assert run["analysis"] == good and [m["step"] for m in run["metrics"]] == [1, 2]
+    first, second = (str(w.message) for w in warned)
+    assert "spectral.jsonl" in first and "line 4" in first
+    assert "metrics.jsonl" in second and "line 2" in second
+
+
+def test_a_broken_meta_json_warns_and_the_run_goes_on(tmp_path):
+    (tmp_path / "spectral.jsonl").write_text('{"step": 1}\n')
+    (tmp_path / "meta.json").write_text('{"window": 16, "info": {"na')
+    with pytest.warns(RuntimeWarning, match=r"meta\.json is unreadable"):
+        run = read_run(str(tmp_path))
+    assert run["meta"] == {} and run["analysis"] == [{"step": 1}]
