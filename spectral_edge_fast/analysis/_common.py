@@ -10,6 +10,16 @@ from typing import Any, Tuple
 import numpy as np
 
 EPS = float(np.finfo(np.float64).eps)
+# The engine accumulates every Gram entry in float32 (sums of chunk partials in
+# float64): its Grams carry float32 rounding, and that is the default unit
+# roundoff of the whole analysis layer. A caller with exact float64 Grams
+# passes ``eps=EPS``.
+ENGINE_EPS = float(np.finfo(np.float32).eps)
+# LAPACK's symmetric eigensolvers are backward stable: a computed eigenvalue is
+# within p(n) * eps64 * ||G||_2 of the exact one, p(n) a modest function of n.
+# Measured spreads of tied eigenvalues reach about 3 units of n * eps64 *
+# lambda_1 (n = 2 to 64); this many units leave a margin.
+SOLVER_UNITS = 8.0
 
 # A Gram built with float32 partial sums may differ from its transpose by a few
 # float32 roundings; anything larger than this (relative to max |G_ij|) is a
@@ -107,20 +117,37 @@ def eigh_desc(G: np.ndarray):
     return lam[::-1], U[:, ::-1]
 
 
-def zero_tolerance(n: int, lam1: float, eps: float = EPS) -> float:
-    """``tol = n * eps * lambda_1``: eigenvalues at or below it count as zero."""
-    return n * eps * max(lam1, 0.0)
+def zero_tolerance(n: int, lam1, eps: float = ENGINE_EPS):
+    """``tol = n * (eps + SOLVER_UNITS * eps64) * lambda_1``, the one
+    tolerance of the analysis layer: eigenvalues at or below it count as zero,
+    and eigenvalues (or gaps) closer than it count as tied.
+
+    ``n * eps * lambda_1`` covers the rounding of the Gram's entries (``eps``
+    their unit roundoff), the second term the eigensolver's own error, which
+    remains for exact Grams. ``lam1``: a float or an array (one per group)."""
+    return n * (eps + SOLVER_UNITS * EPS) * np.maximum(lam1, 0.0)
 
 
-def neighbour_gaps(lam: np.ndarray) -> np.ndarray:
-    """``delta_j = min(lambda_{j-1} - lambda_j, lambda_j - lambda_{j+1})``.
+def neighbour_gaps(lam: np.ndarray, tol=0.0) -> np.ndarray:
+    """``delta_j = min(lambda_{j-1} - lambda_j, lambda_j - lambda_{j+1})``
+    along the last axis (one row per group), 0 where it is ``<= tol`` (tied).
 
     One-sided at the top; below the last mode lies the null space of the
     covariance (dimension ``P - n``), so ``lambda_{n+1} = 0``."""
-    spacing = lam[:-1] - lam[1:]
-    below = np.concatenate((spacing, lam[-1:]))
-    above = np.concatenate((np.full(min(lam.size, 1), np.inf), spacing))
-    return np.minimum(above, below)
+    spacing = lam[..., :-1] - lam[..., 1:]
+    below = np.concatenate((spacing, lam[..., -1:]), axis=-1)
+    above = np.concatenate((np.full(lam.shape[:-1] + (min(lam.shape[-1], 1),), np.inf), spacing), axis=-1)
+    gaps = np.minimum(above, below)
+    return np.where(gaps > np.expand_dims(tol, -1), gaps, 0.0)
+
+
+def slide_norm(aa, bb, ab):
+    """Exact ``||Delta C||_F = sqrt(||a||^4 + ||b||^4 - 2 (a.b)^2)`` of a slide
+    (MATH.md section 2) from ``|a|^2``, ``|b|^2`` and ``a.b`` (floats or arrays,
+    NaN where an input is non-finite)."""
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN below anyway
+        value = np.sqrt(np.maximum(aa * aa + bb * bb - 2.0 * ab * ab, 0.0))
+    return np.where(np.isfinite(aa) & np.isfinite(bb) & np.isfinite(ab), value, np.nan)
 
 
 def check_scalar(value, name: str, minimum: float = 0.0) -> float:

@@ -16,11 +16,11 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from ._common import EPS, Result, check_scalar, plain
+from ._common import ENGINE_EPS, Result, check_scalar, neighbour_gaps, plain, slide_norm, zero_tolerance
 from .eigen import Eigen, _eigh, _stack
 from .flow import delta_c_fro, eigen_flow
 from .spectrum import spectrum
-from .stability import adiabatic, stability, window_overlaps
+from .stability import adiabatic, davis_kahan, gap_ratios, stability, window_overlaps
 from .tracking import EigenTracker
 
 try:  # the O(n^2) sums in one pass each (csrc/analysis/slide_terms.cpp); NumPy below without it
@@ -51,7 +51,7 @@ def _spectra(values: np.ndarray, q: float, eps: float) -> _Spectra:
     """``spectrum``'s quantities from the descending eigenvalues of each row."""
     G, n = values.shape
     rows = np.arange(G)
-    tol = n * eps * np.maximum(values[:, 0], 0.0)
+    tol = zero_tolerance(n, values[:, 0], eps)
     lam = np.where(values > tol[:, None], values, 0.0)
     sig = np.sqrt(lam)
     m = np.count_nonzero(lam, axis=1)
@@ -70,10 +70,6 @@ def _spectra(values: np.ndarray, q: float, eps: float) -> _Spectra:
     weighted = np.argmax(np.multiply(sig, ratios, out=np.full((G, n), -np.inf), where=head), axis=1)
     has_edge = defined & (k + 2 < m)
     nan = np.full(G, np.nan)
-
-    spacing = lam[:, :-1] - lam[:, 1:]
-    below = np.concatenate((spacing, lam[:, -1:]), axis=1)
-    above = np.concatenate((np.full((G, 1), np.inf), spacing), axis=1)
 
     status = np.full(G, "ok", dtype="<U14")
     status[defined & ~has_edge] = "partial"
@@ -94,7 +90,7 @@ def _spectra(values: np.ndarray, q: float, eps: float) -> _Spectra:
             weighted_k_star=np.where(defined, weighted + 1, 0),
             k_q=np.where(m > 0, np.count_nonzero(cumulative < (q * total)[:, None], axis=1) + 1, 0),
             pc1_fraction=np.where(m > 0, lam[:, 0] / total, nan),
-            neighbour_gaps=np.minimum(above, below),
+            neighbour_gaps=neighbour_gaps(lam, tol),
             status=status,
         )
 
@@ -137,10 +133,13 @@ class SlideBatch(Result):
             of the previous window.
         fallback: groups computed by the per-group functions (a non-finite
             entry in their extended Gram).
-        current: ``Eigen`` of the current windows (values with the zero
-            tolerance applied; NaN for a group whose window has a non-finite
-            row), to pass as ``previous`` on the next slide; not logged. None
-            when a tracker supplied the decompositions (it keeps them).
+        previous, current: ``Eigen`` of the previous and current windows
+            (values with the zero tolerance applied; NaN for a fallback
+            group, except the current window of one whose only non-finite
+            row is the leaving one), e.g. for ``spectrum(..., eigen=)``;
+            pass ``current`` as ``previous`` on the next slide. Not logged.
+            With a tracker their vectors are the tracker's buffers, valid
+            until its call after next.
     """
 
     n: int
@@ -184,9 +183,10 @@ class SlideBatch(Result):
     level_repulsion: np.ndarray
     validity_factor: float
     fallback: np.ndarray
-    current: Optional[Eigen]
+    previous: Eigen
+    current: Eigen
 
-    _NOT_LOGGED = ("current",)
+    _NOT_LOGGED = ("previous", "current")
 
     def group(self, g: int) -> dict:
         """Group ``g``'s values as plain Python (undefined mode numbers None)."""
@@ -219,7 +219,7 @@ def analyze_slides(
     previous: Optional[Eigen] = None,
     current: Optional[Eigen] = None,
     *,
-    eps: float = EPS,
+    eps: float = ENGINE_EPS,
     q: float = 0.95,
     C: float = 1.0,
     squared: bool = True,
@@ -292,25 +292,61 @@ def analyze_slides(
             rotation = np.where(finite[:, None, None], rotation, 0.0)
     prev = _spectra(prev_vals, q, eps)
     cur = _spectra(cur_vals, q, eps)
+    dc = slide_norm(E[:, -1, -1], E[:, 0, 0], E[:, 0, -1])
+    # Fresh [G, n, n] arrays cost page faults comparable to the arithmetic on
+    # them, so the overlaps and the flow share two work buffers through out=
+    # (a tracker keeps them from slide to slide).
+    work = tracker._workspace() if tracker is not None else (np.empty((G, n, n)), np.empty((G, n, n)))
+
+    rotation_bounds = gap_ratios(cur.neighbour_gaps, dc)
+    with np.errstate(divide="ignore", invalid="ignore"):  # gap is NaN without a gap position, 0 when tied
+        A = np.where((cur.gap > 0) & (lr > 0), dc / (lr * cur.gap * cur.gap), np.nan)
+    out = dict(
+        n=n,
+        eigenvalues=cur.lam,
+        sigmas=cur.sig,
+        tol=cur.tol,
+        n_positive=cur.m,
+        k_star=cur.k_star,
+        gap_ratio=cur.gap_ratio,
+        gap=cur.gap,
+        eig_gap=cur.eig_gap,
+        edge_ratio=cur.edge_ratio,
+        g23=cur.g23,
+        weighted_k_star=cur.weighted_k_star,
+        q=float(q),
+        k_q=cur.k_q,
+        pc1_fraction=cur.pc1_fraction,
+        neighbour_gaps=cur.neighbour_gaps,
+        status=cur.status,
+        delta_c_fro=dc,
+        alpha=davis_kahan(rotation_bounds, C, squared),
+        C=C,
+        squared=bool(squared),
+        A=A,
+        rotation_bounds=rotation_bounds,
+        lr=lr,
+        **_overlap_stage(E, prev, cur, prev_vals, Up, Uc, rotation, dc, gap_given, work),
+        **_flow_stage(E, prev, cur, Up, dc, validity_factor, work),
+        validity_factor=float(validity_factor),
+        fallback=~finite,
+        # no two arrays of out may share memory: the fallback writes its groups in place
+        previous=Eigen(prev.lam.copy(), Up),
+        current=Eigen(cur.lam.copy(), Uc),
+    )
+    for g in np.flatnonzero(~finite):
+        _fill_from_group(out, raw[g], int(g), n, lr, gap_given, q, eps, C, squared, validity_factor)
+    return SlideBatch(**{k: Eigen(*map(_readonly, v)) if isinstance(v, Eigen) else _readonly(v) if isinstance(v, np.ndarray) else v
+                         for k, v in out.items()})
+
+
+def _overlap_stage(E, prev: _Spectra, cur: _Spectra, prev_vals, Up, Uc, rotation, dc, gap_given, work) -> dict:
+    """``window_overlaps`` (without principal angles) of every group, over the
+    modes positive in both windows:
+    ``M = diag(1 / sigma_c) U_c^T E[1:, :n] U_p diag(1 / sigma_p)``."""
+    G, n = prev_vals.shape
     modes, rows = np.arange(n), np.arange(G)
-    # the previous window's gap position k* (1-based): modes j0 = k* - 1 and j1 = k* (0-based)
-    j0 = np.maximum(prev.k_star - 1, 0)
-    j1 = np.minimum(j0 + 1, n - 1)
-
-    aa, bb, ab = E[:, -1, -1], E[:, 0, 0], E[:, 0, -1]
-    dc = np.sqrt(np.maximum(aa * aa + bb * bb - 2.0 * ab * ab, 0.0))
-
-    # stability and adiabatic: ||Delta C||_F / delta_j, inf where delta_j = 0 < dc
-    gaps = cur.neighbour_gaps
-    ratio = np.divide(dc[:, None], gaps, out=np.where(dc > 0, np.inf, 0.0)[:, None].repeat(n, 1), where=gaps > 0)
-    penalty = C * (ratio * ratio if squared else ratio) if C > 0 else np.zeros((G, n))  # 0 * inf is NaN
-    alpha = np.clip(1.0 - penalty, 0.0, 1.0)
-    A_defined = (cur.gap > 0) & (lr > 0)  # gap is NaN without a gap position, 0 when tied
-    with np.errstate(divide="ignore", invalid="ignore"):
-        A = np.where(A_defined, dc / (lr * cur.gap * cur.gap), np.nan)
-
-    # window overlaps over the modes positive in both windows:
-    # M = diag(1 / sigma_c) U_c^T E[1:, :n] U_p diag(1 / sigma_p)
+    work, spare = work
     n_modes = np.minimum(cur.m, prev.m)
     in_modes = modes < n_modes[:, None]
     inv_c, inv_p = _inverse(cur.sig, in_modes), _inverse(prev.sig, in_modes)
@@ -318,10 +354,6 @@ def analyze_slides(
     gap_eff = dc.copy() if gap_given is None else np.full(G, gap_given)
     threshold = np.maximum(gap_eff, np.maximum(cur.tol, prev.tol))
     joined = (np.minimum(gap_c, gap_p) <= threshold[:, None]) & (modes[:-1] < (n_modes - 1)[:, None])
-    # Fresh [G, n, n] arrays cost page faults comparable to the arithmetic on
-    # them, so the overlaps and the flow share two work buffers through out=
-    # (a tracker keeps them from slide to slide).
-    work, spare = tracker._workspace() if tracker is not None else (np.empty((G, n, n)), np.empty((G, n, n)))
     if rotation is not None:
         # With U_c = roll(U_p Q) (the tracker's rotation) and the entering row
         # in the leaving one's slot, X_t = X_{t-1} + e_0 (a - b)^T, so
@@ -351,10 +383,23 @@ def analyze_slides(
         block_sums = np.bincount(label.ravel(), M.sum(axis=2).ravel(), G * n)[label]
         size = np.bincount(label.ravel(), minlength=G * n)[label]
         subspace = np.where(size > 1, np.sqrt(block_sums / size), diag)
-    overlaps = np.where(in_modes, np.minimum(diag, 1.0), np.nan)
-    subspace = np.where(in_modes, np.minimum(subspace, 1.0), np.nan)
+    return dict(
+        n_modes=n_modes,
+        overlaps=np.where(in_modes, np.minimum(diag, 1.0), np.nan),
+        subspace_overlaps=np.where(in_modes, np.minimum(subspace, 1.0), np.nan),
+        cluster_gap=gap_eff,
+    )
 
-    # eigen flow over the previous window's positive modes; v_j.a = u_j^T E[:n, n] / sigma_j
+
+def _flow_stage(E, prev: _Spectra, cur: _Spectra, Up, dc, validity_factor, work) -> dict:
+    """``eigen_flow`` of every group, over the previous window's positive
+    modes; ``v_j.a = u_j^T E[:n, n] / sigma_j``."""
+    G, n = prev.lam.shape
+    modes, rows = np.arange(n), np.arange(G)
+    work, spare = work
+    # the previous window's gap position k* (1-based): modes j0 = k* - 1 and j1 = k* (0-based)
+    j0 = np.maximum(prev.k_star - 1, 0)
+    j1 = np.minimum(j0 + 1, n - 1)
     positive = modes < prev.m[:, None]
     va, vb = (np.matmul(E[:, [n, 0], :n], Up) * _inverse(prev.sig, positive)[:, None, :]).transpose(1, 0, 2)
     entering, exiting = va * va, vb * vb
@@ -379,7 +424,6 @@ def analyze_slides(
         coupled = coupling.sum(axis=1)
     second = first + coupled + null_space
     pgaps = prev.neighbour_gaps
-    valid = positive & (pgaps > validity_factor * dc[:, None]) & (pgaps > prev.tol[:, None])
     measured = cur.lam - prev.lam
     has_k = prev.k_star > 0
 
@@ -389,56 +433,18 @@ def analyze_slides(
     def pad(x):
         return np.where(positive, x, np.nan)
 
-    # no two arrays of out may share memory: the fallback writes its groups in place
-    out = dict(
-        n=n,
-        eigenvalues=cur.lam,
-        sigmas=cur.sig,
-        tol=cur.tol,
-        n_positive=cur.m,
-        k_star=cur.k_star,
-        gap_ratio=cur.gap_ratio,
-        gap=cur.gap,
-        eig_gap=cur.eig_gap,
-        edge_ratio=cur.edge_ratio,
-        g23=cur.g23,
-        weighted_k_star=cur.weighted_k_star,
-        q=float(q),
-        k_q=cur.k_q,
-        pc1_fraction=cur.pc1_fraction,
-        neighbour_gaps=cur.neighbour_gaps,
-        status=cur.status,
-        delta_c_fro=dc,
-        alpha=alpha,
-        C=C,
-        squared=bool(squared),
-        A=A,
-        rotation_bounds=ratio,
-        lr=lr,
-        n_modes=n_modes,
-        overlaps=overlaps,
-        subspace_overlaps=subspace,
-        cluster_gap=gap_eff,
+    return dict(
         measured=measured,
         entering=pad(entering),
         exiting=pad(exiting),
         first_order=pad(first),
         second_order=pad(second),
-        valid=valid,
+        valid=positive & (pgaps > validity_factor * dc[:, None]) & (pgaps > prev.tol[:, None]),
         a_perp_norm2=a_perp2,
         gap_increment=at_gap(measured),
         gap_first_order=at_gap(first),
         gap_second_order=at_gap(second),
         level_repulsion=np.where(has_k, repulsion, np.nan),
-        validity_factor=float(validity_factor),
-        fallback=~finite,
-        current=None if tracker is not None else Eigen(cur.lam.copy(), Uc),
-    )
-    for g in np.flatnonzero(~finite):
-        _fill_from_group(out, raw[g], int(g), n, lr, gap_given, q, eps, C, squared, validity_factor)
-    return SlideBatch(
-        **{k: _readonly(v) if isinstance(v, np.ndarray) else v for k, v in out.items() if k != "current"},
-        current=None if out["current"] is None else Eigen(*map(_readonly, out["current"])),
     )
 
 
@@ -450,8 +456,8 @@ def _fill_from_group(out: dict, E: np.ndarray, g: int, n: int, lr, cluster_gap, 
         spec,
         stability(spec, dc, C, squared),
         adiabatic(spec, dc, 0.0 if math.isnan(lr) else lr),
-        window_overlaps(E, cluster_gap=cluster_gap, principal_angles=False),
-        eigen_flow(E, validity_factor=validity_factor),
+        window_overlaps(E, cluster_gap=cluster_gap, principal_angles=False, eps=eps),
+        eigen_flow(E, validity_factor=validity_factor, eps=eps),
     ]
     # later parts win: the spectrum's k_star and neighbour_gaps, not the flow's (previous window's)
     values = {f.name: getattr(part, f.name) for part in parts[::-1] for f in dataclasses.fields(part)}
@@ -466,9 +472,8 @@ def _fill_from_group(out: dict, E: np.ndarray, g: int, n: int, lr, cluster_gap, 
         else:
             array[g] = False if array.dtype == bool else np.nan
             array[g, : x.size] = x
-    if out["current"] is None:
-        pass
-    elif spec.n == n:
+    out["previous"].values[g] = out["previous"].vectors[g] = np.nan  # not computed
+    if spec.n == n:
         out["current"].values[g] = spec.eigenvalues
         out["current"].vectors[g] = spec.vectors
     else:

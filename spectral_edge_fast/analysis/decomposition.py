@@ -14,13 +14,13 @@ from typing import Optional
 
 import numpy as np
 
-from ._common import Result, as_square, frozen_array
+from ._common import ENGINE_EPS, Result, as_square, frozen_array
 from .spectrum import Spectrum, spectrum as compute_spectrum
 
 
-def _window_spectrum(G, spec: Optional[Spectrum]) -> Spectrum:
+def _window_spectrum(G, spec: Optional[Spectrum], eps: float) -> Spectrum:
     if spec is None:
-        return compute_spectrum(G)
+        return compute_spectrum(G, eps=eps)
     n = as_square(G).shape[0]
     if spec.window_rows != n:
         raise ValueError(f"spectrum was computed for a {spec.window_rows}-row window, G has {n} rows")
@@ -72,13 +72,15 @@ class Projections(Result):
     reason: str
 
 
-def projections(G, p, spectrum: Optional[Spectrum] = None) -> Projections:
+def projections(G, p, spectrum: Optional[Spectrum] = None, *, eps: float = ENGINE_EPS) -> Projections:
     """Coordinates of ``y`` along the window's directions from ``p = X y``.
+    ``spectrum``: the window's, to reuse; else computed with ``eps`` (see
+    ``spectrum.spectrum``; the default is the engine's float32 precision).
 
     Raises:
         ValueError: ``p`` not a vector with one entry per row of ``G``.
     """
-    spec = _window_spectrum(G, spectrum)
+    spec = _window_spectrum(G, spectrum, eps)
     c = _coefficients(spec, p, "p")
     status, reason = _status(spec, c is not None, "p has non-finite entries")
     m = spec.n_positive
@@ -109,7 +111,9 @@ class LossDecomposition(Result):
     reason: str
 
 
-def loss_decomposition(G, p_train, p_val, alpha, lr: float, spectrum: Optional[Spectrum] = None) -> LossDecomposition:
+def loss_decomposition(
+    G, p_train, p_val, alpha, lr: float, spectrum: Optional[Spectrum] = None, *, eps: float = ENGINE_EPS
+) -> LossDecomposition:
     """Spectral loss decomposition: ``I_j = alpha_j <grad L_train, v_j> <grad L_val, v_j>``
     and the predicted loss change ``-lr sum_j I_j``.
 
@@ -119,11 +123,12 @@ def loss_decomposition(G, p_train, p_val, alpha, lr: float, spectrum: Optional[S
         alpha: ``alpha_j`` per mode (length ``n`` of the spectrum), or a
             ``Stability`` result.
         lr: learning rate ``eta``.
+        spectrum, eps: as in ``projections``.
 
     Raises:
         ValueError: shapes that do not match the window.
     """
-    spec = _window_spectrum(G, spectrum)
+    spec = _window_spectrum(G, spectrum, eps)
     alpha = np.asarray(getattr(alpha, "alpha", alpha), dtype=np.float64)
     if alpha.shape != (spec.n,):
         raise ValueError(f"alpha must have one entry per mode ({spec.n}), got shape {alpha.shape}")
@@ -176,7 +181,13 @@ class FirstOrderSplit(Result):
 
 
 def first_order_split(
-    G, p_grad, r_new, grad_dot_update: Optional[float] = None, spectrum: Optional[Spectrum] = None
+    G,
+    p_grad,
+    r_new,
+    grad_dot_update: Optional[float] = None,
+    spectrum: Optional[Spectrum] = None,
+    *,
+    eps: float = ENGINE_EPS,
 ) -> FirstOrderSplit:
     """Per-direction terms of ``<grad L, delta> = sum_j <grad L, v_j><v_j, delta> + <grad L, delta_perp>``.
 
@@ -190,11 +201,12 @@ def first_order_split(
             (the next step, projected with the same kernel) has a genuine
             out-of-span part.
         grad_dot_update: ``<grad L, delta>``, needed for the remainder.
+        spectrum, eps: as in ``projections``.
 
     Raises:
         ValueError: shapes that do not match the window.
     """
-    spec = _window_spectrum(G, spectrum)
+    spec = _window_spectrum(G, spectrum, eps)
     m = spec.n_positive
     g = _coefficients(spec, p_grad, "p_grad")
     d = _coefficients(spec, r_new, "r_new")

@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._common import Result, as_gram, frozen_array
+from ._common import ENGINE_EPS, Result, as_gram, frozen_array, slide_norm
 from .spectrum import Spectrum, spectrum
 
 
@@ -26,16 +26,14 @@ def delta_c_fro(extended_gram) -> float:
 
 
 def _delta_c_fro(E: np.ndarray) -> float:
-    aa, bb, ab = E[-1, -1], E[0, 0], E[0, -1]
-    if not (math.isfinite(aa) and math.isfinite(bb) and math.isfinite(ab)):
-        return math.nan
-    return math.sqrt(max(aa * aa + bb * bb - 2.0 * ab * ab, 0.0))
+    return float(slide_norm(E[-1, -1], E[0, 0], E[0, -1]))
 
 
-def window_pair(extended_gram, previous: Optional[Spectrum], current: Optional[Spectrum]):
+def window_pair(extended_gram, previous: Optional[Spectrum], current: Optional[Spectrum], eps: float = ENGINE_EPS):
     """Validate an extended Gram and return ``(E, delta_c_fro, previous,
     current)``: the spectra of its leading and trailing ``n x n`` blocks
-    (computed unless given), or None for both when ``E`` has a non-finite entry.
+    (computed with ``eps`` unless given), or None for both when ``E`` has a
+    non-finite entry.
 
     Raises:
         ValueError: ``E`` smaller than 2 x 2, or a given spectrum whose size
@@ -48,8 +46,8 @@ def window_pair(extended_gram, previous: Optional[Spectrum], current: Optional[S
     dc = _delta_c_fro(E)
     if not np.isfinite(E).all():
         return E, dc, None, None
-    previous = spectrum(E[:n, :n]) if previous is None else previous
-    current = spectrum(E[1:, 1:]) if current is None else current
+    previous = spectrum(E[:n, :n], eps=eps) if previous is None else previous
+    current = spectrum(E[1:, 1:], eps=eps) if current is None else current
     for name, s in (("previous", previous), ("current", current)):
         if s.n != n:
             raise ValueError(f"{name} spectrum has n={s.n}, expected n={n} (the {name} window block of extended_gram)")
@@ -109,13 +107,17 @@ def eigen_flow(
     previous: Optional[Spectrum] = None,
     current: Optional[Spectrum] = None,
     validity_factor: float = 2.0,
+    *,
+    eps: float = ENGINE_EPS,
 ) -> EigenFlow:
     """Eigenvalue flow of one slide from the ``(n+1) x (n+1)`` extended Gram.
 
     Row 0 is the leaving update ``b`` (all zeros while the window fills:
     then ``Delta C = a a^T`` exactly), rows ``1..n`` the current window, so the
     leading block is the previous window and the trailing block the current.
-    ``previous`` / ``current`` may pass their spectra to skip the eigensolves.
+    ``previous`` / ``current`` may pass their spectra to skip the eigensolves
+    (pass both, computed with one ``eps``); ``eps`` is the zero tolerance's
+    unit roundoff for the spectra computed here (``spectrum``).
 
     Every term comes from Gram entries: ``v_j.a = u_j^T (X_prev a) / sigma_j``
     with ``X_prev a = E[:n, n]``, likewise ``b`` with ``E[:n, 0]``. The null
@@ -128,7 +130,7 @@ def eigen_flow(
     """
     if validity_factor < 0:
         raise ValueError(f"validity_factor must be >= 0, got {validity_factor}")
-    E, dc, previous, current = window_pair(extended_gram, previous, current)
+    E, dc, previous, current = window_pair(extended_gram, previous, current, eps)
     n = E.shape[0] - 1
     nan_n = frozen_array(np.full(n, math.nan))
     flow = dict(n=n, delta_c_fro=dc, validity_factor=float(validity_factor))

@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ._common import (
-    EPS,
+    ENGINE_EPS,
     Result,
     as_gram,
     eigh_desc,
@@ -34,7 +34,8 @@ class Spectrum(Result):
         vectors: ``u_j`` as columns (n x n), over the analysed rows; not logged.
         rows: indices into ``G`` of the analysed rows; not logged.
         nonfinite_rows: indices of rows left out for carrying NaN/inf.
-        tol: zero threshold ``n * eps * lambda_1``.
+        tol: zero and tie threshold ``_common.zero_tolerance``:
+            ``n * (eps + 8 eps64) * lambda_1``.
         n_positive: number of eigenvalues ``> tol``.
         k_star: ``argmax_{j, lambda_{j+1} > tol} sigma_j / sigma_{j+1}``.
         gap_ratio: ``R = sigma_{k*} / sigma_{k*+1}``.
@@ -49,7 +50,7 @@ class Spectrum(Result):
         neighbour_gaps: ``delta_j`` of MATH.md section 5 (null space below ``lambda_n``).
         status: ``"ok"``; ``"partial"`` (``edge_ratio`` undefined);
             ``"nonfinite_rows"`` (computed on the finite rows only);
-            ``"tied"`` (all positive eigenvalues equal within ``tol``: no gap
+            ``"tied"`` (all positive eigenvalues within ``tol``: no gap
             position, ``R = 1``); ``"undefined"`` (fewer than two positive
             eigenvalues: every gap quantity undefined). When several apply the
             first of undefined, tied, nonfinite_rows, partial wins and
@@ -89,26 +90,35 @@ class Spectrum(Result):
 _STATUS_ORDER = ("undefined", "tied", "nonfinite_rows", "partial")
 
 
-def spectrum(G, q: float = 0.95, *, eps: float = EPS, vectors: bool = True) -> Spectrum:
+def spectrum(G, q: float = 0.95, *, eps: float = ENGINE_EPS, vectors: bool = True, eigen=None) -> Spectrum:
     """Spectrum diagnostics of a window's Gram matrix ``G`` (n x n, rows oldest first).
 
     Args:
         G: symmetric PSD Gram matrix. Rows/columns that carry NaN or inf (a
             non-finite update) are left out and listed in ``nonfinite_rows``.
         q: variance fraction for ``k_q``, in (0, 1].
-        eps: unit roundoff of the Gram's entries; eigenvalues at or below
-            ``tol = n * eps * lambda_1`` count as zero. The default is float64's;
-            for a Gram summed from float32 partial products pass float32's
-            (1.19e-7), or rounding noise of a rank-deficient window would
-            count as tiny positive eigenvalues and fake a huge gap ratio.
+        eps: unit roundoff of the Gram's entries. Eigenvalues at or below
+            ``tol = n * (eps + 8 eps64) * lambda_1`` count as zero and
+            eigenvalues closer than it as tied (``_common.zero_tolerance``:
+            the Gram's rounding plus the eigensolver's error). The default is
+            float32's, the precision the engine accumulates in, so
+            ``spectrum(window.gram())`` gives the monitor's answer; with a
+            finer ``eps`` the float32 rounding noise of a rank-deficient
+            window would count as tiny positive eigenvalues and fake a huge
+            gap ratio. Pass ``eps=_common.EPS`` (float64's) only for Grams
+            computed exactly in float64.
         vectors: with False, only eigenvalues are computed (about 2.5x
             faster at W = 64) and ``vectors`` is an empty ``(n, 0)`` array;
             enough for every scalar here and for ``stability`` and
             ``adiabatic``, not for overlaps, projections or flow.
+        eigen: ``(values, vectors)`` of ``G`` already computed (values
+            descending, e.g. one group of ``SlideBatch.current``): no
+            eigensolve. Only for a finite ``G``.
 
     Raises:
         ValueError: ``G`` not square, not symmetric beyond rounding, ``q``
-            outside (0, 1] or ``eps`` not in [0, 1).
+            outside (0, 1], ``eps`` not in [0, 1), or ``eigen`` given for a
+            ``G`` of another size or with non-finite rows.
     """
     if not 0.0 < q <= 1.0:
         raise ValueError(f"q must be in (0, 1], got {q}")
@@ -123,11 +133,18 @@ def spectrum(G, q: float = 0.95, *, eps: float = EPS, vectors: bool = True) -> S
         A = A[np.ix_(rows, rows)]
         reasons["nonfinite_rows"] = f"rows {bad.tolist()} are non-finite: computed on the {rows.size} finite rows"
     n = A.shape[0]
-    if vectors:
+    if eigen is not None:
+        lam, U = (np.asarray(x, dtype=np.float64) for x in eigen)
+        if bad.size or lam.shape != (n,) or U.shape != (n, n):
+            raise ValueError(
+                f"eigen must hold values [{n}] and vectors [{n}, {n}] of a finite G; got {lam.shape} and "
+                f"{U.shape}, non-finite rows {bad.tolist()}"
+            )
+    elif vectors:
         lam, U = eigh_desc(A) if n else (np.zeros(0), np.zeros((0, 0)))
     else:
         lam, U = np.linalg.eigvalsh(A)[::-1] if n else np.zeros(0), np.zeros((n, 0))
-    tol = zero_tolerance(n, lam[0] if n else 0.0, eps)
+    tol = float(zero_tolerance(n, lam[0] if n else 0.0, eps))
     lam = np.where(lam > tol, lam, 0.0)
     sig = np.sqrt(lam)
     m = int(np.count_nonzero(lam))
@@ -141,7 +158,7 @@ def spectrum(G, q: float = 0.95, *, eps: float = EPS, vectors: bool = True) -> S
         why = "no finite rows" if n == 0 else "one row" if n == 1 else "all-zero Gram" if m == 0 else "rank one"
         reasons["undefined"] = f"{why}: the gap quantities need two positive eigenvalues (n={n}, positive={m})"
     elif lam[0] - lam[m - 1] <= tol:
-        reasons["tied"] = f"all {m} positive eigenvalues are equal within tol={tol:.3g}: no gap position"
+        reasons["tied"] = f"all {m} positive eigenvalues are tied within tol={tol:.3g}: no gap position"
         gap_ratio, gap, eig_gap = 1.0, 0.0, 0.0
     else:
         ratios = sig[: m - 1] / sig[1:m]
@@ -177,7 +194,7 @@ def spectrum(G, q: float = 0.95, *, eps: float = EPS, vectors: bool = True) -> S
         q=float(q),
         k_q=int(np.searchsorted(cumulative, q * total)) + 1 if m else None,
         pc1_fraction=float(lam[0] / total) if m else nan,
-        neighbour_gaps=frozen_array(neighbour_gaps(lam)),
+        neighbour_gaps=frozen_array(neighbour_gaps(lam, tol)),
         status=status,
         reason="; ".join(reasons[s] for s in _STATUS_ORDER if s in reasons),
     )

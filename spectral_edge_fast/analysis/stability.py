@@ -11,17 +11,24 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._common import Result, as_gram, check_scalar, frozen_array
+from ._common import ENGINE_EPS, Result, as_gram, check_scalar, frozen_array
 from .flow import window_pair
 from .spectrum import Spectrum, spectrum
 
 
-def _gap_ratios(spec: Spectrum, delta_c_fro: float) -> np.ndarray:
+def gap_ratios(gaps: np.ndarray, delta_c_fro) -> np.ndarray:
     """``||Delta C||_F / delta_j``: inf where ``delta_j = 0 < ||Delta C||_F``,
-    0 where nothing moved."""
-    gaps = spec.neighbour_gaps
-    out = np.full(gaps.shape, np.inf if delta_c_fro > 0 else 0.0)
-    return np.divide(delta_c_fro, gaps, out=out, where=gaps > 0)
+    0 where nothing moved. ``gaps`` [..., n], ``delta_c_fro`` a float or one
+    per leading index."""
+    dc = np.expand_dims(delta_c_fro, -1)
+    out = np.broadcast_to(np.where(dc > 0, np.inf, 0.0), gaps.shape).copy()
+    return np.divide(dc, gaps, out=out, where=gaps > 0)
+
+
+def davis_kahan(ratio: np.ndarray, C: float, squared: bool) -> np.ndarray:
+    """``alpha = clamp(1 - C ratio^2, 0, 1)`` (or ``1 - C ratio``) from ``gap_ratios``."""
+    penalty = C * (ratio * ratio if squared else ratio) if C > 0 else np.zeros(ratio.shape)  # 0 * inf is NaN
+    return np.clip(1.0 - penalty, 0.0, 1.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,9 +71,7 @@ def stability(spectrum: Spectrum, delta_c_fro: float, C: float = 1.0, squared: b
         reason = "no rows in the window" if spectrum.n == 0 else "delta_c_fro is NaN: a non-finite update is in the window"
         alpha = np.full(spectrum.n, math.nan)
     else:
-        ratio = _gap_ratios(spectrum, dc)
-        penalty = C * (ratio * ratio if squared else ratio) if C > 0 else np.zeros(spectrum.n)  # 0 * inf is NaN
-        alpha = np.clip(1.0 - penalty, 0.0, 1.0)
+        alpha = davis_kahan(gap_ratios(spectrum.neighbour_gaps, dc), C, squared)
     return Stability(
         alpha=frozen_array(alpha),
         neighbour_gaps=spectrum.neighbour_gaps,
@@ -133,7 +138,7 @@ def adiabatic(spectrum: Spectrum, delta_c_fro: float, lr: float, history: Sequen
         gap=g,
         lr=lr,
         delta_c_fro=dc,
-        rotation_bounds=frozen_array(np.full(spectrum.n, math.nan) if math.isnan(dc) else _gap_ratios(spectrum, dc)),
+        rotation_bounds=frozen_array(np.full(spectrum.n, math.nan) if math.isnan(dc) else gap_ratios(spectrum.neighbour_gaps, dc)),
         status="undefined" if undefined else "ok",
         reason="A undefined: " + ", ".join(undefined) if undefined else "",
     )
@@ -226,6 +231,8 @@ def window_overlaps(
     current: Optional[Spectrum] = None,
     cluster_gap: Optional[float] = None,
     principal_angles: bool = True,
+    *,
+    eps: float = ENGINE_EPS,
 ) -> Overlaps:
     """Overlaps ``|v_j(t) . v_j(t-1)|`` of consecutive windows, from the
     ``(n+1) x (n+1)`` extended Gram (row 0 the update that left, the last row
@@ -236,12 +243,13 @@ def window_overlaps(
     below the perturbation cannot pin a single direction, so such modes are
     compared as subspaces. In a noisy window the whole bulk is one such
     cluster; ``principal_angles=False`` skips the eigen-solve of its cosines
-    (``subspace_overlaps`` stays exact).
+    (``subspace_overlaps`` stays exact). ``eps``: as in ``spectrum``, for the
+    spectra computed here.
 
     Raises:
         ValueError: see ``flow.window_pair``; negative ``cluster_gap``.
     """
-    E, dc, previous, current = window_pair(extended_gram, previous, current)
+    E, dc, previous, current = window_pair(extended_gram, previous, current, eps)
     if previous is None:
         return _undefined_overlaps("extended_gram has non-finite entries")
     n = E.shape[0] - 1
@@ -249,14 +257,16 @@ def window_overlaps(
     return _overlaps(current, previous, E[1:, :n], gap, principal_angles)
 
 
-def half_window_overlaps(G, cluster_gap: Optional[float] = None, principal_angles: bool = True) -> Overlaps:
+def half_window_overlaps(
+    G, cluster_gap: Optional[float] = None, principal_angles: bool = True, *, eps: float = ENGINE_EPS
+) -> Overlaps:
     """Overlaps ``|v_j^(1) . v_j^(2)|`` between the first ``floor(n/2)`` rows
     (older) and the remaining rows of the window (the author's Dyck/SCAN code),
     from the blocks of ``G``.
 
     ``cluster_gap`` defaults to ``||C^(1) - C^(2)||_F``, exact from the blocks:
-    ``||G_11||_F^2 + ||G_22||_F^2 - 2 ||G_21||_F^2``. ``principal_angles`` as
-    in ``window_overlaps``.
+    ``||G_11||_F^2 + ||G_22||_F^2 - 2 ||G_21||_F^2``. ``principal_angles`` and
+    ``eps`` as in ``window_overlaps``.
 
     Raises:
         ValueError: ``G`` not square / symmetric; negative ``cluster_gap``.
@@ -271,4 +281,4 @@ def half_window_overlaps(G, cluster_gap: Optional[float] = None, principal_angle
     g11, g22, g21 = A[:h, :h], A[h:, h:], A[h:, :h]
     if cluster_gap is None:
         cluster_gap = math.sqrt(max(np.sum(g11 * g11) + np.sum(g22 * g22) - 2.0 * np.sum(g21 * g21), 0.0))
-    return _overlaps(spectrum(g22), spectrum(g11), g21, check_scalar(cluster_gap, "cluster_gap"), principal_angles)
+    return _overlaps(spectrum(g22, eps=eps), spectrum(g11, eps=eps), g21, check_scalar(cluster_gap, "cluster_gap"), principal_angles)

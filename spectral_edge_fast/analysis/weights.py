@@ -8,7 +8,7 @@ from typing import Tuple
 
 import numpy as np
 
-from ._common import EPS, Result, frozen_array
+from ._common import Result, frozen_array, zero_tolerance
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,8 +48,9 @@ def weight_spectrum(matrix, top: int = 8) -> WeightSpectrum:
         return WeightSpectrum(shape, frozen_array(np.zeros(0)), math.nan, math.nan, "undefined", why)
     s = np.linalg.svd(a, compute_uv=False)
     s3 = s[2] if s.size > 2 else 0.0
-    # sigma_2 below the rounding level of sigma_1 is zero: the ratio is undefined.
-    defined = s[1] > max(shape) * EPS * s[0]
+    # sigma_2 within the SVD's own error of zero is zero (the matrix itself is
+    # exact: eps = 0): the ratio is undefined.
+    defined = s[1] > zero_tolerance(max(shape), s[0], eps=0.0)
     return WeightSpectrum(
         shape=shape,
         singular_values=frozen_array(s[:top]),

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from spectral_edge_fast.analysis import batch
+from spectral_edge_fast.analysis._common import ENGINE_EPS, zero_tolerance
 from spectral_edge_fast.analysis import (
     Eigen,
     EigenTracker,
@@ -92,7 +93,7 @@ def edge_case_grams(rng, n=12, P=40):
     return np.array(grams)
 
 
-def per_group(E, lr=None, q=0.95, eps=np.finfo(float).eps, C=1.0, squared=True, validity_factor=2.0, cluster_gap=None):
+def per_group(E, lr=None, q=0.95, eps=ENGINE_EPS, C=1.0, squared=True, validity_factor=2.0, cluster_gap=None):
     """The per-group pipeline, its arrays NaN-padded to n as analyze_slides has them."""
     n = E.shape[0] - 1
     cur = spectrum(E[1:, 1:], q, eps=eps)
@@ -173,11 +174,14 @@ def test_one_row_windows():
     assert_matches(batch, grams, lr=1e-3)
 
 
-def test_exact_ties_with_zero_eps():
-    """With eps = 0 the zero tolerance is 0 and only exact ties count as tied."""
+def test_zero_eps_leaves_the_solvers_tolerance():
+    """With eps = 0 (an exact Gram) the zero tolerance is the eigensolver's error alone."""
     grams = edge_case_grams(np.random.default_rng(7))[[5, 7, 8]]  # the exactly diagonal windows
     batch = analyze_slides(grams, 1e-3, eps=0.0)
-    assert batch.status.tolist() == ["tied", "ok", "ok"] and (batch.tol == 0).all()
+    n = grams.shape[1] - 1
+    assert batch.status.tolist() == ["tied", "ok", "ok"]
+    np.testing.assert_allclose(batch.tol, zero_tolerance(n, batch.eigenvalues[:, 0], 0.0), rtol=1e-15)
+    assert (batch.tol > 0).all() and (batch.tol < 1e-12 * batch.eigenvalues[:, 0]).all()
     assert_matches(batch, grams, lr=1e-3, eps=0.0)
 
 
@@ -219,7 +223,8 @@ def test_tracker_stream_matches_per_group():
     for t in range(slides):
         E = np.ascontiguousarray(full[:, t : t + n + 1, t : t + n + 1])
         batch = analyze_slides(E, tracker=tracker, **options)
-        assert batch.current is None
+        finite = ~batch.fallback  # the tracker's decompositions, tolerance applied
+        np.testing.assert_array_equal(batch.current.values[finite], batch.eigenvalues[finite])
         assert_matches(batch, E, check_current=False, **options)
     assert tracker.updated > 3 * (slides - 1)  # most group-slides took the update
     assert tracker.solved > 2 * 5  # refreshes and the non-finite group

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from spectral_edge_fast.analysis import spectrum
+from spectral_edge_fast.analysis._common import EPS
 
 # Planted windows: W rows, all signal, a gap of ratio 4 after mode 2, ratio
 # 1.25 elsewhere; P >= 1e4 coordinates of noise with std NU.
@@ -80,13 +81,28 @@ def test_undefined_is_a_status(G, why):
     assert math.isnan(s.gap_ratio) and math.isnan(s.gap)
 
 
-def test_tied_spectrum():
-    rng = np.random.default_rng(5)
-    q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
-    for G in (3.0 * np.eye(5), 2.0 * q @ q.T):  # the second is tied only to rounding
-        s = spectrum(G)
-        assert s.status == "tied" and s.k_star is None
+def _tied_to_rounding(n, seed, ulps=2):
+    """``lam Q diag(1 + k_i eps) Q^T``, ``|k_i| <= ulps``: eigenvalues tied up
+    to a few ulps, in a random orthogonal basis."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    lam = rng.uniform(0.5, 4.0) * (1.0 + EPS * rng.integers(-ulps, ulps + 1, n))
+    return (q * lam) @ q.T
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8, 16, 33, 64])
+def test_tied_spectrum(n):
+    """Ties decided with float64's eps (an exact Gram) must survive the
+    eigensolver's rounding, whatever the basis: the tolerance covers its
+    error, not only the entries' rounding."""
+    for G in [3.0 * np.eye(n)] + [_tied_to_rounding(n, seed) for seed in range(40)]:
+        s = spectrum(G, eps=EPS)
+        assert s.status == "tied" and s.k_star is None, s.reason
         assert s.gap_ratio == 1.0 and s.gap == 0.0
+        assert (s.neighbour_gaps == 0.0).all()  # tied modes have no gap
+    # a genuine gap just above the tolerance is still one
+    s = spectrum(np.diag([1.0 + 2 * n * 9 * EPS, 1.0] + [0.0] * (n - 2)), eps=EPS)
+    assert s.status in ("ok", "partial") and s.k_star == 1
 
 
 def test_rank_deficient_window_counts_positive_modes(make_window):
@@ -116,10 +132,11 @@ def test_nonfinite_rows_use_the_finite_submatrix(make_window):
 
 def test_float32_rounding_of_a_rank_deficient_window():
     """A rank-2 window whose zero eigenvalue carries float32-level rounding:
-    with float64's eps it fakes a huge ratio; with float32's it is zero."""
+    with float64's eps it fakes a huge ratio; with float32's, the default, it is zero."""
     G = _rotated([30.0, 14.0, 30.0 * 3e-7], seed=14)
-    assert spectrum(G).gap_ratio > 100
-    s = spectrum(G, eps=float(np.finfo(np.float32).eps))
+    assert spectrum(G, eps=EPS).gap_ratio > 100
+    s = spectrum(G)
+    assert s.tol == spectrum(G, eps=float(np.finfo(np.float32).eps)).tol
     assert s.n_positive == 2 and s.eigenvalues[2] == 0.0
     assert s.k_star == 1 and s.gap_ratio == pytest.approx(np.sqrt(30 / 14), rel=1e-12)
 
