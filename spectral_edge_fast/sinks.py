@@ -370,10 +370,22 @@ def read_run(run_dir: str) -> Dict[str, object]:
 
 
 def default_log_dir() -> str:
-    """``runs/spectral-edge/<date-time>`` under the working directory."""
+    """A new directory ``runs/spectral-edge/<date-time>`` under the working
+    directory, created here. It is created exclusively: a run that starts in
+    the same second (another monitor, another process) gets
+    ``<date-time>-1``, ``-2``... so no two runs share their files."""
     import time
 
-    return os.path.join("runs", "spectral-edge", time.strftime("%Y%m%d-%H%M%S"))
+    base = os.path.join("runs", "spectral-edge", time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(os.path.dirname(base), exist_ok=True)
+    path, n = base, 0
+    while True:
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            n += 1
+            path = f"{base}-{n}"
 
 
 __all__ = [

@@ -342,6 +342,8 @@ class GramWindow:
     def load_state_dict(self, state: dict) -> None:
         """Restore a window saved by :meth:`state_dict`; it then continues
         bit-identically. Refuses a state from a different layout."""
+        if "analyze_every" in state:
+            raise ValueError("this is a SpectralMonitor state, not a GramWindow state: load it with monitor.load_state_dict(state)")
         for key, mine in (
             ("window", self.window),
             ("every", self.every),
