@@ -1,32 +1,75 @@
-"""Offline analysis of a directory of checkpoints: the same records and report
+"""Offline analysis of a folder of checkpoints: the same records and report
 as a live :class:`SpectralMonitor`, from saved parameters.
 
-Checkpoints are ``.pt`` / ``.pth`` / ``.bin`` files written by ``torch.save``
-(a state dict, or a dict holding one under ``"model"`` or ``"state_dict"``)
-and ``.safetensors`` files. They are ordered by the step number in their
-names (the last number: ``ckpt_1200.pt``, ``step-00400.safetensors``,
-``checkpoint-3000/model.safetensors``) and streamed: the window holds its
-``W`` update rows and one snapshot, plus the checkpoint being read (``.pt``
-files are memory-mapped), never all checkpoints at once.
+Layouts read, anywhere under the folder:
 
-Every floating-point tensor of the first checkpoint is analysed (BatchNorm
-running statistics included); later checkpoints must hold the same names and
-shapes. The learning rate of the adiabatic parameter comes from ``lr=`` or, in
-a full training checkpoint, from its optimizer state.
+* files written by ``torch.save`` (``.pt``, ``.pth``, ``.bin``): a state
+  dict, or a dict holding one under ``"model"`` or ``"state_dict"``;
+* PyTorch Lightning ``.ckpt`` files (the weights under ``"state_dict"``,
+  named as the LightningModule names them, e.g. ``model.layers.0.w``);
+* ``.safetensors`` files;
+* Hugging Face Trainer folders (``checkpoint-500/`` holding
+  ``model.safetensors`` or ``pytorch_model.bin``): only the weights are read;
+  ``optimizer.pt`` gives the learning rate, the other files are left alone;
+* sharded weights (``model-00001-of-00002.safetensors``,
+  ``pytorch_model-00001-of-00003.bin``, with or without their
+  ``*.index.json``): the shards of one checkpoint are read as one state dict.
+
+A checkpoint's step is, in this order: ``global_step`` of a Trainer folder's
+``trainer_state.json``; a number tagged ``step`` in its name (``step=1200``,
+``step_1200``; Lightning's ``epoch=3-step=1200.ckpt``); ``global_step``
+inside a ``.ckpt``; the last number in its path below the folder
+(``ckpt_1200.pt``, ``checkpoint-1200/model.safetensors``). A name of
+``key=value`` fields without a step (``epoch=3.pt``) has none. Copies of the
+newest checkpoint yield to it: Lightning's ``last.ckpt``, and the final model
+a Trainer saves beside its ``checkpoint-N`` folders (read only when its
+``trainer_state.json`` gives its step); a link to another checkpoint is read
+once.
+
+Which tensors: the floating-point ones of the first readable checkpoint,
+narrowed by ``include`` / ``exclude`` name patterns (fnmatch globs). A tensor
+stored twice on one storage in a ``torch.save`` file (a head tied to its
+embedding) is counted once, under its first name; ``save_model`` and
+``save_pretrained`` already store tied tensors once in ``.safetensors``
+files. A tensor equal in every checkpoint (a frozen parameter, a buffer such
+as a positional table or a causal mask) is left out: its updates are zero,
+and the live monitor, which sees only trainable parameters, has none of it.
+Which tensors never change is found by a first pass that compares each
+checkpoint with the first (tensors already seen changing are not read
+again), which also checks every checkpoint's names and shapes before any
+record is written. Each of these choices is logged and kept in
+``meta.json``.
+
+The second pass streams the checkpoints through the window: it holds the
+window's rows and snapshot and the checkpoint being read (``.pt`` files are
+memory-mapped), never all checkpoints at once.
 """
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import re
-from typing import Dict, Iterator, List, Optional, Tuple
+import stat
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 import torch
 
 from .monitor import SpectralMonitor
 
-EXTENSIONS = (".pt", ".pth", ".bin", ".safetensors")
+EXTENSIONS = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+# Weight files of a Hugging Face folder, preferred first; the folder's other
+# files (optimizer.pt, scheduler.pt, rng_state.pth, training_args.bin) are training state.
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_SHARD = re.compile(r"^(?P<stem>.*)-(?P<k>\d+)-of-(?P<n>\d+)(?P<ext>\.safetensors|\.bin|\.pth?)$")
+_STEP = re.compile(r"step[=_-]?(\d+)", re.IGNORECASE)
+_FIELD = re.compile(r"[A-Za-z_]+=\d")
 _NUMBER = re.compile(r"\d+")
+_LAST = re.compile(r"^last(-v\d+)?\.ckpt$")
+_TRAINER_DIR = re.compile(r"^checkpoint-\d+$")
 _NESTED = ("model", "state_dict")
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 class CheckpointError(RuntimeError):
@@ -37,40 +80,37 @@ class CheckpointError(RuntimeError):
         self.path = path
 
 
-def list_checkpoints(ckpt_dir: str) -> List[Tuple[int, str]]:
-    """``(step, path)`` of every checkpoint under ``ckpt_dir``, by step.
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint: its step, the path messages name, the weight files to
+    read (a checkpoint's shards, in order) and, in a Trainer folder, the
+    optimizer state beside them (for the learning rate)."""
 
-    The step is the last number in the path relative to ``ckpt_dir`` (so
-    ``checkpoint-3000/model.safetensors`` is step 3000)."""
-    if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"{ckpt_dir} is not a directory of checkpoints")
-    found: Dict[int, str] = {}
-    for root, _, files in os.walk(ckpt_dir):
-        for name in files:
-            if not name.endswith(EXTENSIONS):
-                continue
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, ckpt_dir)
-            numbers = _NUMBER.findall(os.path.splitext(rel)[0])
-            if not numbers:
-                raise CheckpointError(path, "no step number in its name (expected e.g. ckpt_1200.pt)")
-            step = int(numbers[-1])
-            if step in found:
-                raise CheckpointError(path, f"step {step} again (also {found[step]}); keep one file per step")
-            found[step] = path
-    if not found:
-        raise FileNotFoundError(f"no checkpoints ({', '.join(EXTENSIONS)}) in {ckpt_dir}")
-    return sorted(found.items())
+    step: int
+    path: str
+    files: Tuple[str, ...]
+    optimizer: Optional[str] = None
+    # a copy of the newest checkpoint (Lightning's last.ckpt, a Trainer's final save beside its
+    # checkpoint folders): it yields to a checkpoint of the same step
+    secondary: bool = False
 
 
-def _find_state_dict(obj, path: str) -> Dict[str, torch.Tensor]:
-    if isinstance(obj, dict):
-        for key in _NESTED:
-            if isinstance(obj.get(key), dict):
-                return obj[key]
-        if any(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
-    raise CheckpointError(path, f"holds no state dict (a dict of tensors, or one under {' or '.join(map(repr, _NESTED))})")
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _check_file(path: str, need_data: bool = False) -> None:
+    """Only regular files are read (a FIFO would block the reader), and an
+    empty one is named as such."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot be read ({_first_line(exc)})") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(path, "is not a regular file (a FIFO, socket or device); only files are read")
+    if need_data and st.st_size == 0:
+        raise CheckpointError(path, "is empty (0 bytes): a save that did not finish?")
 
 
 def _torch_load(path: str, allow_pickle: bool):
@@ -83,79 +123,410 @@ def _torch_load(path: str, allow_pickle: bool):
         return torch.load(path, **kwargs)
 
 
-def load_checkpoint(path: str, allow_pickle: bool = False) -> Tuple[Dict[str, torch.Tensor], Optional[float]]:
-    """The floating-point tensors of one checkpoint, by name, and the
-    learning rate of its optimizer state when it has one.
+def _unreadable(path: str, exc: Exception) -> CheckpointError:
+    """A reader's exception as a :class:`CheckpointError` naming the file."""
+    if isinstance(exc, ImportError):
+        return CheckpointError(path, f"reading it needs the safetensors package (pip install safetensors): {exc}")
+    hint = ""
+    text = str(exc)
+    if "weights_only" in text or "Unsupported global" in text:
+        found = sorted(set(_GLOBAL.findall(text)))
+        hint = (f"; it holds Python objects beyond tensors{' (' + ', '.join(found) + ')' if found else ''}, which "
+                "torch.load runs only when allowed: if you trust the file, pass --allow-pickle (allow_pickle=True), "
+                "or re-save the state dict alone")
+        return CheckpointError(path, f"cannot be read without running pickled code{hint}")
+    return CheckpointError(path, f"cannot be read ({_first_line(exc)})")
 
-    Raises :class:`CheckpointError` naming the file when it cannot be read."""
+
+def _global_step(path: str, allow_pickle: bool) -> Optional[int]:
     try:
-        if path.endswith(".safetensors"):
-            from safetensors import safe_open
-
-            with safe_open(path, framework="pt") as f:
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-            lr = None
-        else:
-            obj = _torch_load(path, allow_pickle)
-            tensors = _find_state_dict(obj, path)
-            lr = _optimizer_lr(obj)
+        _check_file(path, need_data=True)
+        obj = _torch_load(path, allow_pickle)
     except CheckpointError:
         raise
-    except ImportError as exc:
-        raise CheckpointError(path, f"reading it needs the safetensors package (pip install safetensors): {exc}") from exc
-    except Exception as exc:  # whatever the reader raises for a corrupt file
-        hint = ""
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            hint = ("; it holds Python objects beyond tensors: re-save the state dict alone, "
-                    "or, if you trust the file, allow pickles (--allow-pickle, allow_pickle=True)")
-        raise CheckpointError(path, f"cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0]}){hint}") from exc
-    return {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}, lr
+    except Exception as exc:
+        raise _unreadable(path, exc) from exc
+    step = obj.get("global_step") if isinstance(obj, dict) else None
+    return int(step) if isinstance(step, (int, torch.Tensor)) else None
+
+
+def _step_of_name(rel: str) -> Optional[int]:
+    stem = os.path.splitext(rel)[0]
+    tagged = _STEP.findall(stem)
+    if tagged:
+        return int(tagged[-1])
+    if _FIELD.search(os.path.basename(stem)):  # epoch=3: a counter, not the step
+        return None
+    numbers = _NUMBER.findall(stem)
+    return int(numbers[-1]) if numbers else None
+
+
+def _file_step(path: str, rel: str, allow_pickle: bool) -> int:
+    step = None
+    if path.endswith(".ckpt") and not _STEP.search(os.path.basename(rel)):
+        step = _global_step(path, allow_pickle)
+    if step is None:
+        step = _step_of_name(rel)
+    if step is None:
+        raise CheckpointError(path, "no step number in its name (expected e.g. ckpt_1200.pt or epoch=0-step=1200.ckpt)")
+    return step
+
+
+def _folder_step(root: str, rel: str) -> int:
+    state = os.path.join(root, "trainer_state.json")
+    if os.path.isfile(state):
+        try:
+            with open(state) as f:
+                return int(json.load(f)["global_step"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(state, f"cannot be read ({_first_line(exc)})") from exc
+    step = _step_of_name(rel if rel != "." else os.path.basename(os.path.abspath(root)))
+    if step is None:
+        raise CheckpointError(root, "no step number in the folder's name (expected e.g. checkpoint-1200) "
+                                    "and no trainer_state.json")
+    return step
+
+
+def _index_shards(index: str) -> Tuple[str, ...]:
+    """The shard files an ``*.index.json`` names, each checked present."""
+    try:
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(index, f"cannot be read ({_first_line(exc)})") from exc
+    files = tuple(os.path.join(os.path.dirname(index), n) for n in names)
+    for file in files:
+        _check_file(file)
+    return files
+
+
+def _in_folder(root: str, rel: str, names: List[str], dirs: List[str], allow_pickle: bool,
+               problem: Callable[[CheckpointError], None]) -> Iterable[Checkpoint]:
+    present = set(names)
+    weights = next((w for w in HF_WEIGHTS if w in present), None)
+    if weights is not None:  # a Trainer / save_pretrained folder: one checkpoint
+        final = any(_TRAINER_DIR.match(d) for d in dirs)  # the final save beside the checkpoint folders
+        if final and "trainer_state.json" not in present:
+            return  # no step to place it at
+        path = os.path.join(root, weights)
+        try:
+            step = _folder_step(root, rel)
+            _check_file(path)
+            files = _index_shards(path) if path.endswith(".index.json") else (path,)
+        except CheckpointError as exc:
+            problem(exc)
+            return
+        optimizer = os.path.join(root, "optimizer.pt") if "optimizer.pt" in present else None
+        yield Checkpoint(step, path, files, optimizer, secondary=final)
+        return
+    shards: Dict[Tuple[str, int, str], Dict[int, str]] = {}
+    for name in names:
+        if not name.endswith(EXTENSIONS):
+            continue
+        path = os.path.join(root, name)
+        m = _SHARD.match(name)
+        if m:
+            shards.setdefault((m["stem"], int(m["n"]), m["ext"]), {})[int(m["k"])] = path
+            continue
+        try:
+            _check_file(path)
+            step = _file_step(path, os.path.join(rel, name), allow_pickle)
+        except CheckpointError as exc:
+            problem(exc)
+            continue
+        yield Checkpoint(step, path, (path,), secondary=bool(_LAST.match(name)))
+    for (stem, n, ext), parts in sorted(shards.items()):
+        index = os.path.join(root, stem + ext + ".index.json")
+        path = index if os.path.isfile(index) else parts[min(parts)]
+        try:
+            missing = [k for k in range(1, n + 1) if k not in parts]
+            if missing:
+                raise CheckpointError(path, f"shard {missing[0]} of {n} is missing")
+            for part in parts.values():
+                _check_file(part)
+            step = _step_of_name(os.path.join(rel, stem))
+            if step is None:
+                raise CheckpointError(path, "no step number in its folder's or its shards' names")
+        except CheckpointError as exc:
+            problem(exc)
+            continue
+        yield Checkpoint(step, path, tuple(parts[k] for k in range(1, n + 1)))
+
+
+def _distinct(found: List[Checkpoint]) -> List[Checkpoint]:
+    """The checkpoints of one step that are not copies of another: a link is
+    read once, and a secondary copy yields to the checkpoint it copies."""
+    by_file: Dict[str, Checkpoint] = {}
+    for c in found:
+        by_file.setdefault(os.path.realpath(c.path), c)
+    unique = list(by_file.values())
+    return [c for c in unique if not c.secondary] or unique
+
+
+def list_checkpoints(ckpt_dir: str, allow_pickle: bool = False,
+                     on_problem: Optional[Callable[[CheckpointError], None]] = None) -> List[Checkpoint]:
+    """The checkpoints under ``ckpt_dir``, by step (see the module's
+    docstring for the layouts and how a step is found).
+
+    A file or folder that cannot be listed, a checkpoint without a step and
+    two checkpoints of one step (each of them) raise a
+    :class:`CheckpointError`, or are passed to ``on_problem`` and left out
+    when it is given. ``allow_pickle`` as for :func:`load_checkpoint` (a
+    ``.ckpt`` named without its step is opened for its ``global_step``)."""
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"{ckpt_dir} is not a directory of checkpoints")
+
+    problems = []
+
+    def problem(exc: CheckpointError) -> None:
+        if on_problem is None:
+            raise exc
+        problems.append(exc)
+        on_problem(exc)
+
+    def walk_error(err: OSError) -> None:
+        path = str(err.filename or ckpt_dir)
+        exc = CheckpointError(path, f"cannot be read ({_first_line(err)})")
+        if os.path.abspath(path) == os.path.abspath(ckpt_dir):
+            raise exc
+        problem(exc)
+
+    found: Dict[int, List[Checkpoint]] = {}
+    for root, dirs, files in os.walk(ckpt_dir, onerror=walk_error):
+        dirs.sort()
+        for c in _in_folder(root, os.path.relpath(root, ckpt_dir), sorted(files), dirs, allow_pickle, problem):
+            found.setdefault(c.step, []).append(c)
+    if not found and not problems:
+        raise FileNotFoundError(f"no checkpoints ({', '.join(EXTENSIONS)} files, or Hugging Face checkpoint "
+                                f"folders) in {ckpt_dir}")
+    out = []
+    for step in sorted(found):
+        same = _distinct(found[step])
+        if len(same) > 1:
+            for c in same:
+                others = ", ".join(o.path for o in same if o is not c)
+                problem(CheckpointError(c.path, f"step {step} again (also {others}); keep one checkpoint per step"))
+            continue
+        out.append(same[0])
+    return out
+
+
+
+class Weights(NamedTuple):
+    """What one checkpoint holds for the analysis."""
+
+    shapes: Dict[str, Tuple[int, ...]]  # every floating-point tensor, file order, tied copies left out
+    tensors: Dict[str, torch.Tensor]  # those asked for
+    tied: Dict[str, str]  # a tied copy -> the name it is counted under
+    lr: Optional[float]  # the optimizer state's learning rate, when the checkpoint has one
+
+
+def _find_state_dict(obj, path: str) -> Dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in _NESTED:
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+        if any(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise CheckpointError(path, f"holds no state dict (a dict of tensors, or one under {' or '.join(map(repr, _NESTED))})")
 
 
 def _optimizer_lr(obj) -> Optional[float]:
+    """The first parameter group's learning rate of an optimizer state: a
+    training checkpoint's ``"optimizer"``, Lightning's first
+    ``"optimizer_states"``, or a Trainer folder's ``optimizer.pt`` itself."""
+    for get in (lambda o: o["optimizer"], lambda o: o["optimizer_states"][0], lambda o: o):
+        try:
+            return float(get(obj)["param_groups"][0]["lr"])
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue
+    return None
+
+
+def _torch_tensors(state: dict, names: Optional[Set[str]]):
+    """Floating-point tensors of a loaded state dict; a tensor that views the
+    same storage, offset, shape and strides as an earlier one is a tied copy."""
+    shapes, tensors, tied, seen = {}, {}, {}, {}
+    for name, t in state.items():
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            continue
+        if t.numel():
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+            if key in seen:
+                tied[name] = seen[key]
+                continue
+            seen[key] = name
+        shapes[name] = tuple(t.shape)
+        if names is None or name in names:
+            tensors[name] = t
+    return shapes, tensors, tied
+
+
+def _safetensors(path: str, names: Optional[Set[str]]):
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        shapes = {}
+        for name in f.keys():
+            part = f.get_slice(name)
+            if part.get_dtype() == "BF16" or part.get_dtype().startswith("F"):
+                shapes[name] = tuple(part.get_shape())
+        tensors = {n: f.get_tensor(n) for n in shapes if names is None or n in names}
+    return shapes, tensors
+
+
+def read_weights(checkpoint: Union[Checkpoint, str], allow_pickle: bool = False,
+                 names: Optional[Iterable[str]] = None) -> Weights:
+    """Read one checkpoint (a :class:`Checkpoint`, or the path of one file):
+    the shapes of all its floating-point tensors, and the tensors themselves
+    for ``names`` (default all; a ``.safetensors`` file reads only those).
+
+    Raises :class:`CheckpointError` naming the file when it cannot be read."""
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(-1, checkpoint, (checkpoint,))
+    wanted = None if names is None else set(names)
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    tensors: Dict[str, torch.Tensor] = {}
+    tied: Dict[str, str] = {}
+    lr = None
+    for file in ckpt.files:
+        try:
+            _check_file(file, need_data=True)
+            if file.endswith(".safetensors"):
+                part_shapes, part = _safetensors(file, wanted)
+            else:
+                obj = _torch_load(file, allow_pickle)
+                part_shapes, part, part_tied = _torch_tensors(_find_state_dict(obj, file), wanted)
+                tied.update(part_tied)
+                lr = _optimizer_lr(obj) if lr is None else lr
+        except CheckpointError:
+            raise
+        except Exception as exc:  # whatever the reader raises for a corrupt file
+            raise _unreadable(file, exc) from exc
+        again = next((n for n in part_shapes if n in shapes), None)
+        if again is not None:
+            raise CheckpointError(file, f"holds tensor {again!r} that another shard of {ckpt.path} holds too")
+        shapes.update(part_shapes)
+        tensors.update(part)
+    if lr is None and ckpt.optimizer is not None:
+        try:  # the learning rate only: an optimizer state that cannot be read leaves it unknown
+            lr = _optimizer_lr(_torch_load(ckpt.optimizer, allow_pickle))
+        except Exception:
+            lr = None
+    return Weights(shapes, tensors, tied, lr)
+
+
+def load_checkpoint(checkpoint: Union[Checkpoint, str], allow_pickle: bool = False
+                    ) -> Tuple[Dict[str, torch.Tensor], Optional[float]]:
+    """The floating-point tensors of one checkpoint, by name (tied copies
+    once), and the learning rate of its optimizer state when it has one.
+
+    ``allow_pickle`` lets ``torch.load`` run the pickled Python objects a file
+    holds besides tensors (a Lightning checkpoint's hyperparameters, a
+    training checkpoint's config): only for files you trust.
+    Raises :class:`CheckpointError` naming the file when it cannot be read."""
+    weights = read_weights(checkpoint, allow_pickle)
+    return weights.tensors, weights.lr
+
+
+def _check_against(weights: Weights, names: Sequence[str], reference: Dict[str, Tuple[int, ...]],
+                   ckpt: Checkpoint, first: Checkpoint) -> None:
+    """``ckpt`` holds the tensors ``names`` with the shapes of ``first``
+    (``reference``: all of its floating-point tensors) and no others."""
+    missing = [n for n in names if n not in weights.shapes]
+    if missing:
+        raise CheckpointError(ckpt.path, f"lacks {len(missing)} tensor(s) of {first.path}, e.g. {missing[0]!r}")
+    extra = [n for n in weights.shapes if n not in reference]
+    if extra:
+        raise CheckpointError(ckpt.path, f"has {len(extra)} tensor(s) that {first.path} lacks, e.g. {extra[0]!r}")
+    for name in names:
+        if weights.shapes[name] != reference[name]:
+            raise CheckpointError(ckpt.path, f"tensor {name!r} has shape {weights.shapes[name]}, expected "
+                                             f"{reference[name]} as in {first.path}")
+
+
+def _select(shapes: Dict[str, Tuple[int, ...]], include: Optional[Sequence[str]],
+            exclude: Optional[Sequence[str]]) -> List[str]:
+    def matches(name, patterns):
+        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    names = [n for n in shapes if (not include or matches(n, include)) and not matches(n, exclude or ())]
+    if not names:
+        raise ValueError(f"no tensor of the first checkpoint matches --include {list(include or ['*'])} and "
+                         f"--exclude {list(exclude or [])}; its floating-point tensors are e.g. {list(shapes)[:5]}")
+    return names
+
+
+class _Survey(NamedTuple):
+    checkpoints: List[Checkpoint]  # the readable ones, by step
+    names: List[str]  # the tensors to analyse
+    shapes: Dict[str, Tuple[int, ...]]  # the first checkpoint's
+    unchanged: List[str]  # equal in every checkpoint: left out
+    excluded: List[str]  # left out by the name patterns
+    tied: Dict[str, str]
+
+
+def _survey(checkpoints: List[Checkpoint], allow_pickle: bool, include, exclude,
+            fail: Callable[[CheckpointError], None], bar) -> _Survey:
+    """The first pass: which checkpoints can be read and match the first,
+    and which tensors change. Only tensors not yet seen changing are read
+    (and of ``.pt`` files, which are memory-mapped, only those pages)."""
+    readable: List[Checkpoint] = []
+    names: List[str] = []
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    first_ckpt, weights = None, None
+    reference: Dict[str, torch.Tensor] = {}  # the first checkpoint's tensors not yet seen changing
+    tied: Dict[str, str] = {}
+    for ckpt in checkpoints:
+        bar.set_postfix_str(os.path.basename(ckpt.path))
+        try:
+            if first_ckpt is None:
+                weights = read_weights(ckpt, allow_pickle)
+                names = _select(weights.shapes, include, exclude)
+                shapes, tied, first_ckpt = weights.shapes, weights.tied, ckpt
+                reference = {n: weights.tensors[n] for n in names}
+            else:
+                weights = read_weights(ckpt, allow_pickle, names=reference)
+                _check_against(weights, names, shapes, ckpt, first_ckpt)
+                for name in [n for n, t in reference.items() if not torch.equal(weights.tensors[n], t)]:
+                    del reference[name]
+            readable.append(ckpt)
+        except CheckpointError as exc:
+            fail(exc)
+        finally:
+            weights = None
+            bar.update(1)
+    unchanged = [n for n in names if n in reference] if len(readable) > 1 else []
+    excluded = [n for n in shapes if n not in names]
+    return _Survey(readable, [n for n in names if n not in unchanged], shapes, unchanged, excluded, tied)
+
+
+def _has_results(path: str) -> bool:
+    return os.path.isdir(path) and any(True for _ in os.scandir(path))
+
+
+def _output_dir(ckpt_dir: str, out: Optional[str], overwrite: bool) -> str:
+    """``out``, or ``runs/analyze-<folder name>`` with ``-2``, ``-3``... until
+    one holds no results; created and checked writable. Results already in
+    an explicit ``out`` are replaced only with ``overwrite``."""
+    if out is None:
+        base = os.path.join("runs", "analyze-" + os.path.basename(os.path.abspath(ckpt_dir)))
+        out, k = base, 1
+        while _has_results(out):
+            k += 1
+            out = f"{base}-{k}"
+    elif _has_results(out) and not overwrite:
+        raise FileExistsError(f"{out} holds results of an earlier analysis; name another output directory "
+                              f"(--out), or pass --overwrite (overwrite=True) to replace them")
     try:
-        lr = obj["optimizer"]["param_groups"][0]["lr"]
-        return float(lr)
-    except (KeyError, IndexError, TypeError, ValueError):
-        return None
-
-
-class CheckpointStream:
-    """Loads checkpoints one after the other into a fixed set of named
-    tensors (the first checkpoint's), checking names and shapes.
-
-    ``tensors`` is the list of ``(name, tensor)`` a :class:`GramWindow`
-    monitors; :meth:`load` swaps each tensor's storage for the next
-    checkpoint's (the window's views follow the new storage), so no copy of
-    the parameters is kept besides the window's own snapshot."""
-
-    def __init__(self, first_path: str, allow_pickle: bool = False):
-        self.allow_pickle = allow_pickle
-        state, self.lr = load_checkpoint(first_path, allow_pickle)
-        if not state:
-            raise CheckpointError(first_path, "holds no floating-point tensors")
-        self.first_path = first_path
-        self.tensors: List[Tuple[str, torch.Tensor]] = [(k, v.contiguous()) for k, v in state.items()]
-
-    def check(self, path: str) -> Tuple[Dict[str, torch.Tensor], Optional[float]]:
-        """Read ``path`` and check it against the first checkpoint."""
-        state, lr = load_checkpoint(path, self.allow_pickle)
-        names = [n for n, _ in self.tensors]
-        missing = [n for n in names if n not in state]
-        if missing:
-            raise CheckpointError(path, f"lacks {len(missing)} tensor(s) of {self.first_path}, e.g. {missing[0]!r}")
-        extra = [n for n in state if n not in dict(self.tensors)]
-        if extra:
-            raise CheckpointError(path, f"has {len(extra)} tensor(s) that {self.first_path} lacks, e.g. {extra[0]!r}")
-        for name, t in self.tensors:
-            if state[name].shape != t.shape:
-                shape, expected = tuple(state[name].shape), tuple(t.shape)
-                raise CheckpointError(path, f"tensor {name!r} has shape {shape}, expected {expected} as in {self.first_path}")
-        return state, lr
-
-    def load(self, state: Dict[str, torch.Tensor]) -> None:
-        for name, t in self.tensors:
-            t.data = state[name].to(t.dtype).contiguous()
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise type(exc)(f"cannot write the results to {out} ({_first_line(exc)})") from exc
+    return out
 
 
 def analyze_checkpoints(
@@ -167,6 +538,9 @@ def analyze_checkpoints(
     on_error: str = "raise",
     lr: Optional[float] = None,
     allow_pickle: bool = False,
+    include: Optional[Sequence[str]] = None,
+    exclude: Optional[Sequence[str]] = None,
+    overwrite: bool = False,
     sinks=("jsonl", "csv"),
     progress: bool = True,
     log=print,
@@ -175,25 +549,32 @@ def analyze_checkpoints(
     analysis records (and the report's inputs) to ``out``.
 
     Args:
+        out: output directory; default ``runs/analyze-<folder name>``, or
+            that name with ``-2``, ``-3``... when it already holds results.
+            An explicit ``out`` holding results is refused unless
+            ``overwrite``.
         window, every, groups: as for :class:`SpectralMonitor`; ``every``
             counts checkpoints (an update spans ``every`` of them) and each
             slide is analysed.
-        on_error: "raise" stops at the first unreadable or mismatched
-            checkpoint (a :class:`CheckpointError` naming it); "skip" leaves
-            it out, says so through ``log``, and goes on (the next update then
-            spans the gap).
+        on_error: "raise" stops at the first checkpoint that cannot be
+            listed, read, or matched with the first (a
+            :class:`CheckpointError` naming it); "skip" leaves it out, says so
+            through ``log``, and goes on (the next update then spans the gap).
         lr: learning rate for the adiabatic parameter; default the one in
             each checkpoint's optimizer state, if any.
         allow_pickle: let ``torch.load`` run the pickled Python objects in the
             files (only for files you trust).
+        include, exclude: fnmatch patterns of tensor names: analyse the
+            tensors matching one of ``include`` (default all) and none of
+            ``exclude``.
 
     Returns the monitor (closed), whose ``history`` holds the records; a
     record's ``step`` is the checkpoint's step number.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    checkpoints = list_checkpoints(ckpt_dir)
-    out = out or os.path.join("runs", "analyze-" + os.path.basename(os.path.normpath(ckpt_dir)))
+    if not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be an integer >= 1 (checkpoints an update spans), got {every!r}")
     skipped: List[str] = []
 
     def fail(exc: CheckpointError) -> None:
@@ -202,48 +583,66 @@ def analyze_checkpoints(
         skipped.append(exc.path)
         log(f"skipping {exc}")
 
-    items: Iterator[Tuple[int, str]] = iter(checkpoints)
-    stream = None
-    for _, path in items:  # the first readable checkpoint is the reference
-        try:
-            stream = CheckpointStream(path, allow_pickle)
-            break
-        except CheckpointError as exc:
-            fail(exc)
-    if stream is None:
+    checkpoints = list_checkpoints(ckpt_dir, allow_pickle, on_problem=fail)
+    total = len(checkpoints) + len(skipped)
+    out = _output_dir(ckpt_dir, out, overwrite)
+    with _progress(len(checkpoints), progress, "checking") as bar:
+        survey = _survey(checkpoints, allow_pickle, include, exclude, fail, bar)
+    if not survey.checkpoints:
         raise CheckpointError(ckpt_dir, "no readable checkpoint")
-    monitor = SpectralMonitor(stream.tensors, window=window, every=every, analyze_every=every, groups=groups,
-                              sinks=sinks, log_dir=out)
-    monitor.annotate(source=os.path.abspath(ckpt_dir), checkpoints=len(checkpoints), first=stream.first_path)
-    bar = _progress(len(checkpoints), progress)
-    bar.update(len(skipped) + 1)
-    for step, path in items:
-        bar.set_postfix_str(os.path.basename(path))
-        try:
-            state, ckpt_lr = stream.check(path)
-        except CheckpointError as exc:
-            fail(exc)
+    if not survey.names:
+        raise CheckpointError(ckpt_dir, f"no tensor changes between its {len(survey.checkpoints)} checkpoints")
+    for what, names in (("tied to another (counted once)", list(survey.tied)),
+                        ("equal in every checkpoint (frozen or a buffer)", survey.unchanged),
+                        ("excluded by --include/--exclude", survey.excluded)):
+        if names:
+            log(f"left out {len(names)} tensor(s) {what}: {', '.join(names)}")
+
+    monitor = None
+    with _progress(len(survey.checkpoints), progress, "checkpoints") as bar:
+        for ckpt in survey.checkpoints:
+            bar.set_postfix_str(os.path.basename(ckpt.path))
+            try:
+                weights = read_weights(ckpt, allow_pickle, names=survey.names)
+                _check_against(weights, survey.names, survey.shapes, ckpt, survey.checkpoints[0])
+            except CheckpointError as exc:  # changed since the first pass
+                fail(exc)
+                bar.update(1)
+                continue
+            if monitor is None:
+                # owned copies, updated in place from each checkpoint as an optimizer updates parameters
+                params = [(n, weights.tensors[n].clone(memory_format=torch.contiguous_format)) for n in survey.names]
+                monitor = SpectralMonitor(params, window=window, every=every, analyze_every=every, groups=groups,
+                                          sinks=sinks, log_dir=out)
+                monitor.annotate(source=os.path.abspath(ckpt_dir), checkpoints=total, first=ckpt.path,
+                                 left_out={"tied": survey.tied, "unchanged": survey.unchanged,
+                                           "excluded": survey.excluded})
+            else:
+                for name, t in params:
+                    t.copy_(weights.tensors[name])
+                step_lr = lr if lr is not None else weights.lr
+                weights = None
+                monitor.step(lr=step_lr, step=ckpt.step)
+                latest = monitor.latest
+                if latest is not None and latest["R"] is not None:
+                    bar.set_postfix(k=latest["k_star"], R=f"{latest['R']:.3g}", file=os.path.basename(ckpt.path))
+            weights = None
             bar.update(1)
-            continue
-        stream.load(state)
-        del state
-        monitor.step(lr=lr if lr is not None else ckpt_lr, step=step)
-        latest = monitor.latest
-        if latest is not None and latest["R"] is not None:
-            bar.set_postfix(k=latest["k_star"], R=f"{latest['R']:.3g}", file=os.path.basename(path))
-        bar.update(1)
-    bar.close()
+    if monitor is None:
+        raise CheckpointError(ckpt_dir, "no readable checkpoint")
     if skipped:
         monitor.annotate(skipped=skipped)
-        log(f"skipped {len(skipped)} of {len(checkpoints)} checkpoints: {', '.join(map(os.path.basename, skipped))}")
+        names = ", ".join(os.path.relpath(p, ckpt_dir) for p in skipped)
+        log(f"skipped {len(skipped)} of {total} checkpoints: {names}")
     monitor.close()
     return monitor
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="checkpoints", unit="ckpt", disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="ckpt", disable=not enabled, dynamic_ncols=True)
 
 
-__all__ = ["CheckpointError", "CheckpointStream", "analyze_checkpoints", "list_checkpoints", "load_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointError", "Weights", "analyze_checkpoints", "list_checkpoints", "load_checkpoint",
+           "read_weights"]
