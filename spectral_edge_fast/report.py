@@ -7,31 +7,59 @@
     gap.png        the gap ratio R, the gap position k* and the adiabatic
                    parameter A over time, with the event thresholds
     groups.png     heat map of each group's gap ratio over time
-    training.png   the logged losses and accuracies
-    report.html    all of the above, the summary and the events, in one file
-                   (images embedded, no other file needed)
+    training.png   the logged losses, accuracies, learning rate and gradient
+                   norm, each kind on its own axis, each series over the
+                   steps where it was logged (other metrics are listed, not drawn)
+    report.html    all of the above, a guide to the quantities, the summary
+                   and the events, in one file (images embedded, no other
+                   file needed), titled with the run's name (:func:`run_name`)
 
-Gap collapses and openings of the whole model are drawn on every time plot
-(red and green lines); milestones given through ``SpectralMonitor.annotate``
-(e.g. the grokking step) as dashed black lines.
+The whole model's gap collapses (red dotted), openings (green solid) and k*
+shifts (purple dash-dot) are drawn on every time plot, and milestones given
+through ``SpectralMonitor.annotate`` (e.g. the grokking step) dashed, black
+(cyan on the heat map); legends sit right of the plots, off the data.
 
 A directory whose subdirectories are runs gets a report per run plus a
 comparison (``compare.png`` and a top-level ``report.html``).
+
+Every file is replaced atomically (:func:`~spectral_edge_fast.files.atomic_write`):
+a crash while rendering leaves the previous one. A record line cut by a crash,
+or a broken ``meta.json``, is skipped with a warning (:func:`~spectral_edge_fast.sinks.read_run`).
 """
 from __future__ import annotations
 
 import base64
 import html
+import inspect
 import math
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .analysis.events import events as _gap_events
+from .files import atomic_write
 from .sinks import FILES, read_run
 
-EVENT_COLORS = {"gap_collapse": "tab:red", "gap_opening": "tab:green"}
+# The thresholds the monitor's event detector uses (its defaults; MATH.md section 9).
+_DETECTOR = inspect.signature(_gap_events).parameters
+OPEN_ABOVE = _DETECTOR["open_above"].default
+CLOSE_BELOW = 1.0 + 0.5 * (OPEN_ABOVE - 1.0)  # events()'s documented default for close_below=None
+PERSIST = _DETECTOR["persist"].default
+
+# One style per event kind on every plot, the comparison's included.
+EVENT_STYLES = {
+    "gap_collapse": {"color": "tab:red", "ls": ":", "lw": 1.8, "label": "gap collapse"},
+    "gap_opening": {"color": "tab:green", "ls": "-", "lw": 1.2, "label": "gap opening"},
+    "k_star_shift": {"color": "tab:purple", "ls": "-.", "lw": 1.0, "label": "k* shift"},
+}
+MILESTONE_STYLE = {"color": "black", "ls": "--", "lw": 1.5}
+HEATMAP_MILESTONE_COLOR = "tab:cyan"  # black and white each vanish on part of the magma map
+_LINE_WORDS = {"-": "solid", ":": "dotted", "-.": "dash-dot", "--": "dashed"}
 TOP_COLORS = ("tab:blue", "tab:orange", "tab:green")  # sigma_1..sigma_3; the rest grey
+WIDTH = 11.0  # inches: the plot and, at its right, the legend
+MARKERS_UP_TO = 60  # points in a series: fewer get markers (a lone point would be invisible without)
+INTEGRATION_DIR = "spectral-edge"  # the folder the Lightning and Hugging Face callbacks log to
 
 
 def _plt():
@@ -43,6 +71,14 @@ def _plt():
     return plt
 
 
+def _save(fig, path: str) -> str:
+    """The figure as a PNG at ``path``, replaced atomically; closes it."""
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")  # "tight": the legends right of the plots
+    _plt().close(fig)
+    return path
+
+
 def _series(records: List[dict], key: str) -> np.ndarray:
     return np.array([np.nan if r.get(key) is None else float(r[key]) for r in records], dtype=float)
 
@@ -51,136 +87,194 @@ def _steps(records: List[dict]) -> np.ndarray:
     return np.array([r["step"] for r in records], dtype=float)
 
 
+def metric_series(metrics: List[dict], key: str) -> Tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` of one metric over the records that hold a finite
+    value of it, in step order; a step logged twice keeps its last value."""
+    by_step: Dict[float, float] = {}
+    for m in metrics:
+        v = m.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            by_step[float(m["step"])] = float(v)
+    steps = sorted(by_step)
+    return np.array(steps, dtype=float), np.array([by_step[s] for s in steps], dtype=float)
+
+
+def metric_panels(metrics: List[dict]) -> Tuple[List[Tuple[str, List[str], bool]], List[str]]:
+    """The training figure's panels ``(ylabel, keys, log scale)`` (losses,
+    accuracies, learning rate, gradient norm) and the metrics left out
+    (epoch counters, runtimes, throughput, FLOPs...)."""
+    keys = sorted({k for m in metrics for k in m if k != "step"})
+    kinds = (
+        ("loss", lambda k: "loss" in k.lower()),
+        ("accuracy", lambda k: "acc" in k.lower()),
+        ("learning rate", lambda k: "learning_rate" in k or k == "lr" or k.startswith("lr-") or k.startswith("lr_")),
+        ("gradient norm", lambda k: "grad_norm" in k),
+    )
+    panels, taken = [], set()
+    for label, match in kinds:
+        names = [k for k in keys if k not in taken and match(k) and metric_series(metrics, k)[0].size]
+        taken.update(names)
+        if names:
+            positive = all((metric_series(metrics, k)[1] > 0).all() for k in names)
+            panels.append((label, names, label in ("loss", "learning rate") and positive))
+    return panels, [k for k in keys if k not in taken]
+
+
 def model_events(records: List[dict]) -> List[dict]:
     """The whole model's events (not the per-group ones), oldest first."""
     return [e for r in records for e in r.get("events", ()) if not e.get("group")]
 
 
 def _milestones(meta: dict) -> Dict[str, int]:
-    return {k: v for k, v in (meta.get("info", {}).get("milestones") or {}).items() if v is not None}
+    return {k: v for k, v in ((meta.get("info") or {}).get("milestones") or {}).items() if v is not None}
 
 
-def _mark(ax, events: List[dict], milestones: Dict[str, int], label: bool = True) -> None:
-    """Vertical lines: gap collapses and openings, and the milestones."""
-    seen = set()
+def _mark(ax, events: List[dict], milestones: Dict[str, int], label: bool = True,
+          milestone_color: str = "black") -> None:
+    """Vertical lines: gap collapses, openings, k* shifts and the milestones;
+    with ``label``, each kind labelled once for the legend."""
+    seen = set() if label else set(EVENT_STYLES)
     for e in events:
-        color = EVENT_COLORS.get(e["kind"])
-        if color is None:
+        style = EVENT_STYLES.get(e["kind"])
+        if style is None:
             continue
-        name = e["kind"].replace("_", " ")
-        ax.axvline(e["step"], color=color, lw=1.2, alpha=0.8, label=name if label and name not in seen else None)
-        seen.add(name)
+        kw = {k: v for k, v in style.items() if k != "label"}
+        ax.axvline(e["step"], alpha=0.85, label=None if e["kind"] in seen else style["label"], **kw)
+        seen.add(e["kind"])
     for name, step in milestones.items():
-        ax.axvline(step, color="black", ls="--", lw=1.4, label=f"{name} ({step})" if label else None)
+        ax.axvline(step, label=f"{name} ({step})" if label else None, **{**MILESTONE_STYLE, "color": milestone_color})
 
 
-def _log_axis(ax, values) -> None:
-    """Log scale labelled with plain numbers (1, 2, 5, 10...; decades only
-    when ``values`` span more than two of them), not powers."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
+# Tick sets for a log axis, coarsest first; the first to label at least four values in the data's range wins.
+_LOG_SUBS = (
+    (1.0,),
+    (1.0, 2.0, 5.0),
+    (1.0, 1.5, 2.0, 3.0, 5.0, 7.0),
+    (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0),
+)
+
+
+def _log_axis(ax, values, min_labels: int = 4) -> None:
+    """Log scale labelled with plain numbers (1, 1.5, 2, 3...; decades only
+    when ``values`` span several), with at least ``min_labels`` labels within
+    the values' range when the range allows."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax.set_yscale("log")
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v) & (v > 0)]
-    wide = v.size and v.max() / v.min() > 100
-    plain = FuncFormatter(lambda x, _: f"{x:g}")
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0,) if wide else (1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    subs = _LOG_SUBS[1]
+    if v.size:
+        lo, hi = float(v.min()), float(v.max())
+        decades = range(math.floor(math.log10(lo)), math.floor(math.log10(hi)) + 1)
+        for subs in _LOG_SUBS:
+            if sum(lo <= m * 10.0**d <= hi for d in decades for m in subs) >= min_labels:
+                break
+    ax.yaxis.set_major_locator(LogLocator(subs=subs, numticks=100))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def _split_color(key: str, fallback: str) -> str:
-    """Train in blue, test/validation in orange, on every panel."""
-    if "train" in key:
-        return "tab:blue"
-    if "test" in key or "val" in key:
-        return "tab:orange"
-    return fallback
+def _split_color(key: str, used: set, fallback: Sequence[str]) -> str:
+    """Train (and a bare ``loss``, the training loss of Hugging Face's
+    logs) in blue, test/validation in orange; a second series of the same
+    split, or another series, takes the next unused colour."""
+    low = key.lower()
+    first = "tab:blue" if ("train" in low or low == "loss") else "tab:orange" if ("test" in low or "val" in low or "eval" in low) else None
+    for color in ((first,) if first else ()) + tuple(fallback):
+        if color not in used:
+            used.add(color)
+            return color
+    return "0.4"
 
 
 def _legend(ax, **kw) -> None:
+    """The legend outside the plot, at its right: it never covers the data."""
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, **kw)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw)
 
 
-def plot_sigmas(records, meta, path) -> Optional[str]:
-    plt = _plt()
+def sigmas_figure(records: List[dict], meta: dict):
+    """sigma_j over time, one line per mode, on a log axis (None: no sigmas)."""
     width = max((len(r["sigmas"]) for r in records), default=0)
     if not width:
         return None
+    plt = _plt()
     steps = _steps(records)
     sig = np.full((len(records), width), np.nan)
     for i, r in enumerate(records):
-        sig[i, : len(r["sigmas"])] = r["sigmas"]
-    sig[sig <= 0] = np.nan  # zero modes have no place on a log axis
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+        sig[i, : len(r["sigmas"])] = [np.nan if x is None else x for x in r["sigmas"]]
+    sig[~(sig > 0)] = np.nan  # zero modes have no place on a log axis
+    fig, ax = plt.subplots(figsize=(WIDTH, 4.5))
     for j in range(width - 1, -1, -1):  # sigma_1 drawn last, on top
         top = j < len(TOP_COLORS)
         ax.plot(steps, sig[:, j], color=TOP_COLORS[j] if top else "0.6", lw=1.8 if top else 0.7,
                 label=f"σ{j + 1}" if top else ("σ4 … σW" if j == len(TOP_COLORS) else None))
-    _mark(ax, model_events(records), _milestones(meta), label=False)
-    ax.set_yscale("log")
+    _mark(ax, model_events(records), _milestones(meta))
+    _log_axis(ax, sig)
     ax.set_xlabel("step")
     ax.set_ylabel("singular value σ_j of the window")
     ax.set_title(f"Singular values of the update window (W={meta.get('window')}, updates over {meta.get('every')} step(s))")
     ax.grid(alpha=0.3, which="both")
     handles, labels = ax.get_legend_handles_labels()
-    ax.legend(handles[::-1], labels[::-1], fontsize=8, loc="upper right", ncol=4)  # sigma_1 first
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    modes = [i for i, label in enumerate(labels) if label.startswith("σ")][::-1]  # sigma_1 first
+    order = modes + [i for i in range(len(labels)) if i not in modes]
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    return fig
 
 
-def plot_gap(records, meta, path, open_above: float = 1.5, close_below: float = 1.25) -> Optional[str]:
+def gap_figure(records: List[dict], meta: dict, open_above: float = OPEN_ABOVE, close_below: float = CLOSE_BELOW):
+    """R with the event thresholds, k* and (when the learning rate is known) A
+    over time, with the events and milestones."""
     plt = _plt()
     steps = _steps(records)
     R, k, A = _series(records, "R"), _series(records, "k_star"), _series(records, "A")
     has_A = bool(np.isfinite(A).any())
     rows = 3 if has_A else 2
-    fig, axes = plt.subplots(rows, 1, figsize=(10, 2.6 * rows + 0.6), sharex=True)
+    fig, axes = plt.subplots(rows, 1, figsize=(WIDTH, 2.6 * rows + 0.6), sharex=True)
     events, milestones = model_events(records), _milestones(meta)
     ax = axes[0]
-    ax.plot(steps, R, color="tab:blue", lw=1.5, label="R = σ_k*/σ_k*+1")
-    ax.axhline(open_above, color="tab:green", ls=":", lw=1, label=f"open above {open_above:g}")
-    ax.axhline(close_below, color="tab:red", ls=":", lw=1, label=f"collapsed below {close_below:g}")
-    _log_axis(ax, R)
+    ax.plot(steps, R, color="tab:blue", lw=1.5, label="R = σ_k* / σ_k*+1")
+    ax.axhline(open_above, color="tab:green", ls=(0, (6, 3)), lw=0.9, label=f"open: R ≥ {open_above:g}")
+    ax.axhline(close_below, color="tab:red", ls=(0, (6, 3)), lw=0.9, label=f"collapsed: R < {close_below:g}")
+    _log_axis(ax, np.append(R, (open_above, close_below)))
     ax.set_ylabel("gap ratio R")
     _mark(ax, events, milestones)
-    _legend(ax, loc="upper left", ncol=3)
     ax = axes[1]
     ax.step(steps, k, where="post", color="tab:purple", lw=1.3)
     ax.set_ylabel("gap position k*")
     top = int(np.nanmax(k)) if np.isfinite(k).any() else 1
     ax.set_yticks(range(1, top + 1, max(1, top // 8)))
+    ax.set_ylim(0.5, top + 0.5)
     _mark(ax, events, milestones, label=False)
     if has_A:
         ax = axes[2]
         ax.plot(steps, A, color="tab:orange", lw=1.2)
-        ax.axhline(1.0, color="grey", ls=":", lw=1)
+        ax.axhline(1.0, color="grey", ls=(0, (6, 3)), lw=0.9, label="A = 1")
         _log_axis(ax, np.append(A, 1.0))
         ax.set_ylabel("adiabatic A")
         _mark(ax, events, milestones, label=False)
     for ax in axes:
         ax.grid(alpha=0.3)
+        _legend(ax)
     axes[-1].set_xlabel("step")
-    axes[0].set_title("Spectral gap of the update window: ratio, position, adiabatic parameter")
+    axes[0].set_title("Spectral gap of the update window: ratio R, position k*" + (", adiabatic parameter A" if has_A else ""))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def plot_groups(records, meta, path) -> Optional[str]:
+def groups_figure(records: List[dict], meta: dict):
+    """Heat map of each group's log10 R over time (None: a single group)."""
     with_groups = [r for r in records if r.get("groups")]
     if not with_groups:
         return None
     plt = _plt()
     names = list(with_groups[-1]["groups"])
     steps = _steps(with_groups)
-    logR = np.array([[np.nan if r["groups"].get(g, {}).get("R") is None else math.log10(r["groups"][g]["R"])
+    logR = np.array([[np.nan if (r["groups"].get(g) or {}).get("R") is None else math.log10(r["groups"][g]["R"])
                       for r in with_groups] for g in names])
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.42 * len(names)))
+    fig, ax = plt.subplots(figsize=(WIDTH, 2.2 + 0.42 * len(names)), layout="constrained")  # room for the colour bar
     finite = logR[np.isfinite(logR)]
     vmax = float(np.percentile(finite, 99)) if finite.size else 1.0
     half = (steps[1] - steps[0]) / 2 if len(steps) > 1 else 0.5
@@ -190,87 +284,133 @@ def plot_groups(records, meta, path) -> Optional[str]:
     ax.set_yticklabels(names, fontsize=8)
     ax.set_xlabel("step")
     ax.set_title("Gap ratio of each parameter group, log10 R (dark: collapsed, bright: open)")
-    for e in model_events(records):
-        if e["kind"] in EVENT_COLORS:
-            ax.axvline(e["step"], color=EVENT_COLORS[e["kind"]], lw=1.0)
-    for step in _milestones(meta).values():
-        ax.axvline(step, color="white", ls="--", lw=1.2)
-    fig.colorbar(im, ax=ax, label="log10 R", pad=0.01)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _mark(ax, model_events(records), _milestones(meta), milestone_color=HEATMAP_MILESTONE_COLOR)
+    _legend(ax, title="whole model")
+    fig.colorbar(im, ax=ax, label="log10 R", location="bottom", aspect=60)
+    return fig
 
 
-def plot_training(metrics, records, meta, path) -> Optional[str]:
-    keys = sorted({k for m in metrics for k in m if k != "step"})
-    losses = [k for k in keys if "loss" in k]
-    accs = [k for k in keys if "acc" in k]
-    other = [k for k in keys if k not in losses and k not in accs]
-    panels = [p for p in ((losses, "loss", True), (accs, "accuracy", False), (other, "value", False)) if p[0]]
+def training_figure(metrics: List[dict], records: List[dict], meta: dict):
+    """The logged losses, accuracies, learning rate and gradient norm, each
+    kind on its own axis, each series over the steps where it was logged
+    (None: nothing of these kinds was logged)."""
+    panels, _ = metric_panels(metrics)
     if not panels:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.8 * len(panels) + 0.6), sharex=True, squeeze=False)
-    steps = _steps(metrics)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(WIDTH, 2.6 * len(panels) + 0.6), sharex=True, squeeze=False)
     events, milestones = model_events(records), _milestones(meta)
-    for i, (ax, (names, ylabel, log)) in enumerate(zip(axes[:, 0], panels)):
-        for j, name in enumerate(names):
-            ax.plot(steps, _series(metrics, name), lw=1.5, label=name, color=_split_color(name, f"C{j + 2}"))
+    for i, (ax, (ylabel, names, log)) in enumerate(zip(axes[:, 0], panels)):
+        used: set = set()
+        for name in names:
+            x, y = metric_series(metrics, name)
+            ax.plot(x, y, lw=1.5, label=name, color=_split_color(name, used, [f"C{i}" for i in range(2, 10)]),
+                    marker="o" if x.size <= MARKERS_UP_TO else None, ms=3.5)
         if log:
-            ax.set_yscale("log")
+            _log_axis(ax, np.concatenate([metric_series(metrics, n)[1] for n in names]))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         _mark(ax, events, milestones, label=i == 0)
-        _legend(ax, loc="best", ncol=2)
+        _legend(ax)
     axes[0, 0].set_title("Training metrics, with the spectral events")
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def plot_comparison(runs: Dict[str, dict], path) -> Optional[str]:
-    """R(t) of every run, and each run's accuracies (test/val first)."""
+def comparison_figure(runs: Dict[str, dict]):
+    """R(t) of every run (colour: the run; line style: the event kind, as on
+    every plot) and each run's accuracies (test/val solid, train dotted)."""
+    from matplotlib.lines import Line2D
+
     plt = _plt()
-    fig, axes = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
+    with_acc = any("acc" in k.lower() for run in runs.values() for m in run["metrics"] for k in m)
+    fig, axes = plt.subplots(2 if with_acc else 1, 1, figsize=(WIDTH, 6.5 if with_acc else 3.8), sharex=True,
+                             squeeze=False)
+    axes = axes[:, 0]
     colors = plt.get_cmap("tab10")
+    kinds = set()
     for i, (name, run) in enumerate(runs.items()):
         color = colors(i % 10)
-        name = run["meta"].get("info", {}).get("name") or name
+        label = (run["meta"].get("info") or {}).get("name") or name
         recs = run["analysis"]
-        axes[0].plot(_steps(recs), _series(recs, "R"), color=color, lw=1.3, label=name)
+        axes[0].plot(_steps(recs), _series(recs, "R"), color=color, lw=1.3, label=label)
         metrics = run["metrics"]
-        acc = [k for k in sorted({k for m in metrics for k in m}) if "acc" in k]
+        acc = [k for k in sorted({k for m in metrics for k in m}) if "acc" in k.lower()]
         for key in sorted(acc, key=lambda k: ("test" not in k and "val" not in k, k)):
-            ls = "-" if ("test" in key or "val" in key) else ":"
-            axes[1].plot(_steps(metrics), _series(metrics, key), color=color, ls=ls, lw=1.4, label=f"{name}: {key}")
+            x, y = metric_series(metrics, key)
+            axes[-1].plot(x, y, color=color, ls="-" if ("test" in key or "val" in key) else ":", lw=1.4,
+                          marker="o" if x.size <= MARKERS_UP_TO else None, ms=3, label=f"{label}: {key}")
         for ax in axes:
-            for e in (e for e in model_events(recs) if e["kind"] in EVENT_COLORS):
-                ax.axvline(e["step"], color=color, lw=0.9, alpha=0.6,
-                           ls=(0, (1, 1)) if e["kind"] == "gap_collapse" else "-")
+            for e in (e for e in model_events(recs) if e["kind"] in EVENT_STYLES):
+                style = EVENT_STYLES[e["kind"]]
+                ax.axvline(e["step"], color=color, ls=style["ls"], lw=style["lw"], alpha=0.7)
+                kinds.add(e["kind"])
             for step in _milestones(run["meta"]).values():
-                ax.axvline(step, color=color, ls="--", lw=1.6)
+                ax.axvline(step, **{**MILESTONE_STYLE, "color": color})
     _log_axis(axes[0], np.concatenate([_series(run["analysis"], "R") for run in runs.values()]))
     axes[0].set_ylabel("gap ratio R")
-    axes[0].set_title("Runs compared (dashed: milestones, thin dotted: gap collapse, thin solid: gap opening)")
-    axes[1].set_ylabel("accuracy")
-    axes[1].set_xlabel("step")
+    axes[0].set_title("Runs compared (colour: the run)")
+    # the line styles, in black: the runs' colours are in the legend above them
+    handles, labels = axes[0].get_legend_handles_labels()
+    for kind in (k for k in EVENT_STYLES if k in kinds):
+        style = EVENT_STYLES[kind]
+        handles.append(Line2D([], [], color="black", ls=style["ls"], lw=style["lw"]))
+        labels.append(style["label"])
+    if any(_milestones(run["meta"]) for run in runs.values()):
+        handles.append(Line2D([], [], **MILESTONE_STYLE))
+        labels.append("milestone (" + ", ".join(sorted({m for run in runs.values() for m in _milestones(run["meta"])})) + ")")
+    axes[0].legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    if with_acc:
+        axes[1].set_ylabel("accuracy")
+        _legend(axes[1])
+    axes[-1].set_xlabel("step")
     for ax in axes:
         ax.grid(alpha=0.3)
-        _legend(ax, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 # -- HTML -----------------------------------------------------------------
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
-th{background:#f3f3f3}img{max-width:100%;display:block;margin:0.5em 0 1.5em}code{background:#f3f3f3}"""
+th{background:#f3f3f3}img{max-width:100%;display:block;margin:0.5em 0 1.5em}code{background:#f3f3f3}
+.guide{background:#f8f8f8;border:1px solid #ddd;padding:0.3em 1.2em;margin:1em 0 2em}.guide li{margin:0.3em 0}
+.note{color:#555;font-size:90%;margin-top:-1em}"""
+
+
+def _line_words(style: dict) -> str:
+    return f"{style['color'].replace('tab:', '')} {_LINE_WORDS[style['ls']]}"
+
+
+def guide_html() -> str:
+    """What the report shows, a sentence per quantity, and where the
+    definitions live."""
+    lines = ", ".join(f"{s['label']} {_line_words(s)}" for s in EVENT_STYLES.values())
+    items = [
+        "<b>σ<sub>j</sub></b> (singular values): the sizes of the directions in the window of the last W parameter "
+        "updates δ<sub>t</sub> = θ<sub>t</sub> − θ<sub>t−s</sub> (s: the stride), largest first; "
+        "σ<sub>j</sub>² are the eigenvalues of the updates' W×W Gram matrix.",
+        "<b>k*</b> (gap position): the j where σ<sub>j</sub> / σ<sub>j+1</sub> is largest: how many directions "
+        "of the recent updates stand out from the rest.",
+        "<b>R</b> (gap ratio) = σ<sub>k*</sub> / σ<sub>k*+1</sub>: near 1 there is no edge; well above 1, "
+        "k* directions carry the updates.",
+        "<b>A</b> (adiabatic parameter) = ‖ΔC‖<sub>F</sub> / (η g²): how fast the updates' covariance C changes "
+        "from one step to the next against the gap g = σ<sub>k*</sub> − σ<sub>k*+1</sub>, with η the learning "
+        "rate; A ≪ 1 plateau, A ≈ 1 transition, A ≫ 1 forgetting (no panel when the learning rate is unknown).",
+        f"<b>Events</b>: a gap <i>opening</i> when R stays at or above {OPEN_ABOVE:g} for {PERSIST} analyses in a "
+        f"row, a gap <i>collapse</i> when it stays below {CLOSE_BELOW:g} for {PERSIST} analyses (in between, the "
+        f"state holds), a <i>k* shift</i> when k* changes and keeps its new value for {PERSIST} analyses; each is "
+        f"dated at the first analysis of its run. On the plots: {lines}; milestones (e.g. grokking) "
+        f"{_line_words(MILESTONE_STYLE)}.",
+        "<b>Groups</b>: the same gap ratio for each group of parameters (a repeated block, the embeddings, the "
+        "head); the heat map shows log<sub>10</sub> R of each.",
+    ]
+    return ('<div class="guide"><h3>How to read this report</h3><ul>' + "".join(f"<li>{i}</li>" for i in items)
+            + "</ul><p>Definitions: the project's README.md, section “Reading the report”, and the docstrings of "
+            "<code>spectral_edge_fast.analysis.spectrum</code>, <code>.stability</code> (<code>adiabatic</code>) "
+            "and <code>.events</code>.</p></div>")
 
 
 def _img(path: Optional[str]) -> str:
@@ -291,6 +431,21 @@ def _fmt(x) -> str:
     if isinstance(x, float):
         return f"{x:.4g}"
     return "" if x is None else str(x)
+
+
+def run_name(run_dir: str, meta: dict) -> str:
+    """The run's name: ``name`` or ``run_name`` from meta's ``info`` (see
+    ``SpectralMonitor.annotate``), else its directory's name; for the
+    callbacks' ``spectral-edge`` folder, the two folders above it
+    (``lightning_logs/version_0``, ``outputs/my-finetune``)."""
+    info = meta.get("info") or {}
+    for key in ("name", "run_name"):
+        if info.get(key):
+            return str(info[key])
+    parts = [p for p in os.path.abspath(run_dir).split(os.sep) if p]
+    if parts and parts[-1] == INTEGRATION_DIR and len(parts) > 1:
+        return "/".join(parts[-3:-1])
+    return parts[-1] if parts else run_dir
 
 
 def run_summary(run: dict) -> Dict[str, object]:
@@ -318,15 +473,21 @@ def run_summary(run: dict) -> Dict[str, object]:
     return out
 
 
-def _run_section(run: dict, images: List[Optional[str]]) -> str:
+_IMAGES = ("gap.png", "sigmas.png", "groups.png", "training.png")
+
+
+def _run_section(run: dict, images: Dict[str, Optional[str]]) -> str:
     recs = run["analysis"]
     events = [e for r in recs for e in r.get("events", ())]
     parts = [_table(run_summary(run).items())]
-    parts += [_img(p) for p in images]
+    parts += [_img(images.get(name)) for name in _IMAGES]
+    _, left_out = metric_panels(run["metrics"])
+    if left_out:
+        parts.append(f'<p class="note">Not plotted (in {FILES["metrics"]}.jsonl): {html.escape(", ".join(left_out))}.</p>')
     main = [e for e in events if not e.get("group")]
     parts.append(f"<h3>Events of the whole model ({len(main)})</h3>")
     parts.append(_table([(e["step"], e["kind"], e.get("value"), e.get("previous")) for e in main],
-                        ("step", "event", "value", "previous k*")) if main else "<p>none</p>")
+                        ("step", "event", "value (R, or the new k*)", "previous k*")) if main else "<p>none</p>")
     grouped = [e for e in events if e.get("group") and e["kind"] != "k_star_shift"]
     parts.append(f"<h3>Per-group gap collapses and openings ({len(grouped)})</h3>")
     parts.append(_table([(e["step"], e["group"], e["kind"], e.get("value")) for e in grouped],
@@ -339,27 +500,41 @@ def _page(title: str, body: str) -> str:
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
 
 
+def _write_page(path: str, title: str, body: str) -> str:
+    with atomic_write(path) as f:
+        f.write(_page(title, body))
+    return path
+
+
 def _is_run(path: str) -> bool:
     return os.path.exists(os.path.join(path, FILES["analysis"] + ".jsonl"))
 
 
-def render_run(run_dir: str) -> str:
-    """The plots and report.html of one run directory; returns the report's path."""
+def _plot_run(run_dir: str, run: dict) -> Dict[str, Optional[str]]:
+    recs, meta = run["analysis"], run["meta"]
+    figures = {
+        "gap.png": gap_figure(recs, meta),
+        "sigmas.png": sigmas_figure(recs, meta),
+        "groups.png": groups_figure(recs, meta),
+        "training.png": training_figure(run["metrics"], recs, meta) if run["metrics"] else None,
+    }
+    return {name: _save(fig, os.path.join(run_dir, name)) if fig is not None else None for name, fig in figures.items()}
+
+
+def _read(run_dir: str) -> dict:
     run = read_run(run_dir)
     if not run["analysis"]:
         raise ValueError(f"{run_dir} holds no analysis records ({FILES['analysis']}.jsonl is missing or empty)")
-    recs, meta = run["analysis"], run["meta"]
-    images = [
-        plot_gap(recs, meta, os.path.join(run_dir, "gap.png")),
-        plot_sigmas(recs, meta, os.path.join(run_dir, "sigmas.png")),
-        plot_groups(recs, meta, os.path.join(run_dir, "groups.png")),
-        plot_training(run["metrics"], recs, meta, os.path.join(run_dir, "training.png")) if run["metrics"] else None,
-    ]
-    title = f"Spectral-edge report: {meta.get('info', {}).get('name') or os.path.basename(os.path.abspath(run_dir))}"
-    path = os.path.join(run_dir, "report.html")
-    with open(path, "w") as f:
-        f.write(_page(title, _run_section(run, images)))
-    return path
+    return run
+
+
+def render_run(run_dir: str) -> str:
+    """The plots and report.html of one run directory; returns the report's
+    path. Every file is replaced atomically: a crash leaves the previous one."""
+    run = _read(run_dir)
+    images = _plot_run(run_dir, run)
+    title = f"Spectral-edge report: {run_name(run_dir, run['meta'])}"
+    return _write_page(os.path.join(run_dir, "report.html"), title, guide_html() + _run_section(run, images))
 
 
 def render(run_dir: str) -> str:
@@ -374,18 +549,17 @@ def render(run_dir: str) -> str:
     sections = []
     for d in subdirs:
         path = os.path.join(run_dir, d)
-        render_run(path)
-        runs[d] = run = read_run(path)
-        images = [os.path.join(path, n) for n in ("gap.png", "sigmas.png", "groups.png", "training.png")]
-        name = run["meta"].get("info", {}).get("name")
-        title = f"Run {d}" + (f": {name}" if name else "")
-        sections.append(f"<h2>{html.escape(title)}</h2>\n" + _run_section(run, [p for p in images if os.path.exists(p)]))
-    compare = plot_comparison(runs, os.path.join(run_dir, "compare.png"))
-    body = "<h2>Comparison</h2>" + _img(compare) + "\n".join(sections)
-    path = os.path.join(run_dir, "report.html")
-    with open(path, "w") as f:
-        f.write(_page("Spectral-edge report", body))
-    return path
+        runs[d] = run = _read(path)
+        images = _plot_run(path, run)
+        title = f"Spectral-edge report: {run_name(path, run['meta'])}"
+        _write_page(os.path.join(path, "report.html"), title, guide_html() + _run_section(run, images))
+        name = (run["meta"].get("info") or {}).get("name")
+        heading = f"Run {d}" + (f": {name}" if name else "")
+        sections.append(f"<h2>{html.escape(heading)}</h2>\n" + _run_section(run, images))
+    compare = _save(comparison_figure(runs), os.path.join(run_dir, "compare.png"))
+    body = guide_html() + "<h2>Comparison</h2>" + _img(compare) + "\n".join(sections)
+    title = f"Spectral-edge report: {os.path.basename(os.path.abspath(run_dir))}"
+    return _write_page(os.path.join(run_dir, "report.html"), title, body)
 
 
-__all__ = ["render", "render_run", "run_summary"]
+__all__ = ["guide_html", "metric_series", "render", "render_run", "run_name", "run_summary"]

@@ -1,13 +1,19 @@
 """The report: PNG plots and a self-contained report.html."""
 import base64
+import contextlib
+import math
+import os
 import re
 
+import numpy as np
 import pytest
 import torch
 
+from spectral_edge_fast import report
 from spectral_edge_fast.monitor import SpectralMonitor
 from spectral_edge_fast.report import render, run_summary
-from spectral_edge_fast.sinks import read_run
+from spectral_edge_fast.sinks import JSONLSink, read_run
+from test_sinks import _killed_at_random
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -69,3 +75,185 @@ def test_a_directory_of_runs_gets_a_comparison(tmp_path):
 def test_no_run_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no run in"):
         render(str(tmp_path))
+
+
+# -- runs written record by record, as the monitor and the callbacks log them --------------------------------------
+
+
+def _analysis(R, step0=10, stride=10, k_star=None, events=None):
+    """Analysis records with gap ratio ``R`` (k* = 1 unless given), events
+    attached to the record of their step."""
+    k_star = k_star or [1] * len(R)
+    events = events or {}
+    recs = []
+    for i, (r, k) in enumerate(zip(R, k_star)):
+        step = step0 + stride * i
+        sig = [1.0] * k + [1.0 / r] * 3
+        recs.append({"step": step, "k_star": k, "R": r, "sigmas": sig, "A": 0.5, "events": events.get(step, []),
+                     "groups": {"layers.0": {"R": r, "k_star": k}, "head": {"R": 1 + r / 2, "k_star": 1}}})
+    return recs
+
+
+def _write(run_dir, recs, metrics=(), info=None):
+    sink = JSONLSink(str(run_dir))
+    sink.write_meta({"window": 4, "every": 1, "numel": 100, "info": info or {}})
+    for r in recs:
+        sink.write("analysis", r)
+    for m in metrics:
+        sink.write("metrics", m)
+    sink.close()
+
+
+def _lines_at(ax, step):
+    """The vertical lines of ``ax`` at ``step``."""
+    return [ln for ln in ax.get_lines() if list(ln.get_xdata()) == [step, step]]
+
+
+def _hf_metrics():
+    """Metrics as the Hugging Face Trainer logs them: training logs every 50
+    steps, evaluations every 200, the run's totals at its end."""
+    out = []
+    for s in range(50, 601, 50):
+        out.append({"step": s, "loss": 3.0 - s / 400, "grad_norm": 1.5, "learning_rate": 5e-5 * (1 - s / 600),
+                    "epoch": s / 200})
+        if s % 200 == 0:
+            out.append({"step": s, "eval_loss": 3.2 - s / 500, "eval_runtime": 12.3, "eval_samples_per_second": 81.2,
+                        "epoch": s / 200})
+    out.append({"step": 600, "train_runtime": 1234.5, "total_flos": 4.2e15, "train_loss": 2.1, "epoch": 3.0})
+    return out
+
+
+STEPS_60 = [10 * (i + 1) for i in range(60)]
+PEAK = [1 + 2.87 * math.exp(-(((i - 20) / 8) ** 2)) for i in range(60)]  # R peaks at 3.87
+
+
+def test_a_line_cut_by_a_crash_or_a_broken_meta_still_gives_a_report_with_warnings(tmp_path):
+    run = tmp_path / "cut-run"
+    _write(run, _analysis(PEAK))
+    with open(run / "spectral.jsonl", "a") as f:
+        f.write('{"step": 999, "R": 1.')  # killed while writing its last record
+    (run / "meta.json").write_text('{"window": 4, "info": {"na')
+    with pytest.warns(RuntimeWarning) as warned:
+        path = render(str(run))
+    messages = [str(w.message) for w in warned]
+    assert any(re.search(r"cut-run/spectral\.jsonl.*line 61", m) for m in messages), messages
+    assert any(re.search(r"cut-run/meta\.json is unreadable", m) for m in messages), messages
+    assert "Spectral-edge report: cut-run" in open(path).read()
+
+
+def test_report_files_are_replaced_whole_when_the_writer_dies(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    _write(tmp_path, _analysis(PEAK), _hf_metrics())
+    render(str(tmp_path))
+    before = {name: (tmp_path / name).read_bytes() for name in ("gap.png", "report.html")}
+
+    def dies_halfway(self, fname, **kw):
+        with open(fname, "wb") if isinstance(fname, str) else contextlib.nullcontext(fname) as f:
+            f.write(PNG)
+        raise OSError("killed")
+
+    monkeypatch.setattr(Figure, "savefig", dies_halfway)
+    with pytest.raises(OSError, match="killed"):
+        render(str(tmp_path))
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_report_files_survive_sigkill_during_render(tmp_path):
+    _write(tmp_path, _analysis(PEAK), _hf_metrics())
+    render(str(tmp_path))  # the files a re-render replaces
+    names = ("gap.png", "sigmas.png", "groups.png", "training.png", "report.html")
+
+    def renders(trial, ack):
+        for i in range(1000):
+            render(str(tmp_path))
+            ack(i + 1)
+
+    for _ in _killed_at_random(renders, trials=6, longest=1.5, seed=1):
+        for name in names:
+            data = (tmp_path / name).read_bytes()
+            assert data.endswith(b"IEND\xaeB`\x82" if name.endswith(".png") else b"</html>\n"), name
+
+
+def test_the_report_explains_its_quantities_and_thresholds(tmp_path):
+    _write(tmp_path, _analysis(PEAK))
+    text = open(render(str(tmp_path)), encoding="utf-8").read()
+    assert "How to read this report" in text
+    for words in ("singular values", "gap position", "gap ratio", "adiabatic parameter", "learning rate",
+                  "at or above 1.5 for 3 analyses", "below 1.25 for 3 analyses", "k* shift",
+                  "README.md, section “Reading the report”"):
+        assert words in text, words
+
+
+def test_the_R_axis_labels_its_range_and_the_legends_stay_off_the_curves():
+    recs = _analysis(PEAK)
+    fig = report.gap_figure(recs, {})
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    lo, hi = ax.get_ylim()
+    labelled = [float(t.get_text()) for t, v in zip(ax.get_yticklabels(), ax.get_yticks()) if lo <= v <= hi and t.get_text()]
+    assert len(labelled) >= 4 and max(labelled) >= 3, labelled  # not only 1 and 2 for a peak at 3.87
+    for figure in (fig, report.sigmas_figure(recs, {}), report.training_figure(_hf_metrics(), recs, {})):
+        figure.canvas.draw()
+        for ax in figure.axes:
+            if ax.get_legend() is not None:
+                assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1  # beside the plot
+
+
+def test_k_star_shifts_are_drawn_and_event_styles_agree_across_figures(tmp_path):
+    events = {150: [{"kind": "gap_collapse", "step": 150, "value": 1.2}],
+              300: [{"kind": "k_star_shift", "step": 300, "value": 2, "previous": 1}]}
+    recs = _analysis(PEAK, events=events, k_star=[1] * 30 + [2] * 30)
+    fig = report.gap_figure(recs, {})
+    for ax in fig.axes:
+        (shift,) = _lines_at(ax, 300)
+        assert shift.get_linestyle() == "-." and shift.get_color() == "tab:purple"
+    assert "k* shift" in fig.axes[0].get_legend_handles_labels()[1]
+    (collapse,) = _lines_at(fig.axes[0], 150)
+    run = {"analysis": recs, "metrics": [{"step": 10, "test_acc": 0.1}], "meta": {}}
+    compare = report.comparison_figure({"a": run})
+    assert {ln.get_linestyle() for ln in _lines_at(compare.axes[0], 150)} == {collapse.get_linestyle()}
+    handles, labels = compare.axes[0].get_legend_handles_labels() if compare.axes[0].get_legend() is None else (
+        compare.axes[0].get_legend().legend_handles, [t.get_text() for t in compare.axes[0].get_legend().get_texts()])
+    assert handles[labels.index("gap collapse")].get_linestyle() == collapse.get_linestyle()
+    assert "dotted" not in compare.axes[0].get_title()  # the styles are in the legend, drawn as they are
+
+
+def test_milestones_on_the_heat_map_are_visible_and_named():
+    meta = {"info": {"milestones": {"grokking": 300}}}
+    fig = report.groups_figure(_analysis(PEAK), meta)
+    (line,) = _lines_at(fig.axes[0], 300)
+    assert line.get_color() not in ("white", "w", "black", "k")  # magma runs from black to near-white
+    assert "grokking (300)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+def test_the_title_names_the_run(tmp_path):
+    hf = tmp_path / "my-finetune" / "spectral-edge"  # where the Hugging Face and Lightning callbacks log
+    _write(hf, _analysis(PEAK))
+    title = re.search(r"<h1>(.*?)</h1>", open(render(str(hf))).read()).group(1)
+    assert "my-finetune" in title and not title.endswith(": spectral-edge")
+    assert report.run_name(str(hf), {"info": {"run_name": "gpt2-lr3e-4"}}) == "gpt2-lr3e-4"
+    assert report.run_name(str(tmp_path / "exp1"), {}) == "exp1"
+
+
+def test_training_panel_on_framework_logs(tmp_path):
+    recs = _analysis(PEAK)
+    fig = report.training_figure(_hf_metrics(), recs, {})
+    drawn = {ln.get_label(): ln for ax in fig.axes for ln in ax.get_lines() if not ln.get_label().startswith("_")}
+    for name in ("loss", "eval_loss", "train_loss"):
+        y = np.asarray(drawn[name].get_ydata(), float)
+        assert y.size and np.isfinite(y).all(), name  # no NaN breaks, each over its own steps
+        assert drawn[name].get_marker() == "o", name  # an isolated point is visible
+    assert drawn["train_loss"].get_ydata().size == 1 and drawn["eval_loss"].get_ydata().size == 3
+    assert not {"epoch", "total_flos", "train_runtime", "eval_runtime"} & set(drawn)
+    loss_axis = next(ax for ax in fig.axes if ax.get_ylabel() == "loss")
+    assert {ln.get_label() for ln in loss_axis.get_lines()} >= {"loss", "eval_loss", "train_loss"}
+    assert all(ax.get_ylim()[1] < 100 for ax in fig.axes)  # no axis scaled by total_flos
+    # Lightning logs each metric twice at an epoch's end: one point a step, in step order
+    lightning = [{"step": 117, "val_loss": 0.9, "epoch": 0.0}, {"step": 117, "val_loss": 0.9, "train_loss_epoch": 0.8},
+                 {"step": 234, "val_loss": 0.7, "val_acc": 0.6}]
+    x, y = report.metric_series(lightning, "val_loss")
+    assert list(x) == [117, 234] and list(y) == [0.9, 0.7]
+    _write(tmp_path, recs, _hf_metrics())
+    assert "Not plotted (in metrics.jsonl): epoch, eval_runtime" in open(render(str(tmp_path))).read()
