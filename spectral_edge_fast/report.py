@@ -33,6 +33,7 @@ import html
 import inspect
 import math
 import os
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -539,7 +540,8 @@ def render_run(run_dir: str) -> str:
 
 def render(run_dir: str) -> str:
     """Write the report of ``run_dir`` (a run, or a directory of runs) and
-    return the path of its report.html."""
+    return the path of its report.html. In a directory of runs, a run without
+    analysis records is left out with a warning."""
     if _is_run(run_dir):
         return render_run(run_dir)
     subdirs = sorted(d for d in os.listdir(run_dir) if _is_run(os.path.join(run_dir, d))) if os.path.isdir(run_dir) else []
@@ -549,13 +551,20 @@ def render(run_dir: str) -> str:
     sections = []
     for d in subdirs:
         path = os.path.join(run_dir, d)
-        runs[d] = run = _read(path)
+        run = read_run(path)
+        if not run["analysis"]:  # e.g. killed before its first analysis: the other runs still get their report
+            warnings.warn(f"{path}: left out of the report, it holds no analysis records "
+                          f"({FILES['analysis']}.jsonl is empty)", RuntimeWarning, stacklevel=2)
+            continue
+        runs[d] = run
         images = _plot_run(path, run)
         title = f"Spectral-edge report: {run_name(path, run['meta'])}"
         _write_page(os.path.join(path, "report.html"), title, guide_html() + _run_section(run, images))
         name = (run["meta"].get("info") or {}).get("name")
         heading = f"Run {d}" + (f": {name}" if name else "")
         sections.append(f"<h2>{html.escape(heading)}</h2>\n" + _run_section(run, images))
+    if not runs:
+        raise ValueError(f"no run in {run_dir} holds analysis records ({FILES['analysis']}.jsonl empty in each)")
     compare = _save(comparison_figure(runs), os.path.join(run_dir, "compare.png"))
     body = guide_html() + "<h2>Comparison</h2>" + _img(compare) + "\n".join(sections)
     title = f"Spectral-edge report: {os.path.basename(os.path.abspath(run_dir))}"

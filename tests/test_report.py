@@ -257,3 +257,15 @@ def test_training_panel_on_framework_logs(tmp_path):
     assert list(x) == [117, 234] and list(y) == [0.9, 0.7]
     _write(tmp_path, recs, _hf_metrics())
     assert "Not plotted (in metrics.jsonl): epoch, eval_runtime" in open(render(str(tmp_path))).read()
+
+
+def test_a_run_killed_before_its_first_analysis_is_left_out_of_the_comparison(tmp_path):
+    _write(tmp_path / "done", _analysis(PEAK[:20]))
+    (tmp_path / "killed").mkdir()
+    (tmp_path / "killed" / "spectral.jsonl").write_text("")
+    with pytest.warns(RuntimeWarning, match=r"killed: left out of the report, it holds no analysis records"):
+        text = open(render(str(tmp_path))).read()
+    assert "Run done" in text and "Run killed" not in text
+    (tmp_path / "done" / "spectral.jsonl").write_text("")
+    with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match="no run in .* holds analysis records"):
+        render(str(tmp_path))
