@@ -32,7 +32,10 @@ import numpy as np
 import torch
 
 from .analysis import (
+    EigenTracker,
+    SlideBatch,
     adiabatic,
+    analyze_slides,
     collapse_order,
     eigen_flow,
     events,
@@ -41,6 +44,7 @@ from .analysis import (
     stability,
     window_overlaps,
 )
+from .analysis._common import ENGINE_EPS  # the records' zero tolerance unit (the analysis default), for callers
 from .distributed import is_writer
 from .sinks import Sink, default_log_dir, make_sinks
 from .window import GramState, GramWindow
@@ -51,11 +55,6 @@ A_MEDIAN_SPAN = 50
 # Trailing analyses scanned for events at each analysis: bounds the cost of a
 # long run; an event needs only a few records to be confirmed.
 EVENT_SPAN = 500
-
-
-# The engine sums float32 products, so eigenvalues below n * eps32 * lambda_1
-# are rounding noise, not directions: they must count as zero.
-ENGINE_EPS = float(np.finfo(np.float32).eps)
 
 
 def _lr_of(optimizer) -> Any:
@@ -205,10 +204,29 @@ class SpectralMonitor:
 
     # -- analysis -----------------------------------------------------------
     def analyze(self, state: GramState, step: int, lr: Optional[float] = None) -> dict:
-        """The analysis record of one window state (host side, float64 NumPy)."""
-        G = state.gram()
-        spec = spectrum(G, eps=ENGINE_EPS)
-        dcf = state.delta_c_fro()
+        """The analysis record of one window state (host side, float64 NumPy).
+
+        The global window and every group go through ``analyze_slides`` as one
+        stack, each window eigensolved once (or, when consecutive records are
+        consecutive slides, ``analyze_every == every``, updated from the last
+        record's by an ``EigenTracker``), all with the engine's float32 zero
+        tolerance. The global window's full results come from the per-group
+        functions given those spectra."""
+        ext = state.extended_grams()
+        if len(state.groups) > 1:
+            ext = np.concatenate((ext.sum(axis=0, keepdims=True), ext))
+        tracker = None
+        if self.analyze_every == self.window.every:  # each record is one slide after the last
+            tracker = self.__dict__.get("_tracker") or EigenTracker()
+            self._tracker = tracker
+        batch = analyze_slides(ext, tracker=tracker)
+        n, E = state.n, ext[0]
+        if batch.fallback[0]:  # a non-finite row: the spectrum of the finite rows, no flow or overlaps
+            spec, previous = spectrum(E[1:, 1:]), None
+        else:
+            spec = spectrum(E[1:, 1:], eigen=(batch.current.values[0], batch.current.vectors[0]))
+            previous = spectrum(E[:n, :n], eigen=(batch.previous.values[0], batch.previous.vectors[0]))
+        dcf = float(batch.delta_c_fro[0])
         stab = stability(spec, dcf)
         record: Dict[str, Any] = {
             "step": int(step),
@@ -231,28 +249,29 @@ class SpectralMonitor:
             adi = adiabatic(spec, dcf, lr, history=past)
             record["A"] = _nan_to_none(adi.A)
             record["adiabatic"] = adi.to_dict()
-        if state.n >= 2:
-            ext = state.extended_gram()  # its trailing block is G: reuse the spectrum
-            record["flow"] = eigen_flow(ext, current=spec).to_dict()
-            record["overlaps"] = window_overlaps(ext, current=spec).to_dict()
+        if n >= 2:
+            record["flow"] = eigen_flow(E, previous, spec).to_dict()
+            record["overlaps"] = window_overlaps(E, previous, spec).to_dict()
         if len(state.groups) > 1:
-            record["groups"] = self._group_summaries(state, float(np.trace(G)))
+            record["groups"] = self._group_summaries(state.groups, batch, ext)
         if self._decomposition is not None:
             record["decomposition"], self._decomposition = self._decomposition, None
         return record
 
     @staticmethod
-    def _group_summaries(state: GramState, total: float) -> Dict[str, dict]:
+    def _group_summaries(groups: List[str], batch: SlideBatch, ext: np.ndarray) -> Dict[str, dict]:
+        """Per-group summaries from the batch of ``ext`` = [global, groups...]."""
+        traces = np.trace(ext[:, 1:, 1:], axis1=1, axis2=2)
+        total = float(traces[0])
         out = {}
-        for name, Gg in state.group_grams().items():
-            s = spectrum(Gg, eps=ENGINE_EPS, vectors=False)
+        for g, name in enumerate(groups, start=1):
             out[name] = {
-                "k_star": s.k_star,
-                "R": _nan_to_none(s.gap_ratio),
-                "gap": _nan_to_none(s.gap),
-                "sigma_1": float(s.sigmas[0]) if s.n else None,
-                "share": float(np.trace(Gg)) / total if total > 0 else None,
-                "delta_c_fro": state.delta_c_fro(name),
+                "k_star": int(batch.k_star[g]) or None,
+                "R": _nan_to_none(float(batch.gap_ratio[g])),
+                "gap": _nan_to_none(float(batch.gap[g])),
+                "sigma_1": _nan_to_none(float(batch.sigmas[g, 0])),  # NaN: no finite row
+                "share": float(traces[g]) / total if total > 0 else None,
+                "delta_c_fro": float(batch.delta_c_fro[g]),
             }
         return out
 
@@ -309,7 +328,7 @@ class SpectralMonitor:
     def _decompose(self) -> dict:
         state = self.window.state()
         G = state.gram()
-        spec = spectrum(G, eps=ENGINE_EPS)
+        spec = spectrum(G)
         stab = stability(spec, state.delta_c_fro())
         lr = _as_float(_lr_of(self.optimizer)) if self.optimizer is not None else math.nan
         train, val = self._observed["train"][1], self._observed["val"][1]

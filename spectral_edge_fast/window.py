@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .analysis._common import slide_norm
 from .distributed import all_reduce_sum, rank_and_world
 from .kernels import get_backend
 from .layout import GroupSpec, ParamLayout
@@ -84,17 +85,26 @@ class GramState:
     def extended_gram(self, group: Optional[str] = None) -> np.ndarray:
         """(n+1)x(n+1) Gram of the leaving update and the window, oldest first:
         row 0 is the update that just left (zeros while the window fills)."""
+        return self._extended(self._sum(self._gram, group), self._sum(self._left, group))
+
+    def extended_grams(self) -> np.ndarray:
+        """``[G, n+1, n+1]``: :meth:`extended_gram` of every group, in the
+        order of ``groups`` (their sum is the global one)."""
+        return self._extended(self._gram, self._left)
+
+    def _extended(self, gram: np.ndarray, left: np.ndarray) -> np.ndarray:
+        """Extended Grams from slot-order ``gram`` [..., W, W] and ``left`` [..., W+1]."""
         n = self.n
-        out = np.zeros((n + 1, n + 1))
+        out = np.zeros(gram.shape[:-2] + (n + 1, n + 1))
         if n == 0:
             return out
-        out[1:, 1:] = self.gram(group)
-        left = self._sum(self._left, group)
-        newest = self.order[-1]
-        b_row = np.array([left[s] for s in self.order])
-        b_row[-1] = left[-1]  # b . a
-        out[0, 0] = left[newest]  # |b|^2: the old diagonal entry of the slot a took
-        out[0, 1:] = out[1:, 0] = b_row
+        order = np.asarray(self.order)
+        out[..., 1:, 1:] = gram[..., order[:, None], order[None, :]]
+        b_row = left[..., order]
+        b_row[..., -1] = left[..., -1]  # b . a
+        out[..., 0, 0] = left[..., order[-1]]  # |b|^2: the old diagonal entry of the slot a took
+        out[..., 0, 1:] = b_row
+        out[..., 1:, 0] = b_row
         return out
 
     def delta_c_fro(self, group: Optional[str] = None) -> float:
@@ -102,8 +112,7 @@ class GramState:
         if self.n == 0:
             return 0.0
         e = self.extended_gram(group)
-        aa, bb, ab = e[-1, -1], e[0, 0], e[0, -1]
-        return float(np.sqrt(max(aa * aa + bb * bb - 2.0 * ab * ab, 0.0)))
+        return float(slide_norm(e[-1, -1], e[0, 0], e[0, -1]))
 
     def finite_rows(self) -> np.ndarray:
         """Mask of the window's rows (oldest first) whose update was finite."""
