@@ -11,6 +11,7 @@ i.e. ``(W + 4) * P * 4`` when everything is float32.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import platform
@@ -76,6 +77,41 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 29, repeats: int = 7
     dst = torch.empty_like(src)
     times = time_fn(lambda: dst.copy_(src), device, repeats, warmup=2)
     return 2 * nbytes / statistics.median(times)
+
+
+def last_level_cache(device: torch.device) -> Optional[int]:
+    """Bytes of the device's largest cache (a GPU's L2, a CPU's L3), when the
+    system says; None otherwise."""
+    if device.type == "cuda":
+        return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", None) or None
+    sizes = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        if text.rstrip("KMG").isdigit():
+            sizes.append(int(text.rstrip("KMG")) * scale)
+    return max(sizes) if sizes else None
+
+
+# A rate this far above the copy rate cannot come from memory: the case ran from cache.
+ABOVE_COPY = 1.5
+
+
+def note_cache(rows: List[Dict], cache: Optional[int]) -> None:
+    """Mark the rows whose rate is not memory's: the step's bytes fit in the
+    last-level cache, or the rate is well above the measured copy rate."""
+    for r in rows:
+        if "ms" not in r:
+            continue
+        if cache is not None and r["bytes"] <= cache:
+            r["cache_note"] = f"the step's {r['bytes'] / 1e6:.3g} MB fit in the {cache / 2**20:.0f} MB last-level cache"
+        elif r["bandwidth_fraction"] > ABOVE_COPY:
+            r["cache_note"] = (f"{100 * r['bandwidth_fraction']:.0f}% of the copy rate: the step's "
+                               f"{r['bytes'] / 1e6:.3g} MB were served from cache")
 
 
 def step_bytes(P: int, W: int, param_bytes: int, storage_bytes: int, snapshot_bytes: int = 4) -> int:
@@ -184,9 +220,11 @@ def bench_case(
     return rows
 
 
-def format_table(rows: List[Dict]) -> str:
+def format_table(rows: List[Dict], header: bool = True) -> str:
+    """The rows as a table; a rate marked ``*`` is not memory's (see
+    :func:`cache_notes`)."""
     head = f"{'backend':<18} {'P':>10} {'W':>3} {'tensors':>7} {'storage':>7} {'ms':>9} {'GB/s':>7} {'of copy bw':>10} {'vs naive':>8}"
-    lines = [head, "-" * len(head)]
+    lines = [head, "-" * len(head)] if header else []
     naive = {(r["P"], r["W"], r["tensors"]): r["ms"] for r in rows if r["backend"] == "naive_torch" and "ms" in r}
     for r in rows:
         if "skipped" in r:
@@ -196,14 +234,26 @@ def format_table(rows: List[Dict]) -> str:
         speedup = f"{base / r['ms']:.1f}x" if base else "-"
         lines.append(
             f"{r['backend']:<18} {r['P']:>10.3g} {r['W']:>3} {r['tensors']:>7} {r['storage']:>7} {r['ms']:>9.2f} "
-            f"{r['gbps']:>7.2f} {100 * r['bandwidth_fraction']:>9.0f}% {speedup:>8}"
+            f"{r['gbps']:>7.2f} {100 * r['bandwidth_fraction']:>9.0f}%{'*' if 'cache_note' in r else ' '}{speedup:>8}"
         )
     return "\n".join(lines)
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description="Time one slide of the rolling-window Gram on every backend.")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+def cache_notes(rows: List[Dict]) -> List[str]:
+    """One line per case whose rates are marked ``*``."""
+    notes = {}
+    for r in rows:
+        if "cache_note" in r:
+            notes.setdefault((r["P"], r["W"], r["storage"]), r["cache_note"])
+    return [f"* P = {P:.3g}, W = {W}, {storage}: {note}; a larger P measures memory" for (P, W, storage), note in
+            notes.items()]
+
+
+def parse_args(argv=None, prog=None):
+    from .cli import device_arg
+
+    ap = argparse.ArgumentParser(prog=prog, description="Time one slide of the rolling-window Gram on every backend.")
+    ap.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--P", type=float, nargs="+", default=None, help="numbers per update (default: 4e7 on CPU; 1e7 1e8 5e8 on GPU)")
     ap.add_argument("--W", type=int, nargs="+", default=None, help="window sizes (default: 16 on CPU; 8 16 64 on GPU)")
     ap.add_argument("--tensors", type=int, default=100, help="parameter tensors the P numbers are split into")
@@ -221,6 +271,7 @@ def run(args) -> Dict:
     Ps = [int(p) for p in (args.P or ([1e7, 1e8, 5e8] if gpu else [4e7]))]
     Ws = args.W or ([8, 16, 64] if gpu else [16])
     bandwidth = copy_bandwidth(device)
+    cache = last_level_cache(device)
     print(f"device: {device_name(device)}; measured copy bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
     rows = []
     layouts = [(P, split_sizes(P, args.tensors)) for P in Ps]
@@ -231,11 +282,13 @@ def run(args) -> Dict:
         for W in Ws:
             for storage in args.storage:
                 case = bench_case(P, W, sizes, storage, device, args.backends, args.repeats, bandwidth)
+                note_cache(case, cache)
+                print(format_table(case, header=not rows), flush=True)  # rows as they come, one header
                 rows += case
-                print(format_table(case), flush=True)
     result = dict(
         device=device_name(device), device_type=device.type, commit=git_commit(), torch=torch.__version__,
-        cuda=torch.version.cuda, threads=torch.get_num_threads(), copy_bandwidth_gbps=bandwidth / 1e9, results=rows,
+        cuda=torch.version.cuda, threads=torch.get_num_threads(), copy_bandwidth_gbps=bandwidth / 1e9,
+        last_level_cache_bytes=cache, results=rows,
         backends={b: backend_status(b, device)[1] or "available" for b in args.backends},
     )
     try:
@@ -247,11 +300,11 @@ def run(args) -> Dict:
     return result
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv=None, prog=None) -> int:
+    args = parse_args(argv, prog)
     result = run(args)
-    print()
-    print(format_table(result["results"]))
+    for line in cache_notes(result["results"]):
+        print(line)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

@@ -6,7 +6,10 @@
                             checkpoints
     spectral-edge bench     time the engine's backends against the naive code
 
-``python -m spectral_edge_fast.cli ...`` is the same command.
+``python -m spectral_edge_fast.cli ...`` is the same command. A mistake in
+the arguments is one ``error:`` line and exit code 2; a failure while running
+(a checkpoint that cannot be read, an output directory that cannot be
+written) one ``error:`` line and exit code 1.
 """
 from __future__ import annotations
 
@@ -19,6 +22,50 @@ from typing import Dict, List, Optional
 import torch
 
 GROUPS = {"auto": "auto", "tensor": "tensor", "none": None}
+DESCRIPTION = ("Spectral-edge diagnostics of neural-network training: the rolling-window Gram matrix of parameter "
+               "updates, and the gap position k*, gap ratio R and gap events read from its spectrum.")
+
+
+def at_least(low: int):
+    """An argparse type: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """An argparse type: a device this machine has."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (cpu, cuda, cuda:1)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "torch was built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise argparse.ArgumentTypeError(f"CUDA is not available here ({why}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"there is no {text} ({torch.cuda.device_count()} GPU(s) visible)")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (cpu, cuda, cuda:1)")
+    return text
 
 
 # -- demo ---------------------------------------------------------------------
@@ -126,11 +173,12 @@ def analyze(args) -> int:
     try:
         monitor = analyze_checkpoints(args.ckpt_dir, out=args.out, window=args.window, every=args.every,
                                       groups=GROUPS[args.groups], on_error=args.on_error, lr=args.lr,
-                                      allow_pickle=args.allow_pickle, progress=not args.quiet)
-    except (CheckpointError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if isinstance(exc, CheckpointError) and args.on_error == "raise":
-            print("(pass --on-error skip to leave such files out)", file=sys.stderr)
+                                      allow_pickle=args.allow_pickle, include=args.include, exclude=args.exclude,
+                                      overwrite=args.overwrite, progress=not args.quiet)
+    except (CheckpointError, OSError, ValueError) as exc:
+        skippable = isinstance(exc, CheckpointError) and exc.path != args.ckpt_dir and args.on_error == "raise"
+        print(f"error: {exc}" + (" (pass --on-error skip to leave such files out)" if skippable else ""),
+              file=sys.stderr)
         return 1
     summary = monitor.summary()
     print(f"{summary['analyses']} analyses of {summary['numel']:,} parameters (window {args.window}, every {args.every})")
@@ -139,6 +187,7 @@ def analyze(args) -> int:
         print(f"last: step {last['step']}, k* = {last['k_star']}, R = {last['R']}")
     for line in describe_events(summary["events"], None):
         print("    " + line)
+    print(f"records: {os.path.abspath(monitor.log_dir)}")
     if summary["analyses"]:
         print(f"report: {os.path.abspath(render(monitor.log_dir))}")
     else:
@@ -165,13 +214,13 @@ def bench(argv: List[str]) -> int:
     from . import bench as engine_bench
     from .window import free_bytes
 
-    args = engine_bench.parse_args(argv)
+    args = engine_bench.parse_args(argv, prog="spectral-edge bench")
     if args.P is None:
         device = torch.device(args.device)
         defaults = [1e7, 1e8, 5e8] if device.type == "cuda" else [4e7]
         sizes = fitting_sizes([int(p) for p in defaults], max(args.W or [16]), free_bytes(device))
         argv = list(argv) + ["--P"] + [f"{p:.0f}" for p in sizes]
-    return engine_bench.main(argv)
+    return engine_bench.main(argv, prog="spectral-edge bench")
 
 
 # -- entry point ---------------------------------------------------------------------
@@ -180,45 +229,61 @@ def bench(argv: List[str]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .workloads.grokking import TASKS
 
-    ap = argparse.ArgumentParser(prog="spectral-edge", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="command", required=True)
+    from . import __version__
+
+    ap = argparse.ArgumentParser(prog="spectral-edge", description=DESCRIPTION,
+                                 epilog="`spectral-edge COMMAND --help` describes a command's options.")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("demo", help="grokking with and without weight decay, monitored live",
                        description="Train modular-arithmetic grokking twice (weight decay 1.0 and 0.0) with the "
                                    "monitor attached, write the report, and summarise the gap events against grokking.")
     d.add_argument("--task", default="add", choices=sorted(TASKS), help="operation mod p (default: add)")
-    d.add_argument("--p", type=int, default=97, help="the modulus (default: 97)")
-    d.add_argument("--steps", type=int, default=3500, help="optimizer steps per run (default: 3500)")
+    d.add_argument("--p", type=at_least(3), default=97, help="the modulus (default: 97)")
+    d.add_argument("--steps", type=at_least(1), default=3500, help="optimizer steps per run (default: 3500)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--window", type=int, default=16, help="updates in the window, W (default: 16)")
-    d.add_argument("--every", type=int, default=10,
+    d.add_argument("--window", type=at_least(2), default=16, help="updates in the window, W (default: 16)")
+    d.add_argument("--every", type=at_least(1), default=10,
                    help="stride: an update is the change over this many steps (default: 10)")
-    d.add_argument("--analyze-every", type=int, default=10, help="steps between analyses (default: 10)")
-    d.add_argument("--eval-every", type=int, default=50, help="steps between accuracy evaluations (default: 50)")
-    d.add_argument("--device", default="cpu")
-    d.add_argument("--threads", type=int, default=1,
+    d.add_argument("--analyze-every", type=at_least(1), default=10, help="steps between analyses (default: 10)")
+    d.add_argument("--eval-every", type=at_least(1), default=50,
+                   help="steps between accuracy evaluations (default: 50)")
+    d.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    d.add_argument("--threads", type=at_least(0), default=1,
                    help="torch CPU threads; this model's operations are too small to gain from more (default: 1; 0 "
                         "keeps torch's choice)")
     d.add_argument("--out", default=os.path.join("runs", "demo"), help="output directory (default: runs/demo)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
-    d.set_defaults(func=demo)
+    d.set_defaults(func=demo, parser=d)
 
     a = sub.add_parser("analyze", help="records and report from a directory of checkpoints",
-                       description="Stream a directory of checkpoints (.pt, .pth, .bin, .safetensors; ordered by the "
-                                   "step number in their names) through the window and write the records and report.")
+                       description="Stream a directory of checkpoints through the window and write the records and "
+                                   "report. Reads torch.save files (.pt, .pth, .bin), Lightning .ckpt files, "
+                                   ".safetensors, Hugging Face Trainer folders (checkpoint-N/) and sharded weights, "
+                                   "ordered by step. Tied tensors count once; tensors equal in every checkpoint "
+                                   "(frozen parameters, buffers) are left out.")
     a.add_argument("ckpt_dir")
-    a.add_argument("--window", type=int, default=16, help="updates in the window, W (default: 16)")
-    a.add_argument("--every", type=int, default=1, help="an update spans this many checkpoints (default: 1)")
+    a.add_argument("--window", type=at_least(2), default=16, help="updates in the window, W (default: 16)")
+    a.add_argument("--every", type=at_least(1), default=1, help="an update spans this many checkpoints (default: 1)")
     a.add_argument("--groups", default="auto", choices=sorted(GROUPS), help="per-group Grams (default: auto)")
-    a.add_argument("--out", default=None, help="output directory (default: runs/analyze-<dir name>)")
+    a.add_argument("--include", action="append", metavar="PATTERN",
+                   help="analyse only tensors whose names match this glob (repeatable; default: all)")
+    a.add_argument("--exclude", action="append", metavar="PATTERN",
+                   help="leave out tensors whose names match this glob (repeatable), e.g. '*.running_*'")
+    a.add_argument("--out", default=None,
+                   help="output directory (default: runs/analyze-<dir name>, numbered -2, -3... when taken)")
+    a.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
     a.add_argument("--on-error", default="raise", choices=("raise", "skip"),
-                   help="an unreadable or mismatched checkpoint stops the run (raise) or is left out (skip)")
-    a.add_argument("--lr", type=float, default=None,
+                   help="a checkpoint that cannot be listed, read or matched with the first stops the run (raise) "
+                        "or is left out (skip)")
+    a.add_argument("--lr", type=positive_number, default=None,
                    help="learning rate for the adiabatic parameter (default: from each checkpoint's optimizer state)")
     a.add_argument("--allow-pickle", action="store_true",
-                   help="let torch.load run pickled Python objects (only for files you trust)")
+                   help="let torch.load run the Python objects pickled beside the weights (a Lightning checkpoint's "
+                        "hyperparameters, a training config): only for files you trust")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
-    a.set_defaults(func=analyze)
+    a.set_defaults(func=analyze, parser=a)
 
     b = sub.add_parser("bench", help="time the engine's backends (options: spectral-edge bench --help)",
                        add_help=False)
@@ -231,7 +296,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] == "bench":  # the benchmark parses its own options
         rest = argv[1:]
         return bench(rest[1:] if rest[:1] == ["--"] else rest)
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:  # reported against the subcommand's usage, not the top level's
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args)
 
 

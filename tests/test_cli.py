@@ -96,17 +96,20 @@ def test_bench_sizes_the_problem_to_the_memory(monkeypatch):
     assert fitting_sizes([10**7, 10**8], W=16, free=2 * 38 * 4 * 10**7) == [10**7]
     assert fitting_sizes([10**8], W=16, free=2 * 38 * 4 * 10**6) == [10**6]
     seen = []
-    monkeypatch.setattr(engine_bench, "main", lambda argv: seen.append(argv) or 0)
+    monkeypatch.setattr(engine_bench, "main", lambda argv, prog=None: seen.append(argv) or 0)
     assert main(["bench", "--W", "8", "--repeats", "1"]) == 0
     argv = seen[0]
     assert argv[:4] == ["--W", "8", "--repeats", "1"] and argv[4] == "--P" and float(argv[5]) > 0
     assert main(["bench", "--", "--P", "1e5"]) == 0 and seen[1] == ["--P", "1e5"]
 
 
-def test_bench_runs_the_engine_benchmark(capsys):
+def test_bench_runs_the_engine_benchmark(capsys, monkeypatch):
+    monkeypatch.setattr(engine_bench, "last_level_cache", lambda device: 64 << 20)
     assert main(["bench", "--P", "2e4", "--repeats", "2", "--backends", "torch"]) == 0
     table = capsys.readouterr().out
-    assert "naive_torch" in table and "torch_incremental" in table and "of copy bw" in table
+    assert "naive_torch" in table and "torch_incremental" in table
+    assert table.count("of copy bw") == 1 and table.count("naive_torch") == 1  # the table once
+    assert "fit in the 64 MB last-level cache" in table  # 1.6 MB a step: the rate is not memory's
 
 
 def test_module_entry_point():
@@ -116,3 +119,81 @@ def test_module_entry_point():
     assert out.returncode == 0 and "--steps" in out.stdout and "--every" in out.stdout
     with pytest.raises(SystemExit):
         main(["frobnicate"])
+
+
+# -- user mistakes: one error line, exit code 2 -----------------------------------------------------------------------
+
+
+def _usage_error(capsys, argv):
+    """Runs ``argv``; returns stderr, asserting argparse's exit code 2, an
+    ``error:`` line and no traceback."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert "error:" in err and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["demo", "--steps", "-5"], "--steps: must be an integer >= 1"),
+    (["demo", "--window", "1"], "--window: must be an integer >= 2"),
+    (["demo", "--p", "2"], "--p: must be an integer >= 3"),
+    (["demo", "--every", "0"], "--every: must be an integer >= 1"),
+    (["analyze", "ckpts", "--every", "0"], "--every: must be an integer >= 1"),
+    (["analyze", "ckpts", "--window", "1"], "--window: must be an integer >= 2"),
+    (["analyze", "ckpts", "--lr", "-1"], "--lr: must be a positive number"),
+    (["demo", "--device", "tpu"], "--device: 'tpu' is not a device"),
+])
+def test_bad_values_are_one_error_line(capsys, argv, says):
+    err = _usage_error(capsys, argv)
+    assert says in err and "analyze_every" not in err
+
+
+def test_cuda_without_cuda_is_a_usage_error(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    err = _usage_error(capsys, ["demo", "--device", "cuda"])
+    assert "--device: CUDA is not available" in err
+
+
+def test_misspelt_flags_are_reported_against_their_subcommand(capsys):
+    err = _usage_error(capsys, ["demo", "--stpes", "10"])
+    assert "usage: spectral-edge demo" in err and "unrecognized arguments: --stpes 10" in err
+    err = _usage_error(capsys, ["bench", "--bogus"])
+    assert "usage: spectral-edge bench" in err and "--bogus" in err
+
+
+def test_version_and_help(capsys):
+    import spectral_edge_fast
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"spectral-edge {spectral_edge_fast.__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and "Spectral-edge diagnostics" in out and "analyze" in out
+
+
+def test_analyze_every_zero_names_the_flag(tmp_path, capsys):
+    err = _usage_error(capsys, ["analyze", str(_checkpoints(tmp_path / "ckpts")), "--every", "0"])
+    assert "--every" in err and "analyze_every" not in err
+
+
+def test_analyze_output_errors_are_one_line(tmp_path, capsys):
+    ckpts = _checkpoints(tmp_path / "ckpts")
+    (tmp_path / "afile").write_text("")
+    assert main(["analyze", str(ckpts), "--out", str(tmp_path / "afile" / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: cannot write the results to") and "afile" in err
+    assert main(["analyze", str(ckpts), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert main(["analyze", str(ckpts), "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["analyze", str(ckpts), "--out", str(tmp_path / "o"), "--overwrite", "--quiet"]) == 0
+
+
+def test_analyze_patterns_from_the_command_line(tmp_path, capsys):
+    ckpts = _checkpoints(tmp_path / "ckpts")
+    assert main(["analyze", str(ckpts), "--window", "3", "--exclude", "bias", "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 0
+    assert "5 analyses of 20 parameters" in capsys.readouterr().out
