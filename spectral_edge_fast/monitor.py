@@ -25,6 +25,8 @@ step, once the copy has landed (or at the next analysis step, at the latest).
 from __future__ import annotations
 
 import math
+import operator
+import warnings
 from collections import Counter
 from typing import Any, Dict, List, Optional
 
@@ -32,10 +34,7 @@ import numpy as np
 import torch
 
 from .analysis import (
-    EigenTracker,
-    SlideBatch,
     adiabatic,
-    analyze_slides,
     collapse_order,
     eigen_flow,
     events,
@@ -44,17 +43,25 @@ from .analysis import (
     stability,
     window_overlaps,
 )
-from .analysis._common import ENGINE_EPS  # the records' zero tolerance unit (the analysis default), for callers
 from .distributed import is_writer
 from .sinks import Sink, default_log_dir, make_sinks
 from .window import GramState, GramWindow
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 # Analyses over which the adiabatic parameter's running median is taken.
 A_MEDIAN_SPAN = 50
 # Trailing analyses scanned for events at each analysis: bounds the cost of a
 # long run; an event needs only a few records to be confirmed.
 EVENT_SPAN = 500
+# The run-long median of R in summary() is that of R rounded to this many
+# significant digits: counts of the rounded values stay bounded where a list
+# of every value would grow with the run.
+R_MEDIAN_DIGITS = 4
+
+
+# The engine sums float32 products, so eigenvalues below n * eps32 * lambda_1
+# are rounding noise, not directions: they must count as zero.
+ENGINE_EPS = float(np.finfo(np.float32).eps)
 
 
 def _lr_of(optimizer) -> Any:
@@ -72,6 +79,44 @@ def _as_float(x) -> Optional[float]:
 
 def _nan_to_none(x):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+def _integer(name: str, value, minimum: int) -> int:
+    """``value`` as an int: integers and integer-like values (NumPy integers)
+    pass; bool, floats and strings do not."""
+    try:
+        ok = not isinstance(value, bool) and operator.index(value) >= minimum
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return operator.index(value)
+
+
+def _counted_median(counts: Counter) -> float:
+    """The median of values given as ``{value: count}``."""
+    values, n = sorted(counts), sum(counts.values())
+
+    def nth(i: int) -> float:
+        for v in values:
+            i -= counts[v]
+            if i < 0:
+                return v
+        raise IndexError(i)
+
+    return (nth((n - 1) // 2) + nth(n // 2)) / 2
+
+
+def _step_traces(optimizer, params) -> tuple:
+    """What an optimizer step leaves behind on the host: the optimizer's
+    per-parameter state entries, the version counters of their tensors and of
+    the parameters (bumped by every in-place update), and the mark an LR
+    scheduler's wrapper of ``optimizer.step`` sets. Reads no tensor data."""
+    versions = 0
+    for entry in optimizer.state.values():
+        versions += sum(v._version for v in entry.values() if isinstance(v, torch.Tensor))
+    return (len(optimizer.state), versions, sum(p._version for p in params),
+            bool(getattr(optimizer, "_opt_called", False)))
 
 
 class SpectralMonitor:
@@ -92,15 +137,24 @@ class SpectralMonitor:
         sinks: sink names ("jsonl", "csv", "tensorboard", "wandb") or
             :class:`~spectral_edge_fast.sinks.Sink` objects; only rank 0
             writes in distributed runs.
-        log_dir: directory of the run's files; default
-            ``runs/spectral-edge/<date-time>``.
+        log_dir: directory of the run's files; default: a new directory
+            ``runs/spectral-edge/<date-time>`` (``-1``, ``-2``... appended when
+            another run took that name), made by the writing rank when it
+            has sinks (otherwise None).
         process_group: the group over which parameters are sharded or
             replicated, passed to :class:`GramWindow`.
+        history: analysis records, metric records and events kept in memory
+            (the last ones of each; at least ``EVENT_SPAN`` and
+            ``A_MEDIAN_SPAN``, the records that events and the adiabatic
+            median read), or None to keep all of them (memory then
+            grows with the run). The sinks receive every record, and
+            :meth:`summary` describes the whole run either way.
 
     Attributes:
         window: the :class:`GramWindow`.
-        history: the analysis records (a list of dicts, as written to the sinks).
-        metrics: the metric records given to :meth:`log`.
+        history: the last ``history`` analysis records (a list of dicts, as
+            written to the sinks).
+        metrics: the last ``history`` metric records given to :meth:`log`.
         steps: optimizer steps seen (the step() calls).
     """
 
@@ -116,9 +170,10 @@ class SpectralMonitor:
         sinks=("jsonl",),
         log_dir: Optional[str] = None,
         process_group=None,
+        history: Optional[int] = 1000,
     ):
-        if not isinstance(analyze_every, int) or analyze_every < 1:
-            raise ValueError(f"analyze_every must be an integer >= 1, got {analyze_every!r}")
+        analyze_every = _integer("analyze_every", analyze_every, 1)
+        self.history_limit = None if history is None else _integer("history", history, max(EVENT_SPAN, A_MEDIAN_SPAN))
         self.window = GramWindow(
             model_or_params,
             window=window,
@@ -129,18 +184,28 @@ class SpectralMonitor:
         )
         self.analyze_every = analyze_every
         self.optimizer = optimizer
-        self.log_dir = log_dir or default_log_dir()
         self.is_writer = is_writer()
+        self.log_dir = log_dir or (default_log_dir() if self.is_writer and sinks else None)
         self.sinks: List[Sink] = make_sinks(sinks, self.log_dir) if self.is_writer else []
         self.steps = 0
         self._history: List[dict] = []
         self.metrics: List[dict] = []
+        self._events: List[dict] = []
+        # Run-long counts and aggregates: summary() describes the whole run
+        # while only the last `history` records stay in memory.
+        self._totals = {"analysis": 0, "metrics": 0, "events": 0}
+        self._k_counts: Counter = Counter()
+        self._R_counts: Counter = Counter()
+        self._R_max: Optional[tuple] = None  # (R, step)
+        self._min_count = 1  # updates an analysis needs: W + 1 while refilling after a small-state resume
         self._info: Dict[str, Any] = {}
         self._seen_events: set = set()
         self._pending: Optional[tuple] = None  # (readback, step, lr) of a started analysis
         self._observed: Dict[str, tuple] = {}  # split -> (window count, projection)
         self._decomposition: Optional[dict] = None
         self._hook = optimizer.register_step_post_hook(self._on_optimizer_step) if optimizer is not None else None
+        self._traces = _step_traces(optimizer, self.window.layout.params) if optimizer is not None else None
+        self._traced_state = optimizer.state if optimizer is not None else None
         self._write_meta()
 
     # -- configuration -------------------------------------------------------
@@ -183,7 +248,7 @@ class SpectralMonitor:
         self.window.step()
         if self._pending is not None and self._pending[0].ready():
             self._finish()
-        if self.steps % self.analyze_every == 0 and self.window.count > 0:
+        if self.steps % self.analyze_every == 0 and self.window.count >= self._min_count:
             if self._pending is not None:  # the previous copy has not landed yet: take it now
                 self._finish()
             if lr is None and self.optimizer is not None:
@@ -192,6 +257,7 @@ class SpectralMonitor:
 
     def flush(self) -> None:
         """Finish a started analysis and flush the sinks (waits for the device)."""
+        self._check_hooked()
         if self._pending is not None:
             self._finish()
         for sink in self.sinks:
@@ -204,29 +270,10 @@ class SpectralMonitor:
 
     # -- analysis -----------------------------------------------------------
     def analyze(self, state: GramState, step: int, lr: Optional[float] = None) -> dict:
-        """The analysis record of one window state (host side, float64 NumPy).
-
-        The global window and every group go through ``analyze_slides`` as one
-        stack, each window eigensolved once (or, when consecutive records are
-        consecutive slides, ``analyze_every == every``, updated from the last
-        record's by an ``EigenTracker``), all with the engine's float32 zero
-        tolerance. The global window's full results come from the per-group
-        functions given those spectra."""
-        ext = state.extended_grams()
-        if len(state.groups) > 1:
-            ext = np.concatenate((ext.sum(axis=0, keepdims=True), ext))
-        tracker = None
-        if self.analyze_every == self.window.every:  # each record is one slide after the last
-            tracker = self.__dict__.get("_tracker") or EigenTracker()
-            self._tracker = tracker
-        batch = analyze_slides(ext, tracker=tracker)
-        n, E = state.n, ext[0]
-        if batch.fallback[0]:  # a non-finite row: the spectrum of the finite rows, no flow or overlaps
-            spec, previous = spectrum(E[1:, 1:]), None
-        else:
-            spec = spectrum(E[1:, 1:], eigen=(batch.current.values[0], batch.current.vectors[0]))
-            previous = spectrum(E[:n, :n], eigen=(batch.previous.values[0], batch.previous.vectors[0]))
-        dcf = float(batch.delta_c_fro[0])
+        """The analysis record of one window state (host side, float64 NumPy)."""
+        G = state.gram()
+        spec = spectrum(G, eps=ENGINE_EPS)
+        dcf = state.delta_c_fro()
         stab = stability(spec, dcf)
         record: Dict[str, Any] = {
             "step": int(step),
@@ -249,37 +296,62 @@ class SpectralMonitor:
             adi = adiabatic(spec, dcf, lr, history=past)
             record["A"] = _nan_to_none(adi.A)
             record["adiabatic"] = adi.to_dict()
-        if n >= 2:
-            record["flow"] = eigen_flow(E, previous, spec).to_dict()
-            record["overlaps"] = window_overlaps(E, previous, spec).to_dict()
+        if state.n >= 2:
+            ext = state.extended_gram()  # its trailing block is G: reuse the spectrum
+            record["flow"] = eigen_flow(ext, current=spec).to_dict()
+            record["overlaps"] = window_overlaps(ext, current=spec).to_dict()
         if len(state.groups) > 1:
-            record["groups"] = self._group_summaries(state.groups, batch, ext)
+            record["groups"] = self._group_summaries(state, float(np.trace(G)))
         if self._decomposition is not None:
             record["decomposition"], self._decomposition = self._decomposition, None
         return record
 
     @staticmethod
-    def _group_summaries(groups: List[str], batch: SlideBatch, ext: np.ndarray) -> Dict[str, dict]:
-        """Per-group summaries from the batch of ``ext`` = [global, groups...]."""
-        traces = np.trace(ext[:, 1:, 1:], axis1=1, axis2=2)
-        total = float(traces[0])
+    def _group_summaries(state: GramState, total: float) -> Dict[str, dict]:
         out = {}
-        for g, name in enumerate(groups, start=1):
+        for name, Gg in state.group_grams().items():
+            s = spectrum(Gg, eps=ENGINE_EPS, vectors=False)
             out[name] = {
-                "k_star": int(batch.k_star[g]) or None,
-                "R": _nan_to_none(float(batch.gap_ratio[g])),
-                "gap": _nan_to_none(float(batch.gap[g])),
-                "sigma_1": _nan_to_none(float(batch.sigmas[g, 0])),  # NaN: no finite row
-                "share": float(traces[g]) / total if total > 0 else None,
-                "delta_c_fro": float(batch.delta_c_fro[g]),
+                "k_star": s.k_star,
+                "R": _nan_to_none(s.gap_ratio),
+                "gap": _nan_to_none(s.gap),
+                "sigma_1": float(s.sigmas[0]) if s.n else None,
+                "share": float(np.trace(Gg)) / total if total > 0 else None,
+                "delta_c_fro": state.delta_c_fro(name),
             }
         return out
 
     def _record(self, record: dict) -> None:
         self._history.append(record)
         record["events"] = self._new_events()
+        self._account(record)
         for sink in self.sinks:
             sink.write("analysis", record)
+
+    def _account(self, record: dict) -> None:
+        """Fold a finished record into the run-long aggregates, then drop what
+        the memory bound leaves out."""
+        self._totals["analysis"] += 1
+        self._totals["events"] += len(record["events"])
+        self._events += record["events"]
+        if record["k_star"] is not None:
+            self._k_counts[record["k_star"]] += 1
+        R = record["R"]
+        if R is not None:
+            self._R_counts[float(f"{R:.{R_MEDIAN_DIGITS}g}")] += 1
+            if self._R_max is None or (R, record["step"]) > self._R_max:
+                self._R_max = (R, record["step"])
+        self._trim(self._history, self._events)
+        # An event starts at a record of the trailing span that events are
+        # found in: a key older than that span cannot be found again.
+        oldest = min(r["step"] for r in self._history[-EVENT_SPAN:])
+        self._seen_events = {key for key in self._seen_events if key[1] >= oldest}
+
+    def _trim(self, *lists: List[dict]) -> None:
+        if self.history_limit is not None:
+            for items in lists:
+                if len(items) > self.history_limit:
+                    del items[: len(items) - self.history_limit]
 
     def _new_events(self) -> List[dict]:
         """Events of the whole model and of each group that the history shows
@@ -328,7 +400,7 @@ class SpectralMonitor:
     def _decompose(self) -> dict:
         state = self.window.state()
         G = state.gram()
-        spec = spectrum(G)
+        spec = spectrum(G, eps=ENGINE_EPS)
         stab = stability(spec, state.delta_c_fro())
         lr = _as_float(_lr_of(self.optimizer)) if self.optimizer is not None else math.nan
         train, val = self._observed["train"][1], self._observed["val"][1]
@@ -338,16 +410,21 @@ class SpectralMonitor:
     def log(self, metrics: Dict[str, Any], step: Optional[int] = None) -> None:
         """Record training metrics (loss, accuracy...) beside the spectral
         records, for the sinks and the report. Values must be numbers."""
+        self._check_hooked()
         record = {"step": self.steps if step is None else int(step)}
         record.update({k: _as_float(v) for k, v in metrics.items()})
         self.metrics.append(record)
+        self._totals["metrics"] += 1
+        self._trim(self.metrics)
         for sink in self.sinks:
             sink.write("metrics", record)
 
     # -- results ------------------------------------------------------------
     @property
     def history(self) -> List[dict]:
-        """The analysis records, oldest first (finishes a started analysis)."""
+        """The last ``history`` analysis records, oldest first (finishes a
+        started analysis)."""
+        self._check_hooked()
         if self._pending is not None:
             self._finish()
         return self._history
@@ -358,27 +435,30 @@ class SpectralMonitor:
         return self._history[-1] if self._history else None
 
     def events(self) -> List[dict]:
-        """Every event reported so far, oldest first."""
-        return [e for r in self.history for e in r["events"]]
+        """The events reported so far, oldest first: all of them, or the last
+        ``history`` ones (``summary()["events_total"]`` counts all)."""
+        self.history  # finishes a started analysis
+        return list(self._events)
 
     def summary(self) -> dict:
-        """A short account of the run so far: the last analysis, the usual
-        gap position, the range of the gap ratio, and the events."""
+        """A short account of the whole run so far, records no longer in
+        memory included: the last analysis, the most frequent gap position,
+        the median (of R rounded to ``R_MEDIAN_DIGITS`` significant digits)
+        and the maximum of the gap ratio, the events (see :meth:`events`) and
+        their count."""
         hist = self.history
-        out: Dict[str, Any] = {"steps": self.steps, "analyses": len(hist), "window": self.window.window,
+        out: Dict[str, Any] = {"steps": self.steps, "analyses": self._totals["analysis"], "window": self.window.window,
                                "every": self.window.every, "numel": self.window.numel}
-        ks = [r["k_star"] for r in hist if r["k_star"] is not None]
-        Rs = [(r["R"], r["step"]) for r in hist if r["R"] is not None]
         if hist:
             last = hist[-1]
             out["last"] = {k: last[k] for k in ("step", "k_star", "R", "gap", "A")}
-        if ks:
-            out["k_star_mode"] = Counter(ks).most_common(1)[0][0]
-        if Rs:
-            values = np.array([r for r, _ in Rs])
-            out["R_median"] = float(np.median(values))
-            out["R_max"], out["R_max_step"] = max(Rs)
+        if self._k_counts:
+            out["k_star_mode"] = self._k_counts.most_common(1)[0][0]
+        if self._R_counts:
+            out["R_median"] = _counted_median(self._R_counts)
+            out["R_max"], out["R_max_step"] = self._R_max
         out["events"] = self.events()
+        out["events_total"] = self._totals["events"]
         return out
 
     # -- lifecycle ---------------------------------------------------------------
@@ -390,10 +470,32 @@ class SpectralMonitor:
 
     def close(self) -> None:
         """Detach, finish a started analysis and close the sinks."""
+        self._check_hooked()
         self.detach()
         self.flush()
         for sink in self.sinks:
             sink.close()
+
+    def _check_hooked(self) -> None:
+        """Warn once when the optimizer has stepped but its post-step hook never
+        called the monitor (``optimizer.step`` replaced on the instance by a
+        function that bypasses ``Optimizer.step``). Called at host-side
+        moments (log, flush, history, close), never on the per-step path."""
+        if self.steps or self._hook is None or self._traces is None:
+            return
+        traces = _step_traces(self.optimizer, self.window.layout.params)
+        if self.optimizer.state is not self._traced_state:  # optimizer.load_state_dict: a new baseline, not a step
+            self._traces, self._traced_state = traces, self.optimizer.state
+        elif traces != self._traces:
+            self._traces = None  # once
+            warnings.warn(
+                "SpectralMonitor has seen no optimizer step, but the optimizer's state or the parameters changed "
+                "since it was attached: optimizer.step does not run its post-step hooks (it was replaced on the "
+                "instance by a function that bypasses Optimizer.step). Call monitor.step() after each optimizer "
+                "step, or keep optimizer.step the optimizer's own.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def __enter__(self) -> "SpectralMonitor":
         return self
@@ -402,48 +504,91 @@ class SpectralMonitor:
         self.close()
 
     # -- checkpointing -------------------------------------------------------
-    def state_dict(self) -> dict:
-        """Everything a resumed run needs to continue exactly: the window,
-        the step counter, the records. Finishes a started analysis first."""
+    def state_dict(self, exact: bool = True) -> dict:
+        """The monitor's state for a checkpoint (finishes a started analysis
+        first). Neither form grows with the length of the run.
+
+        ``exact=True``: everything a resumed run needs to continue exactly,
+        the window's ring and snapshot included, which are ``W + 1`` times the
+        size of the monitored parameters.
+
+        ``exact=False``: the small state: counters, the kept records, metrics
+        and events, and the run-long aggregates of :meth:`summary`, without
+        the window. A monitor that loads it starts its window afresh, with a
+        snapshot of the parameters at load time, and analyses again once the
+        window has refilled and slid once (``(W + 1) * every`` steps later);
+        records keep their step labels, and from then on their window
+        diagnostics equal those of an uninterrupted run. Gradient projections
+        observed before saving are not kept."""
+        history = list(self.history)
         return {
             "version": STATE_VERSION,
-            "window": self.window.state_dict(),
             "analyze_every": self.analyze_every,
             "steps": self.steps,
-            "history": list(self.history),
+            "window": self.window.state_dict() if exact else None,
+            "min_count": self._min_count,
+            "history": history,
             "metrics": list(self.metrics),
+            "events": list(self._events),
+            "totals": dict(self._totals),
+            "k_star_counts": dict(self._k_counts),
+            "R_counts": dict(self._R_counts),
+            "R_max": self._R_max,
+            "seen_events": list(self._seen_events),
             "info": dict(self._info),
-            "observed": {split: (count, p.tolist()) for split, (count, p) in self._observed.items()},
+            "observed": {split: (count, p.tolist()) for split, (count, p) in self._observed.items()} if exact else {},
             "decomposition": self._decomposition,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a monitor saved by :meth:`state_dict`; its files are
-        rewritten to hold exactly the restored records."""
+        """Restore a monitor saved by :meth:`state_dict`, exact or small. The
+        file sinks keep the records written up to the checkpoint and drop
+        what an interrupted run wrote after it."""
+        if not isinstance(state, dict) or "analyze_every" not in state:
+            if isinstance(state, dict) and "ring" in state:
+                raise ValueError("this is a GramWindow state, not a SpectralMonitor state: "
+                                 "load it with monitor.window.load_state_dict(state)")
+            raise ValueError("not a SpectralMonitor state (SpectralMonitor.state_dict() makes one)")
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"monitor state version {state.get('version')!r} is not {STATE_VERSION}")
         if state["analyze_every"] != self.analyze_every:
             raise ValueError(
                 f"the checkpoint analysed every {state['analyze_every']} steps, this monitor every {self.analyze_every}"
             )
-        self.window.load_state_dict(state["window"])
+        if state["window"] is not None:
+            self.window.load_state_dict(state["window"])
+            self._min_count = int(state["min_count"])
+            self._observed = {split: (count, np.asarray(p)) for split, (count, p) in state["observed"].items()}
+        else:  # the small state: the window refills from here
+            self.window.reset()
+            self._min_count = self.window.window + 1
+            self._observed = {}
         self.steps = int(state["steps"])
         self._history = list(state["history"])
         self.metrics = list(state["metrics"])
+        self._events = list(state["events"])
+        self._totals = dict(state["totals"])
+        self._k_counts = Counter(state["k_star_counts"])
+        self._R_counts = Counter(state["R_counts"])
+        self._R_max = None if state["R_max"] is None else tuple(state["R_max"])
+        self._seen_events = {tuple(key) for key in state["seen_events"]}
+        self._trim(self._history, self.metrics, self._events)
         self._info = dict(state["info"])
         self._pending = None
-        self._observed = {split: (count, np.asarray(p)) for split, (count, p) in state["observed"].items()}
+        self._tracker = None  # the analysis's eigen-update must not continue from the replaced window
         self._decomposition = state["decomposition"]
-        self._seen_events = {(e.get("kind"), e.get("step"), e.get("group")) for r in self._history for e in r["events"]}
         self._write_meta()
+        records = {"analysis": self._history, "metrics": self.metrics}
+        start = {kind: self._totals[kind] - len(recs) for kind, recs in records.items()}
         for sink in self.sinks:
-            sink.resume({"analysis": self._history, "metrics": self.metrics})
+            # Records before `start` are no longer in memory: the sink keeps them from its files.
+            sink.resume(records, start) if any(start.values()) else sink.resume(records)
 
     def __repr__(self) -> str:
         w = self.window
         return (
             f"SpectralMonitor(P={w.numel}, window={w.window}, every={w.every}, analyze_every={self.analyze_every}, "
-            f"groups={len(w.groups)}, steps={self.steps}, analyses={len(self._history)}, log_dir={self.log_dir!r})"
+            f"groups={len(w.groups)}, steps={self.steps}, analyses={self._totals['analysis']}, log_dir={self.log_dir!r})"
         )
 
 

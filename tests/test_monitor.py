@@ -5,6 +5,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 
 import numpy as np
 import pytest
@@ -343,3 +344,227 @@ def test_gram_window_is_the_engine(tmp_path):
     assert isinstance(mon.window, GramWindow)
     assert (mon.window.window, mon.window.every, mon.window.storage_dtype) == (7, 3, torch.bfloat16)
     assert len(mon.window.groups) == 4
+
+
+def test_analyze_every_accepts_integer_like_values_only(tmp_path):
+    mon = SpectralMonitor(_model(), analyze_every=np.int64(3), sinks=(), log_dir=str(tmp_path))
+    assert mon.analyze_every == 3 and type(mon.analyze_every) is int
+    for bad in (True, 2.0, "3", None):
+        with pytest.raises(ValueError, match="analyze_every must be an integer"):
+            SpectralMonitor(_model(), analyze_every=bad, sinks=(), log_dir=str(tmp_path))
+
+
+def test_default_log_dirs_are_unique_under_concurrent_creation(tmp_path, monkeypatch):
+    """Monitors created at the same instant (same second) each get their own
+    directory, so their files do not interleave."""
+    import threading
+
+    monkeypatch.chdir(tmp_path)
+    n, steps = 8, 6
+    barrier, monitors, errors = threading.Barrier(n), [None] * n, []
+
+    def worker(i):
+        try:
+            model = _model(seed=i)
+            barrier.wait()
+            mon = SpectralMonitor(model, window=3, analyze_every=1, sinks=("jsonl",))
+            gen = torch.Generator().manual_seed(i)
+            for _ in range(steps):
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.add_(torch.randn(p.shape, generator=gen), alpha=1e-2)
+                mon.step(lr=0.1)
+            mon.close()
+            monitors[i] = mon
+        except Exception as exc:  # surfaced below: a thread's exception would otherwise vanish
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    dirs = [m.log_dir for m in monitors]
+    assert len(set(dirs)) == n
+    for mon in monitors:
+        lines = (tmp_path / mon.log_dir / "spectral.jsonl").read_text().splitlines()
+        assert [json.loads(line)["step"] for line in lines] == [r["step"] for r in mon.history] == list(range(1, steps + 1))
+
+
+def test_loading_the_wrong_kind_of_state_says_which(tmp_path):
+    mon = SpectralMonitor(_model(), window=4, analyze_every=2, sinks=(), log_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"GramWindow state.*monitor\.window\.load_state_dict") as info:
+        mon.load_state_dict(mon.window.state_dict())
+    assert len(str(info.value)) < 300
+    with pytest.raises(ValueError, match=r"SpectralMonitor state.*monitor\.load_state_dict") as info:
+        mon.window.load_state_dict(mon.state_dict())
+    assert len(str(info.value)) < 300 and "tensor" not in str(info.value)
+
+
+def _state_bytes(mon, **kwargs) -> int:
+    buf = io.BytesIO()
+    torch.save(mon.state_dict(**kwargs), buf)
+    return len(buf.getvalue())
+
+
+def test_memory_and_state_stay_bounded_and_summary_covers_the_whole_run(tmp_path, monkeypatch):
+    """Hundreds of cheap records (shorter event and median spans, so the bound
+    is reached quickly): the bounded monitor's records, metrics, events,
+    seen-event keys and state stop growing, while its summary equals an
+    unbounded twin's."""
+    monkeypatch.setattr(monitor_module, "EVENT_SPAN", 20)
+    monkeypatch.setattr(monitor_module, "A_MEDIAN_SPAN", 10)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))  # noisy: many events
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    kw = dict(window=3, analyze_every=1, sinks=(), log_dir=str(tmp_path))
+    bounded, full = SpectralMonitor(model, opt, history=20, **kw), SpectralMonitor(model, opt, history=None, **kw)
+    gen, sizes = torch.Generator().manual_seed(0), []
+    for chunk in range(3):
+        for _ in range(50):
+            loss = model(torch.randn(8, 4, generator=gen)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        for mon in (bounded, full):
+            mon.log({"loss": float(chunk)})
+        sizes.append((_state_bytes(bounded, exact=False), _state_bytes(full, exact=False)))
+    assert len(bounded.history) == 20 and json.dumps(bounded.history) == json.dumps(full.history[-20:])
+    assert len(bounded.metrics) == 3
+    assert all(step >= bounded.history[0]["step"] for _, step, _ in bounded._seen_events)
+    assert len(full.events()) > 20  # the events' bound is reached too
+    assert json.dumps(bounded.events()) == json.dumps(full.events()[-20:])
+    assert sizes[2][0] < 1.1 * sizes[1][0] and sizes[2][1] > 1.3 * sizes[1][1]
+    s = bounded.summary()
+    assert json.dumps(s) == json.dumps({**full.summary(), "events": full.events()[-20:]})
+    assert s["analyses"] == 150 and s["events_total"] == len(full.events())
+    Rs = [r["R"] for r in full.history if r["R"] is not None]
+    assert s["R_median"] == pytest.approx(np.median(Rs), rel=10 ** -(monitor_module.R_MEDIAN_DIGITS - 1))
+    assert (s["R_max"], s["R_max_step"]) == max((r["R"], r["step"]) for r in full.history if r["R"] is not None)
+    with pytest.raises(ValueError, match="history must be an integer >= 20"):
+        SpectralMonitor(model, history=19, **kw)
+
+
+def test_small_state_resumes_with_a_refilled_window(tmp_path):
+    """A small state holds no window: the resumed monitor takes a fresh
+    snapshot, waits until its window has refilled and slid once, then gives
+    the uninterrupted run's spectra under the same step labels."""
+    W, every, analyze_every = 4, 2, 3
+
+    def monitored(path):
+        model = _model()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        return model, opt, SpectralMonitor(model, opt, window=W, every=every, analyze_every=analyze_every,
+                                           sinks=("jsonl",), log_dir=str(tmp_path / path))
+
+    model, opt, full = monitored("full")
+    _train(model, opt, 10, seed=0)
+    _train(model, opt, 20, seed=1)
+
+    model, opt, mon = monitored("resumed")
+    _train(model, opt, 10, seed=0)
+    small, exact = _state_bytes(mon, exact=False), _state_bytes(mon)
+    assert small + W * mon.window.numel * 4 < exact
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "monitor": mon.state_dict(exact=False)}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf)
+    assert ckpt["monitor"]["window"] is None
+
+    model2, opt2, mon2 = monitored("resumed")
+    model2.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["opt"])
+    mon2.load_state_dict(ckpt["monitor"])
+    assert mon2.steps == 10 and mon2.window.count == 0
+    np.testing.assert_array_equal(mon2.window._snapshot.numpy(), torch.cat([p.detach().reshape(-1) for p in model2.parameters()]).numpy())
+    _train(model2, opt2, 20, seed=1)
+    mon2.close()
+    full.close()
+
+    refilled = 10 + (W + 1) * every
+    want = [r for r in full.history if r["step"] <= 10 or r["step"] >= refilled]
+    assert [r["step"] for r in mon2.history] == [r["step"] for r in want] == [3, 6, 9, 21, 24, 27, 30]
+    for got, ref in zip(mon2.history, want):
+        assert got["k_star"] == ref["k_star"]
+        np.testing.assert_allclose(got["sigmas"], ref["sigmas"], rtol=1e-9)
+        np.testing.assert_allclose(got["delta_c_fro"], ref["delta_c_fro"], rtol=1e-9)
+    lines = (tmp_path / "resumed" / "spectral.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [3, 6, 9, 21, 24, 27, 30]
+
+
+def _bypass_hooks(opt):
+    """Replace opt.step on the instance by the optimizer's step without
+    Optimizer.step's hooks, as some training frameworks do."""
+    unhooked = type(opt).step.__wrapped__
+    opt.step = lambda closure=None: unhooked(opt, closure)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+@pytest.mark.parametrize("rebound", ["before", "after"])
+def test_warns_once_when_the_optimizer_steps_without_its_hooks(tmp_path, optimizer, rebound):
+    model = _model()
+    opt = (torch.optim.AdamW(model.parameters(), lr=1e-2) if optimizer == "adamw"
+           else torch.optim.SGD(model.parameters(), lr=0.1))
+    if rebound == "before":
+        _bypass_hooks(opt)
+    mon = SpectralMonitor(model, opt, window=4, analyze_every=2, sinks=(), log_dir=str(tmp_path))
+    if rebound == "after":
+        _bypass_hooks(opt)
+    _train(model, opt, 3)
+    assert mon.steps == 0
+    with pytest.warns(RuntimeWarning, match=r"seen no optimizer step.*monitor\.step\(\)"):
+        mon.log({"loss": 1.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mon.log({"loss": 1.0})
+        mon.close()
+
+
+def test_no_warning_when_the_hooks_run(tmp_path):
+    """An LR scheduler rebinds opt.step to a wrapper that goes through
+    Optimizer.step, and loading the optimizer's state is not a step."""
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    _train(model, opt, 2)
+    saved = opt.state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mon = SpectralMonitor(model, opt, window=4, analyze_every=2, sinks=(), log_dir=str(tmp_path))
+        opt.load_state_dict(saved)
+        mon.log({"loss": 1.0})
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+        _train(model, opt, 3)
+        sched.step()
+        mon.log({"loss": 1.0})
+        mon.close()
+    assert mon.steps == 3
+
+
+@pytest.mark.xfail(raises=TypeError, strict=True,
+                   reason="needs Sink.resume(records, start): file sinks keeping the records before the checkpoint's tail")
+def test_resume_beyond_the_kept_records_keeps_the_files_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(monitor_module, "EVENT_SPAN", 20)
+    monkeypatch.setattr(monitor_module, "A_MEDIAN_SPAN", 10)
+
+    def monitored(path):
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        return model, opt, SpectralMonitor(model, opt, window=3, analyze_every=1, history=20, log_dir=str(tmp_path / path))
+
+    model, opt, full = monitored("full")
+    _train(model, opt, 30, seed=0)
+    _train(model, opt, 10, seed=1)
+    full.close()
+    model, opt, mon = monitored("resumed")
+    _train(model, opt, 30, seed=0)
+    ckpt = {"model": model.state_dict(), "opt": opt.state_dict(), "monitor": mon.state_dict()}
+    _train(model, opt, 5, seed=7)  # work lost when the job dies
+    mon.close()
+    model2, opt2, mon2 = monitored("resumed")
+    model2.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["opt"])
+    mon2.load_state_dict(ckpt["monitor"])
+    _train(model2, opt2, 10, seed=1)
+    mon2.close()
+    assert (tmp_path / "resumed" / "spectral.jsonl").read_text() == (tmp_path / "full" / "spectral.jsonl").read_text()

@@ -8,7 +8,11 @@ The monitor steps at each optimizer step (``on_step_end``, labelled with
 ``state.global_step``; the learning rate is read from the optimizer), records
 the Trainer's logs (loss, learning rate, eval metrics), saves its state as
 ``spectral_monitor_rank<i>.pt`` in every checkpoint directory and restores it when
-training resumes from one, and writes the report at the end. Records go to
+training resumes from one, and writes the report at the end. The saved state
+is the monitor's small one by default (counters, recent records, events: the
+window refills after a resume); ``exact_resume=True`` adds the window's ring
+and snapshot, ``W + 1`` times the model's size, for a resume that continues
+exactly. Records go to
 ``log_dir`` (default: ``<output_dir>/spectral-edge``); only the main process
 writes.
 """
@@ -46,8 +50,9 @@ class SpectralEdgeCallback(TrainerCallback):
 
     Args: those of :class:`SpectralMonitor` (``window``, ``every``,
     ``analyze_every``, ``groups``, ``storage_dtype``, ``sinks``, ``log_dir``,
-    ``process_group``), and ``report``: write the HTML report when training
-    ends.
+    ``process_group``, ``history``), ``report``: write the HTML report when
+    training ends, and ``exact_resume``: save the window too (see the
+    module's docstring).
 
     Attributes:
         monitor: the :class:`SpectralMonitor` (None before training begins).
@@ -55,11 +60,13 @@ class SpectralEdgeCallback(TrainerCallback):
 
     def __init__(self, window: int = 16, every: int = 1, analyze_every: int = 10, groups="auto",
                  storage_dtype: torch.dtype = torch.float32, sinks=("jsonl",), log_dir: Optional[str] = None,
-                 process_group=None, report: bool = True):
+                 process_group=None, report: bool = True, history: Optional[int] = 1000,
+                 exact_resume: bool = False):
         self.options = dict(window=window, every=every, analyze_every=analyze_every, groups=groups,
-                            storage_dtype=storage_dtype, sinks=sinks, process_group=process_group)
+                            storage_dtype=storage_dtype, sinks=sinks, process_group=process_group, history=history)
         self.log_dir = log_dir
         self.report = report
+        self.exact_resume = exact_resume
         self.monitor: Optional[SpectralMonitor] = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -85,7 +92,7 @@ class SpectralEdgeCallback(TrainerCallback):
             return
         ckpt = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         os.makedirs(ckpt, exist_ok=True)
-        torch.save(self.monitor.state_dict(), os.path.join(ckpt, STATE_FILE.format(args.process_index)))
+        torch.save(self.monitor.state_dict(exact=self.exact_resume), os.path.join(ckpt, STATE_FILE.format(args.process_index)))
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.monitor is None:

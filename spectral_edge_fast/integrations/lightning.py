@@ -7,9 +7,13 @@
 The monitor attaches to the first optimizer's post-step hook when training
 starts (so skipped steps, e.g. under a gradient scaler's overflow, are not
 counted), logs ``trainer.callback_metrics`` after each validation and
-training epoch, travels in Lightning checkpoints (``state_dict``; Lightning
-writes rank 0's, so a window split over a ``process_group`` starts afresh on
-resume), and writes the report at the end of training. Records go to ``log_dir`` (default:
+training epoch, travels in Lightning checkpoints, and writes the report at
+the end of training. The checkpoint holds the monitor's small state by
+default (counters, recent records, events: the window refills after a
+resume); ``exact_resume=True`` adds the window's ring and snapshot, ``W + 1``
+times the model's size, for a resume that continues exactly. Lightning
+writes rank 0's state, so with a ``process_group`` the window refills on
+resume either way. Records go to ``log_dir`` (default:
 ``<trainer.log_dir>/spectral-edge``); only global rank 0 writes.
 """
 from __future__ import annotations
@@ -49,8 +53,9 @@ class SpectralEdgeCallback(pl.Callback):
 
     Args: those of :class:`SpectralMonitor` (``window``, ``every``,
     ``analyze_every``, ``groups``, ``storage_dtype``, ``sinks``, ``log_dir``,
-    ``process_group``), and ``report``: write the HTML report when training
-    ends. With several optimizers the first one is followed.
+    ``process_group``, ``history``), ``report``: write the HTML report when
+    training ends, and ``exact_resume``: checkpoint the window too (see the
+    module's docstring). With several optimizers the first one is followed.
 
     Attributes:
         monitor: the :class:`SpectralMonitor` (None before training starts).
@@ -58,12 +63,14 @@ class SpectralEdgeCallback(pl.Callback):
 
     def __init__(self, window: int = 16, every: int = 1, analyze_every: int = 10, groups="auto",
                  storage_dtype: torch.dtype = torch.float32, sinks=("jsonl",), log_dir: Optional[str] = None,
-                 process_group=None, report: bool = True):
+                 process_group=None, report: bool = True, history: Optional[int] = 1000,
+                 exact_resume: bool = False):
         super().__init__()
         self.options = dict(window=window, every=every, analyze_every=analyze_every, groups=groups,
-                            storage_dtype=storage_dtype, sinks=sinks, process_group=process_group)
+                            storage_dtype=storage_dtype, sinks=sinks, process_group=process_group, history=history)
         self.log_dir = log_dir
         self.report = report
+        self.exact_resume = exact_resume
         self.monitor: Optional[SpectralMonitor] = None
         self._restored: Optional[dict] = None
 
@@ -71,7 +78,9 @@ class SpectralEdgeCallback(pl.Callback):
         log_dir = self.log_dir or os.path.join(trainer.log_dir or trainer.default_root_dir, "spectral-edge")
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         self.monitor = SpectralMonitor(pl_module, optimizer, log_dir=log_dir, **self.options)
-        if self._restored is not None and self.options["process_group"] is None:
+        if self._restored is not None:
+            if self.options["process_group"] is not None:  # rank 0's window shard: every rank refills instead
+                self._restored = {**self._restored, "window": None}
             self.monitor.load_state_dict(self._restored)
         self._restored = None
 
@@ -99,7 +108,7 @@ class SpectralEdgeCallback(pl.Callback):
             self.monitor.close()
 
     def state_dict(self) -> dict:
-        return self.monitor.state_dict() if self.monitor is not None else {}
+        return self.monitor.state_dict(exact=self.exact_resume) if self.monitor is not None else {}
 
     def load_state_dict(self, state_dict: dict) -> None:
         # Lightning restores callbacks before training starts: apply once the monitor exists.

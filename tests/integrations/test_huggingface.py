@@ -1,4 +1,5 @@
 """The Hugging Face Trainer callback, on a tiny model (needs transformers)."""
+import numpy as np
 import pytest
 import torch
 
@@ -45,6 +46,19 @@ def test_callback_steps_with_the_trainer_and_resumes(tmp_path):
     assert (tmp_path / "se" / "report.html").exists()
     assert any("loss" in m for m in cb.monitor.metrics)
 
+    # the small state by default: the window refills over W + 1 = 5 steps, so step 12 is not analysed
+    saved = torch.load(tmp_path / "checkpoint-8" / "spectral_monitor_rank0.pt")
+    assert saved["window"] is None and saved["steps"] == 8
     resumed = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se2"))
+    _trainer(tmp_path, resumed, 16).train(resume_from_checkpoint=str(tmp_path / "checkpoint-8"))
+    assert [r["step"] for r in resumed.monitor.history] == [4, 8, 16]
+    np.testing.assert_allclose(resumed.monitor.history[-1]["sigmas"], cb.monitor.history[-1]["sigmas"], rtol=1e-6)
+
+
+def test_exact_resume_saves_the_window(tmp_path):
+    cb = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se"), exact_resume=True)
+    _trainer(tmp_path, cb, 16).train()
+    assert torch.load(tmp_path / "checkpoint-8" / "spectral_monitor_rank0.pt")["window"] is not None
+    resumed = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se2"), exact_resume=True)
     _trainer(tmp_path, resumed, 16).train(resume_from_checkpoint=str(tmp_path / "checkpoint-8"))
     assert [r["step"] for r in resumed.monitor.history] == [4, 8, 12, 16]

@@ -46,3 +46,7 @@ def test_callback_monitors_training_and_writes_the_report(tmp_path):
     metrics = [json.loads(line) for line in (tmp_path / "se" / "metrics.jsonl").read_text().splitlines()]
     assert any("val_loss" in m for m in metrics)
     assert cb.state_dict()["steps"] == 16
+    assert cb.state_dict()["window"] is None  # the small state by default
+    exact = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se2"), exact_resume=True)
+    exact.monitor = cb.monitor
+    assert exact.state_dict()["window"]["count"] == 16
