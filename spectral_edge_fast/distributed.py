@@ -4,9 +4,15 @@ flat space, so one all-reduce of ``groups x (W+1)`` numbers per slide makes
 every rank see the Gram of the whole model."""
 from __future__ import annotations
 
-from typing import Tuple
+import hashlib
+import json
+from bisect import bisect_right
+from typing import List, Sequence, Tuple
 
+import numpy as np
 import torch
+
+from .layout import ParamLayout, _local
 
 
 def rank_and_world(process_group) -> Tuple[int, int]:
@@ -29,6 +35,131 @@ def all_reduce_sum(tensor: torch.Tensor, process_group) -> torch.Tensor:
 
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=process_group, async_op=True).wait()
     return tensor
+
+
+def agree_on_setup(settings: dict, layout: ParamLayout, process_group) -> None:
+    """Raise the same ``ValueError`` on every rank when the ranks' windows
+    were built differently; a mismatch would otherwise hang or abort in the
+    first slide's all-reduce, or silently sum unrelated numbers.
+
+    Must agree: ``settings`` (window, every, storage dtype), the world size,
+    the groups and every parameter's name, full shape and whether it is
+    sharded. Must add up: each parameter's numbers held over all ranks make
+    its full size (so each group's local sizes add up to its global size), and
+    the ranks that hold part of a parameter put it in the same group.
+
+    Two fixed-size all_gathers, once at construction, on the parameters'
+    device (the one the per-step all-reduce uses, so this works wherever
+    training does; ``all_gather_object`` would use the current CUDA device,
+    wrong on ranks that never called ``set_device``): first a digest of what
+    must agree and the length of its description; then each rank's holdings,
+    whose shape is the same everywhere once the digests agree, or else the
+    descriptions themselves, so every rank can name the differences. All ranks
+    see the same digests, hence take the same branch and raise the same error."""
+    _, world = rank_and_world(process_group)
+    if world == 1:
+        return
+    setup = {
+        **settings,
+        "world size": world,
+        "groups": list(layout.groups),
+        "parameters": [[name, list(p.shape), _local(p)[1]] for name, p in zip(layout.names, layout.params)],
+    }
+    text = json.dumps(setup).encode()
+    digest = np.frombuffer(hashlib.blake2b(text, digest_size=32).digest(), dtype="<i8").tolist()
+    device = layout.device
+    heads = _all_gather(torch.tensor(digest + [len(text)], dtype=torch.int64, device=device), process_group)
+    if (heads[:, :-1] != heads[0, :-1]).any():
+        padded = torch.zeros(int(heads[:, -1].max()), dtype=torch.uint8, device=device)
+        padded[: len(text)] = torch.tensor(list(text), dtype=torch.uint8)
+        rows = _all_gather(padded, process_group)
+        setups = [json.loads(bytes(row[:n].tolist())) for row, n in zip(rows, heads[:, -1].tolist())]
+        raise ValueError(
+            f"GramWindow setup differs across ranks: {_differences(setups)}; build the window with the same "
+            "settings and parameters on every rank of the process_group"
+        )
+    # Each parameter's local numbers and the group they sit in (-1: none here).
+    n = len(layout.params)
+    held, group = [0] * n, [-1] * n
+    cursor = 0
+    for pc in layout.pieces:
+        held[pc.index] += pc.length
+        group[pc.index] = bisect_right(layout.bounds, cursor) - 1
+        cursor += pc.length
+    rows = _all_gather(torch.tensor(held + group, dtype=torch.int64, device=device), process_group).tolist()
+    problems = []
+    for i, (name, p) in enumerate(zip(layout.names, layout.params)):
+        counts = [row[i] for row in rows]
+        if sum(counts) != p.numel():
+            problems.append(
+                f"parameter {name!r} {tuple(p.shape)} has {p.numel()} numbers but the ranks hold {sum(counts)} "
+                f"({_spread(list(enumerate(counts)))})"
+            )
+        groups = [(r, repr(layout.groups[row[n + i]])) for r, row in enumerate(rows) if row[i]]
+        if len({g for _, g in groups}) > 1:
+            problems.append(f"parameter {name!r} is in group {_spread(groups)}")
+    if problems:
+        raise ValueError(
+            f"GramWindow shards do not add up across ranks: {'; '.join(problems)}; every number must be held by "
+            "exactly one rank of the process_group (a DTensor's mesh must span the process_group, and every other "
+            "parameter must be replicated on all of its ranks)"
+        )
+
+
+def _all_gather(tensor: torch.Tensor, process_group) -> torch.Tensor:
+    """``[world, *tensor.shape]`` on the host: every rank's ``tensor``."""
+    import torch.distributed as dist
+
+    out = [torch.empty_like(tensor) for _ in range(dist.get_world_size(process_group))]
+    dist.all_gather(out, tensor, group=process_group)
+    return torch.stack(out).cpu()
+
+
+def _ranks(ranks: Sequence[int]) -> str:
+    """``rank 2``, ``ranks 0, 1, 3``; runs of three or more as ``4-9``."""
+    runs: List[List[int]] = []
+    for r in ranks:
+        if runs and r == runs[-1][-1] + 1:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    text = ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs)
+    return f"rank {text}" if len(ranks) == 1 else f"ranks {text}"
+
+
+def _spread(values: Sequence[Tuple[int, object]]) -> str:
+    """``4 on ranks 0, 1, 3 but 8 on rank 2`` from ``(rank, value)`` pairs,
+    values in the order of their first rank."""
+    by_value: dict = {}
+    for rank, value in values:
+        by_value.setdefault(str(value), []).append(rank)
+    parts = [f"{value} on {_ranks(ranks)}" for value, ranks in by_value.items()]
+    return parts[0] + (" but " + ", ".join(parts[1:]) if len(parts) > 1 else "")
+
+
+def _differences(setups: List[dict]) -> str:
+    """What differs between the ranks' setup descriptions; for the lists
+    (groups, parameters) their lengths and the first entry that differs."""
+    show = {
+        "groups": ("group", repr),
+        "parameters": ("parameter", lambda e: f"{e[0]!r} {tuple(e[1])} " + ("sharded" if e[2] else "replicated")),
+    }
+    parts = []
+    for key in setups[0]:
+        values = [s[key] for s in setups]
+        if all(v == values[0] for v in values):
+            continue
+        if key not in show:
+            parts.append(f"{key} is {_spread(list(enumerate(values)))}")
+            continue
+        label, fmt = show[key]
+        lengths = [len(v) for v in values]
+        if len(set(lengths)) > 1:
+            parts.append(f"the number of {key} is {_spread(list(enumerate(lengths)))}")
+        i = next(i for i in range(max(lengths)) if len({repr(v[i]) if i < len(v) else None for v in values}) > 1)
+        entries = [(r, fmt(v[i]) if i < len(v) else "absent") for r, v in enumerate(values)]
+        parts.append(f"{label} {i} is {_spread(entries)}")
+    return "; ".join(parts)
 
 
 def is_writer() -> bool:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .analysis._common import slide_norm
-from .distributed import all_reduce_sum, rank_and_world
+from .distributed import agree_on_setup, all_reduce_sum, rank_and_world
 from .kernels import get_backend
 from .layout import GroupSpec, ParamLayout
 
@@ -189,6 +189,8 @@ class GramWindow:
         self.layout = ParamLayout(params, groups, rank=rank, world=world)
         self.device = self.layout.device
         self.backend = get_backend(backend, self.device)
+        # Once, before any buffer: ranks built differently all raise here instead of hanging in a slide.
+        agree_on_setup({"window": window, "every": every, "storage_dtype": str(storage_dtype)}, self.layout, process_group)
         self._check_memory()
         P, G = self.layout.numel, len(self.layout.groups)
         # Rows padded to a multiple of 64 elements so every row starts aligned

@@ -1,8 +1,11 @@
-"""Sharded Grams with a real gloo process group of 2 processes on the CPU:
-every rank must see the Gram of the whole model, equal to the brute-force
-float64 Gram of the same updates."""
+"""Sharded Grams with a real gloo process group of 2 to 4 processes on the
+CPU: every rank must see the Gram of the whole model, equal to the brute-force
+float64 Gram of the same updates, and ranks whose windows were built
+differently must all get the same error at construction."""
+import datetime
 import os
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -17,8 +20,11 @@ WORLD = 2
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
 
 
-def _init(rank, store_path):
-    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=WORLD)
+def _init(rank, store_path, world=WORLD):
+    # a short timeout: a rank left waiting in a collective fails the test instead of hanging it
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store_path}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=30)
+    )
     torch.manual_seed(0)
 
 
@@ -35,7 +41,9 @@ def _check(win, history, out):
     want = (x @ x.T).numpy()
     got = win.gram()
     scale = (x.abs() @ x.abs().T).numpy()
-    torch.save({"got": got, "want": want, "scale": scale, "local": win.layout.numel, "P": win.numel}, out)
+    result = {"got": got, "want": want, "scale": scale, "local": win.layout.numel, "P": win.numel}
+    torch.save(result, out)
+    return result
 
 
 def _ddp_worker(rank, store_path, out_dir):
@@ -132,7 +140,7 @@ def _assert_same_gram_everywhere(results):
     for r in results:
         err = np.abs(r["got"] - r["want"])
         assert (err <= 1e-5 * r["scale"] + 1e-12).all(), f"max error {err.max():.3e}"
-    assert np.array_equal(results[0]["got"], results[1]["got"]), "ranks disagree"
+    assert all(np.array_equal(results[0]["got"], r["got"]) for r in results), "ranks disagree"
 
 
 def test_ddp_replicated_parameters_shard_the_ring():
@@ -155,3 +163,138 @@ def test_fsdp2_fully_shard():
     if "error" in results[0]:
         pytest.skip(f"FSDP2 fully_shard unsupported on this CPU build: {results[0]['error']}")
     _assert_same_gram_everywhere(results)
+
+
+# -- ranks built differently ---------------------------------------------------
+
+ODD = 2  # the rank that is out of step
+MISMATCHES = ("parameters", "window", "every", "storage_dtype", "extra group", "sharding")
+
+
+def _run(worker, world, deadline=120.0):
+    """``worker(rank, world, store_path, out_dir)`` on ``world`` processes; the
+    per-rank dicts it saves as ``rank{r}.pt``. A process that dies (gloo
+    aborts) raises here; one still running at the deadline is killed and fails
+    the test, so no worker can hang it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = mp.start_processes(worker, args=(world, os.path.join(tmp, "store"), tmp), nprocs=world, join=False)
+        end = time.monotonic() + deadline
+        try:
+            while not ctx.join(timeout=max(end - time.monotonic(), 0.0)):
+                if time.monotonic() >= end:
+                    pytest.fail(f"workers still running after {deadline:.0f} s")
+        finally:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+        return [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(world)]
+
+
+def _mismatched_window(case, rank, world, mesh):
+    """A window built like every other rank's, except on rank ODD as ``case`` says."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    odd = rank == ODD
+    kwargs = dict(window=4, every=1, storage_dtype=torch.float32, groups="auto")
+    params = [("a.w", torch.zeros(5, 4)), ("b.w", torch.zeros(6))]
+    if case == "parameters":  # one group everywhere, a different second tensor on rank ODD
+        kwargs["groups"] = None
+        if odd:
+            params[1] = ("b.v", torch.zeros(7))
+    elif case == "extra group" and odd:
+        params.append(("c.w", torch.zeros(3)))
+    elif case == "sharding":  # a DTensor everywhere but a plain tensor on rank ODD
+        full = torch.zeros(8, 3)
+        shard = distribute_tensor(full, mesh, [Shard(0)])  # a collective: every rank takes part
+        params.append(("s.w", full if odd else shard))
+    elif odd and case in ("window", "every", "storage_dtype"):
+        kwargs[case] = {"window": 8, "every": 2, "storage_dtype": torch.bfloat16}[case]
+    return GramWindow(params, process_group=dist.group.WORLD, **kwargs)
+
+
+def _setup_worker(rank, world, store_path, out_dir):
+    _init(rank, store_path, world)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    out = {}
+    for case in MISMATCHES:
+        try:
+            _mismatched_window(case, rank, world, mesh)
+            out[case] = None
+        except Exception as exc:
+            out[case] = f"{type(exc).__name__}: {exc}"
+    if world == 4:  # a DTensor sharded over half of the process group: every row held twice
+        half = init_device_mesh("cpu", (2, 2))
+        try:
+            GramWindow([("h.w", distribute_tensor(torch.zeros(8, 3), half, [Shard(0), Replicate()]))], process_group=dist.group.WORLD)
+            out["double"] = None
+        except Exception as exc:
+            out["double"] = f"{type(exc).__name__}: {exc}"
+    # Matching settings after the errors: the group still works, and uneven and
+    # empty DTensor shards (10, 2 and 1 rows over 3 or 4 ranks) next to a
+    # replicated tensor give the Gram of the whole model.
+    full = [torch.randn(10, 3), torch.randn(2), torch.randn(1), torch.randn(7, 5)]
+    shards = [distribute_tensor(t.clone(), mesh, [Shard(0)]) for t in full[:3]]
+    names = ("s.w", "s.b", "e.w")
+    win = GramWindow([*zip(names, shards), ("r.w", full[3])], window=3, process_group=dist.group.WORLD)
+    gen = torch.Generator().manual_seed(7)  # the same full updates on every rank
+    history = []
+    for _ in range(5):
+        updates = [torch.randn(t.shape, generator=gen) for t in full]
+        for p, u in zip(shards, updates):
+            p.to_local().add_(distribute_tensor(u, mesh, [Shard(0)]).to_local())
+        full[3].add_(updates[3])
+        win.step()
+        history.append(_flat(updates))
+    out["gram"] = _check(win, history, os.path.join(out_dir, f"gram{rank}.pt"))
+    out["local"] = [b - a for a, b in zip(win.layout.bounds, win.layout.bounds[1:])]
+    torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module", params=(3, 4), ids=lambda w: f"world{w}")
+def setup_runs(request):
+    return request.param, _run(_setup_worker, request.param)
+
+
+def _others(world):
+    return "ranks " + ", ".join(str(r) for r in range(world) if r != ODD)
+
+
+EXPECTED = {  # what the message must say, given the list of in-step ranks
+    "parameters": lambda others: f"parameter 1 is 'b.w' (6,) replicated on {others} but 'b.v' (7,) replicated on rank 2",
+    "window": lambda others: f"window is 4 on {others} but 8 on rank 2",
+    "every": lambda others: f"every is 1 on {others} but 2 on rank 2",
+    "storage_dtype": lambda others: f"storage_dtype is torch.float32 on {others} but torch.bfloat16 on rank 2",
+    "extra group": lambda others: f"group 2 is absent on {others} but 'c' on rank 2",
+    "sharding": lambda others: f"parameter 2 is 's.w' (8, 3) sharded on {others} but 's.w' (8, 3) replicated on rank 2",
+}
+
+
+@pytest.mark.parametrize("case", MISMATCHES)
+def test_setup_mismatch_raises_the_same_error_on_every_rank(setup_runs, case):
+    world, results = setup_runs
+    errors = [r[case] for r in results]
+    assert all(e is not None for e in errors), f"ranks {[r for r, e in enumerate(errors) if e is None]} raised nothing"
+    assert len(set(errors)) == 1, f"ranks report differently: {errors}"
+    assert errors[0].startswith("ValueError: GramWindow setup differs across ranks: "), errors[0]
+    assert EXPECTED[case](_others(world)) in errors[0], errors[0]
+
+
+def test_setup_mismatch_leaves_the_group_usable_and_matching_shards_exact(setup_runs):
+    world, results = setup_runs
+    _assert_same_gram_everywhere([r["gram"] for r in results])
+    locals_ = np.array([r["local"] for r in results])  # [rank, group]
+    assert locals_.sum(0).tolist() == [10 * 3 + 2, 1, 7 * 5]
+    assert (locals_[:, 1] == 0).sum() == world - 1, "group e is one row: empty on all ranks but one"
+
+
+def test_shards_that_do_not_add_up_raise_on_every_rank(setup_runs):
+    world, results = setup_runs
+    if world != 4:
+        pytest.skip("a mesh over half of the group needs 4 ranks")
+    errors = [r["double"] for r in results]
+    assert len(set(errors)) == 1 and errors[0] is not None, errors
+    assert "parameter 'h.w' (8, 3) has 24 numbers but the ranks hold 48 (12 on ranks 0-3)" in errors[0], errors[0]
