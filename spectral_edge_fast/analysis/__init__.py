@@ -13,8 +13,14 @@ Conventions
   ``(n+1) x (n+1)``: row 0 the update that left the window (zeros while the
   window fills), the last row the update that entered.
 * Mode numbers (``k_star``, clusters) are 1-based; arrays are indexed ``j - 1``.
-* Eigenvalues ``<= tol = n * eps * lambda_1`` count as zero (``eps`` of
-  float64 by default; ``spectrum(G, eps=...)`` for a float32-accumulated Gram).
+* One tolerance decides zeros and ties, ``tol = n * (eps + 8 eps64) *
+  lambda_1`` (``_common.zero_tolerance``): eigenvalues ``<= tol`` count as
+  zero, eigenvalues (and gaps) within it as tied. ``eps`` is the unit
+  roundoff of the Gram's entries; every function that takes it defaults to
+  float32's (``_common.ENGINE_EPS``), the precision the engine accumulates
+  in, so ``spectrum(window.gram())`` gives the monitor's answer. Pass
+  ``eps=_common.EPS`` (float64's) only for Grams computed exactly in
+  float64; the ``8 eps64`` term covers the eigensolver's own error.
 * Undefined is a status, never an exception: each result has ``status`` and
   ``reason``; undefined floats are NaN, undefined integers None. Statuses:
   ``"ok"``; ``"partial"`` (a secondary value undefined, see ``reason``);
