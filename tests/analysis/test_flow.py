@@ -125,4 +125,5 @@ def test_precomputed_spectra_give_the_same_flow(make_window):
     n = E.shape[0] - 1
     a = eigen_flow(E)
     b = eigen_flow(E, previous=spectrum(E[:n, :n]), current=spectrum(E[1:, 1:]))
-    np.testing.assert_array_equal(a.second_order, b.second_order)
+    scale = abs(a.second_order).max()  # not bits: LAPACK's may vary with the memory it is given
+    np.testing.assert_allclose(a.second_order, b.second_order, rtol=1e-10, atol=1e-12 * scale)
