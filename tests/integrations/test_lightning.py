@@ -1,6 +1,7 @@
 """The Lightning callback, on a tiny LightningModule (needs lightning)."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,3 +51,18 @@ def test_callback_monitors_training_and_writes_the_report(tmp_path):
     exact = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se2"), exact_resume=True)
     exact.monitor = cb.monitor
     assert exact.state_dict()["window"]["count"] == 16
+
+
+def test_callback_resumes_from_a_lightning_checkpoint(tmp_path):
+    """The small state travels in the checkpoint: the resumed run keeps the
+    records before it, refills its window over W + 1 steps, then matches."""
+    kw = dict(default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False, enable_model_summary=False,
+              accelerator="cpu", max_epochs=2)
+    cb = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se"))
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1, save_top_k=-1)
+    pl.Trainer(callbacks=[cb, ckpt], **kw).fit(Tiny(), _data(), _data())
+    resumed = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se2"))
+    pl.Trainer(callbacks=[resumed], **kw).fit(Tiny(), _data(), _data(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=8.ckpt"))
+    assert resumed.monitor.steps == 16
+    assert [r["step"] for r in resumed.monitor.history] == [4, 8, 16]
+    np.testing.assert_allclose(resumed.monitor.history[-1]["sigmas"], cb.monitor.history[-1]["sigmas"], rtol=1e-6)
