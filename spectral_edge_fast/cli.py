@@ -133,9 +133,15 @@ def describe_events(events: List[dict], grok: Optional[int]) -> List[str]:
 
 
 def demo(args) -> int:
+    from .offline import writable_dir
     from .report import render
     from .workloads.grokking import GrokkingConfig
 
+    try:
+        writable_dir(args.out)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()

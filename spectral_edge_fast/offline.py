@@ -9,8 +9,9 @@ Layouts read, anywhere under the folder:
   named as the LightningModule names them, e.g. ``model.layers.0.w``);
 * ``.safetensors`` files;
 * Hugging Face Trainer folders (``checkpoint-500/`` holding
-  ``model.safetensors`` or ``pytorch_model.bin``): only the weights are read;
-  ``optimizer.pt`` gives the learning rate, the other files are left alone;
+  ``model.safetensors`` or ``pytorch_model.bin``, or a PEFT adapter's
+  ``adapter_model.*``): only the weights are read; ``optimizer.pt`` gives
+  the learning rate, the other files are left alone;
 * sharded weights (``model-00001-of-00002.safetensors``,
   ``pytorch_model-00001-of-00003.bin``, with or without their
   ``*.index.json``): the shards of one checkpoint are read as one state dict.
@@ -61,7 +62,8 @@ from .monitor import SpectralMonitor
 EXTENSIONS = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 # Weight files of a Hugging Face folder, preferred first; the folder's other
 # files (optimizer.pt, scheduler.pt, rng_state.pth, training_args.bin) are training state.
-HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+              "adapter_model.safetensors", "adapter_model.bin")
 _SHARD = re.compile(r"^(?P<stem>.*)-(?P<k>\d+)-of-(?P<n>\d+)(?P<ext>\.safetensors|\.bin|\.pth?)$")
 _STEP = re.compile(r"step[=_-]?(\d+)", re.IGNORECASE)
 _FIELD = re.compile(r"[A-Za-z_]+=\d")
@@ -205,6 +207,9 @@ def _in_folder(root: str, rel: str, names: List[str], dirs: List[str], allow_pic
                problem: Callable[[CheckpointError], None]) -> Iterable[Checkpoint]:
     present = set(names)
     weights = next((w for w in HF_WEIGHTS if w in present), None)
+    if weights is None and "trainer_state.json" in present:  # its .pt/.pth/.bin files are training state
+        problem(CheckpointError(root, f"a Trainer checkpoint folder without model weights ({', '.join(HF_WEIGHTS)})"))
+        return
     if weights is not None:  # a Trainer / save_pretrained folder: one checkpoint
         final = any(_TRAINER_DIR.match(d) for d in dirs)  # the final save beside the checkpoint folders
         if final and "trainer_state.json" not in present:
@@ -518,15 +523,21 @@ def _output_dir(ckpt_dir: str, out: Optional[str], overwrite: bool) -> str:
     elif _has_results(out) and not overwrite:
         raise FileExistsError(f"{out} holds results of an earlier analysis; name another output directory "
                               f"(--out), or pass --overwrite (overwrite=True) to replace them")
+    return writable_dir(out)
+
+
+def writable_dir(path: str) -> str:
+    """``path``, created if needed, once a file could be written in it;
+    otherwise an ``OSError`` of one line naming it."""
     try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, ".write-test")
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write-test")
         with open(probe, "w"):
             pass
         os.remove(probe)
     except OSError as exc:
-        raise type(exc)(f"cannot write the results to {out} ({_first_line(exc)})") from exc
-    return out
+        raise type(exc)(f"cannot write the results to {path} ({_first_line(exc)})") from exc
+    return path
 
 
 def analyze_checkpoints(
@@ -645,4 +656,4 @@ def _progress(total: int, enabled: bool, desc: str):
 
 
 __all__ = ["Checkpoint", "CheckpointError", "Weights", "analyze_checkpoints", "list_checkpoints", "load_checkpoint",
-           "read_weights"]
+           "read_weights", "writable_dir"]

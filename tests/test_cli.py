@@ -192,6 +192,13 @@ def test_analyze_output_errors_are_one_line(tmp_path, capsys):
     assert main(["analyze", str(ckpts), "--out", str(tmp_path / "o"), "--overwrite", "--quiet"]) == 0
 
 
+def test_demo_output_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert main(["demo", "--steps", "1", "--out", str(tmp_path / "afile" / "demo"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: cannot write the results to")
+
+
 def test_analyze_patterns_from_the_command_line(tmp_path, capsys):
     ckpts = _checkpoints(tmp_path / "ckpts")
     assert main(["analyze", str(ckpts), "--window", "3", "--exclude", "bias", "--out", str(tmp_path / "o"),

@@ -316,6 +316,23 @@ def test_a_trainers_final_save_yields_to_its_checkpoint(tmp_path):
     assert [c.step for c in found] == [10, 20, 25] and found[-1].path == str(tmp_path / "model.safetensors")
 
 
+def test_trainer_folders_never_read_their_training_state(tmp_path):
+    """A PEFT adapter's weights are the checkpoint; a Trainer folder without
+    weights is named, never read through its optimizer or RNG files."""
+    for step in (5, 10):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        torch.save({"lora_A": torch.full((2, 2), float(step))}, folder / "adapter_model.bin")
+        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"):
+            torch.save({"x": torch.ones(1)}, folder / name)
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    assert [(c.step, os.path.basename(c.path)) for c in list_checkpoints(str(tmp_path))] == [
+        (5, "adapter_model.bin"), (10, "adapter_model.bin")]
+    (tmp_path / "checkpoint-10" / "adapter_model.bin").unlink()
+    with pytest.raises(CheckpointError, match=r"checkpoint-10: a Trainer checkpoint folder without model weights"):
+        list_checkpoints(str(tmp_path))
+
+
 def test_sharded_torch_bin_files(tmp_path):
     sd = {f"layers.{i}.weight": torch.randn(3, 3) for i in range(4)}
     for step in (10, 20):
