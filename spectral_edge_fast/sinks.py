@@ -107,8 +107,10 @@ class Sink:
     """Base class: override what the destination needs.
 
     ``resume`` is called when a monitor is restored from a checkpoint, with
-    every record the checkpoint holds, so file sinks can drop what an
-    interrupted run wrote after it."""
+    the records the checkpoint holds, so file sinks can drop what an
+    interrupted run wrote after it. When the monitor kept only its latest
+    records, ``start`` gives, per kind, how many came before them: file sinks
+    keep those from their files."""
 
     def write(self, kind: str, record: dict) -> None:
         raise NotImplementedError
@@ -116,7 +118,7 @@ class Sink:
     def write_meta(self, meta: dict) -> None:
         pass
 
-    def resume(self, records: Dict[str, List[dict]]) -> None:
+    def resume(self, records: Dict[str, List[dict]], start: Optional[Dict[str, int]] = None) -> None:
         pass
 
     def flush(self) -> None:
@@ -124,6 +126,13 @@ class Sink:
 
     def close(self) -> None:
         pass
+
+
+def _check_kept(path: str, kept: int, wanted: int) -> None:
+    if kept < wanted:
+        warnings.warn(f"{path} holds {kept} of the {wanted} records before the checkpoint's last ones: the file was "
+                      f"cut or replaced since; the resumed file lacks {wanted - kept} of them", RuntimeWarning,
+                      stacklevel=4)
 
 
 class _FileSink(Sink):
@@ -175,11 +184,26 @@ class JSONLSink(_FileSink):
         f.write(dumps(record) + "\n")
         f.flush()  # the whole line to the OS now: a crash loses at most the record being written
 
-    def resume(self, records: Dict[str, List[dict]]) -> None:
+    def resume(self, records: Dict[str, List[dict]], start: Optional[Dict[str, int]] = None) -> None:
         self.close()
         self._started.clear()
         for kind, recs in records.items():
-            with atomic_write(self.path(kind)) as f:
+            path, wanted = self.path(kind), (start or {}).get(kind, 0)
+            kept: List[str] = []
+            if wanted and os.path.exists(path):
+                with open(path) as f:
+                    for line in f:
+                        if len(kept) == wanted:
+                            break
+                        try:
+                            whole = line.endswith("\n") and isinstance(json.loads(line), dict)
+                        except ValueError:
+                            whole = False
+                        if whole:
+                            kept.append(line)
+            _check_kept(path, len(kept), wanted)
+            with atomic_write(path) as f:
+                f.writelines(kept)
                 f.writelines(dumps(record) + "\n" for record in recs)
             self._started.add(kind)  # later records are appended
 
@@ -233,15 +257,27 @@ class CSVSink(_FileSink):
             writer.writerows(rows)
         self._files[kind], self._columns[kind] = open(path, "a", newline=""), columns
 
-    def resume(self, records: Dict[str, List[dict]]) -> None:
+    def resume(self, records: Dict[str, List[dict]], start: Optional[Dict[str, int]] = None) -> None:
         self.close()
         self._columns.clear()
         for kind, recs in records.items():
-            columns: List[str] = []
+            path, wanted = self.path(kind), (start or {}).get(kind, 0)
+            header: List[str] = []
+            kept: List[dict] = []
+            if wanted and os.path.exists(path):
+                with open(path, newline="") as f:
+                    reader = csv.DictReader(f)
+                    header = list(reader.fieldnames or [])
+                    kept = [row for _, row in zip(range(wanted), reader)]
+            _check_kept(path, len(kept), wanted)
             rows = [self._row(kind, r) for r in recs]
+            # the columns the kept and given records use, in the file's order (a dropped record's new
+            # column goes), then the given records' new ones
+            used = {c for row in kept for c, v in row.items() if v not in ("", None)} | {c for row in rows for c in row}
+            columns = [c for c in header if c in used]
             for row in rows:
                 columns += [c for c in row if c not in columns]
-            self._rewrite(kind, columns, rows)
+            self._rewrite(kind, columns, [{c: row.get(c, "") for c in columns} for row in kept] + rows)
 
 
 class TensorBoardSink(Sink):

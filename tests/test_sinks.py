@@ -227,3 +227,28 @@ def test_a_broken_meta_json_warns_and_the_run_goes_on(tmp_path):
     with pytest.warns(RuntimeWarning, match=r"meta\.json is unreadable"):
         run = read_run(str(tmp_path))
     assert run["meta"] == {} and run["analysis"] == [{"step": 1}]
+
+
+def test_resume_keeps_the_records_before_the_given_tail_from_the_files(tmp_path):
+    """A monitor that holds only its last records resumes with those and
+    ``start``, the count of earlier records: the files keep their first
+    ``start`` records and drop what came after the checkpoint."""
+    for cls, name in ((JSONLSink, "spectral.jsonl"), (CSVSink, "spectral.csv")):
+        log_dir = tmp_path / cls.__name__
+        full = cls(str(log_dir / "full"))
+        sink = cls(str(log_dir / "resumed"))
+        for step in range(10, 70, 10):  # 60 came after the checkpoint
+            record = {**RECORD, "step": step, "sigmas": [1.0] * (step // 10)}  # the CSV header grows
+            sink.write("analysis", record)
+            if step < 60:
+                full.write("analysis", record)
+        sink.close()
+        resumed = cls(str(log_dir / "resumed"))
+        tail = [{**RECORD, "step": s, "sigmas": [1.0] * (s // 10)} for s in (40, 50)]
+        resumed.resume({"analysis": tail, "metrics": []}, {"analysis": 3, "metrics": 0})
+        for s in (resumed, full):
+            s.write("analysis", {**RECORD, "step": 70, "sigmas": [2.0]})
+            s.close()
+        assert (log_dir / "resumed" / name).read_text() == (log_dir / "full" / name).read_text(), name
+        with pytest.warns(RuntimeWarning, match=rf"{name} holds 6 of the 9 records before"):
+            cls(str(log_dir / "resumed")).resume({"analysis": tail}, {"analysis": 9})
