@@ -17,6 +17,16 @@ one), the per-group functions in a Python loop (``per_group``, with and
 without the principal angles of near-degenerate clusters), the bare LAPACK
 eigensolves, and stages alone.
 
+What the monitor itself pays per record, ``monitor_consecutive`` and
+``monitor_strided``: ``SpectralMonitor.analyze`` (``analyze_*`` figures
+alone) plus the record's bookkeeping (event detection over the trailing
+records, whose cost grows with the stream up to ``EVENT_SPAN`` records), on
+the engine's ``GramState`` of each slide of the same stream (the groups;
+the monitor adds the global window). Consecutive: ``analyze_every ==
+every``, each record one slide after the last (the monitor then carries the
+decompositions with an ``EigenTracker``); strided: ``analyze_every = 10``
+(both windows of every group eigensolved by LAPACK).
+
 The secular solver runs on up to 4 threads (it releases the GIL); BLAS is
 pinned to one thread before NumPy loads: the matrices are tiny, and BLAS
 threads only contend with ours. Results go to
@@ -37,6 +47,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402
+import tempfile  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,6 +64,7 @@ from spectral_edge_fast.analysis import (  # noqa: E402
     window_overlaps,
 )
 from spectral_edge_fast.analysis import tracking  # noqa: E402
+from spectral_edge_fast.window import GramState  # noqa: E402
 
 LR = 1e-3
 
@@ -90,6 +102,56 @@ def time_stream(full: np.ndarray, W: int, warmup: int = 3) -> dict:
         "slides": len(times),
         "group_slides_updated": tracker.updated,
         "group_slides_eigensolved": tracker.solved,
+    }
+
+
+def gram_state(full: np.ndarray, W: int, count: int, groups) -> GramState:
+    """The engine's host state after ``count`` updates of the stream (update
+    ``k`` in ring slot ``k % W``; ``count > W``, so a row has left)."""
+    slots = np.arange(count - W, count)
+    where = slots % W
+    ring = np.empty((full.shape[0], W, W))
+    ring[:, where[:, None], where[None, :]] = full[:, slots[:, None], slots[None, :]]
+    a, b = count - 1, count - 1 - W  # entering and leaving updates
+    left = np.empty((full.shape[0], W + 1))
+    left[:, where] = full[:, b, slots]  # the leaving row's old Gram row, in slot order...
+    left[:, a % W] = full[:, b, b]  # ...whose slot held b itself
+    left[:, W] = full[:, a, b]
+    return GramState(ring, left, count, W, list(groups))
+
+
+def time_monitor(full: np.ndarray, W: int, analyze_every: int, warmup: int = 3) -> dict:
+    """Per-record wall time of the monitor's analysis over the stream's states."""
+    import torch
+
+    from spectral_edge_fast.monitor import SpectralMonitor
+
+    groups = [f"layers.{g}" for g in range(full.shape[0])]
+    last = gram_state(full, W, full.shape[1], groups)
+    assert np.array_equal(last.extended_gram(groups[-1]), full[-1, -W - 1 :, -W - 1 :]), "gram_state is not the stream's"
+    with tempfile.TemporaryDirectory() as log_dir:
+        mon = SpectralMonitor([torch.zeros(1)], window=W, every=1, analyze_every=analyze_every, sinks=(),
+                              log_dir=log_dir)
+        times, analysis = [], []
+        for step, count in enumerate(range(W + 1, full.shape[1] + 1)):
+            state = gram_state(full, W, count, groups)
+            t0 = time.perf_counter()
+            record = mon.analyze(state, step=step, lr=LR)
+            t1 = time.perf_counter()
+            mon._record(record)
+            times.append(time.perf_counter() - t0)
+            analysis.append(t1 - t0)
+        tracker = mon.__dict__.get("_tracker")
+    times, analysis = times[warmup:], analysis[warmup:]
+    return {
+        "median_ms": 1e3 * float(np.median(times)),
+        "min_ms": 1e3 * float(np.min(times)),
+        "p90_ms": 1e3 * float(np.percentile(times, 90)),
+        # analyze() alone; the rest of a record is event detection over the trailing records
+        "analyze_median_ms": 1e3 * float(np.median(analysis)),
+        "analyze_p90_ms": 1e3 * float(np.percentile(analysis, 90)),
+        "records": len(times),
+        "tracker": tracker is not None,
     }
 
 
@@ -171,7 +233,11 @@ def main(argv=None):
         "stage_eigen_flow": lambda: [eigen_flow(E, p, c) for E, p, c in zip(grams, previous, current)],
         "stage_adiabatic": lambda: [adiabatic(c, d, LR) for c, d in zip(current, dcs)],
     }
-    figures = {"streaming": time_stream(full, n)}
+    figures = {
+        "streaming": time_stream(full, n),
+        "monitor_consecutive": time_monitor(full, n, analyze_every=1),
+        "monitor_strided": time_monitor(full, n, analyze_every=10),
+    }
     figures.update({name: timed(fn, args.repeats) for name, fn in cases.items()})
 
     result = {
@@ -192,7 +258,8 @@ def main(argv=None):
     }
     print(f"{args.groups} groups, W={args.window}, {result['cpu']} (load {result['load_average_1min']})")
     for name, f in figures.items():
-        print(f"  {name:46s} {f['median_ms']:8.2f} ms  (min {f['min_ms']:.2f})")
+        extra = "".join(f", {k[:-3].replace('_', ' ')} {f[k]:.2f}" for k in ("p90_ms", "analyze_median_ms", "analyze_p90_ms") if k in f)
+        print(f"  {name:46s} {f['median_ms']:8.2f} ms  (min {f['min_ms']:.2f}{extra})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
