@@ -8,7 +8,9 @@ disjoint blocks, which is what makes per-group Grams, and sharding, exact.
 """
 from __future__ import annotations
 
+import operator
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -16,19 +18,40 @@ import torch
 
 GroupSpec = Union[str, None, Callable[[str], str]]
 _INDEX = re.compile(r"^\d+$")
+_WRAPPERS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
 
 
 def auto_group(name: str) -> str:
     """One group per repeated block, the rest by parent module.
 
-    ``layers.3.attn.q.weight`` -> ``layers.3``; ``transformer.h.11.mlp.w`` ->
-    ``transformer.h.11``; ``embed.weight`` -> ``embed``; ``head.bias`` ->
-    ``head``; a top-level ``scale`` -> ``scale``."""
+    A block is an indexed child (of a ``ModuleList`` or ``Sequential``) that
+    holds named submodules, at any depth: ``layers.3.attn.q.weight`` ->
+    ``layers.3``; ``transformer.h.11.mlp.w`` -> ``transformer.h.11``;
+    ``0.attn.q.weight`` (a bare ``Sequential`` of blocks) -> ``0``;
+    ``0.mlp.0.weight`` -> ``0``. Without one, the first index below the top
+    level (``layers.3.weight`` -> ``layers.3``, ``1.0.weight`` -> ``1.0``),
+    else the parent module: ``embed.weight`` -> ``embed``, ``head.bias`` ->
+    ``head``, a top-level ``scale`` -> ``scale``."""
+    path = name.split(".")[:-1]  # the owning module
+    for i in range(len(path) - 1):
+        if _INDEX.match(path[i]) and not _INDEX.match(path[i + 1]):
+            return ".".join(path[: i + 1])
+    for i in range(1, len(path)):
+        if _INDEX.match(path[i]):
+            return ".".join(path[: i + 1])
+    return ".".join(path) or name
+
+
+def strip_wrappers(name: str) -> str:
+    """``name`` without the components that wrappers add: leading ``module.``
+    (DDP) and ``_orig_mod.`` (``torch.compile``), and ``_orig_mod.``,
+    ``_fsdp_wrapped_module.`` (FSDP1), ``_checkpoint_wrapped_module.``
+    (activation checkpointing) at any depth; so groups and saved states are
+    the same with and without them."""
     parts = name.split(".")
-    for i, part in enumerate(parts[:-1]):
-        if _INDEX.match(part) and i > 0:
-            return ".".join(parts[: i + 1])
-    return ".".join(parts[:-1]) or name
+    while len(parts) > 1 and (parts[0] == "module" or parts[0] in _WRAPPERS):
+        parts = parts[1:]
+    return ".".join([p for p in parts[:-1] if p not in _WRAPPERS] + parts[-1:])
 
 
 def _group_fn(groups: GroupSpec) -> Callable[[str], str]:
@@ -78,6 +101,34 @@ def _local(p: torch.Tensor) -> Tuple[torch.Tensor, bool]:
     return p, False
 
 
+def _walk(root: torch.nn.Module, names: Sequence[str]):
+    """The parameters of ``root`` at ``names`` (as ``named_parameters`` gives
+    them), and the slots that lead there, every ``_modules`` entry on the way
+    and each ``_parameters`` entry: ``(dicts, keys, objects held)``. Raises
+    ``KeyError(name)`` for a name no longer present."""
+    holders, held, params, seen = [], [], [], set()
+    for name in names:
+        *path, leaf = name.split(".")
+        mod = root
+        for part in path:
+            child = mod._modules.get(part)
+            if child is None:
+                raise KeyError(name)
+            if (id(mod), part) not in seen:
+                seen.add((id(mod), part))
+                holders.append((mod._modules, part))
+                held.append(child)
+            mod = child
+        p = mod._parameters.get(leaf)
+        if p is None:
+            raise KeyError(name)
+        holders.append((mod._parameters, leaf))
+        held.append(p)
+        params.append(p)
+    dicts, keys = (list(c) for c in zip(*holders))
+    return params, (dicts, keys, held)
+
+
 @dataclass(frozen=True)
 class Piece:
     """``length`` numbers of parameter ``index``'s local flat view from ``start``."""
@@ -99,12 +150,15 @@ class ParamLayout:
     def __init__(self, params, groups: GroupSpec = "auto", rank: int = 0, world: int = 1):
         named = named_tensors(params)
         group_of = _group_fn(groups)
-        self.names: List[str] = [n for n, _ in named]
+        raw = [n for n, _ in named]
+        clean = [strip_wrappers(n) for n in raw]
+        # Wrapper-free names, unless that would give two tensors one name.
+        self.names: List[str] = clean if len(set(clean)) == len(clean) else raw
         self.params: List[torch.Tensor] = [p for _, p in named]
         self.locals: List[torch.Tensor] = []
         sharded: List[bool] = []
         device = None
-        for name, p in named:
+        for name, p in zip(self.names, self.params):
             if not torch.is_floating_point(p):
                 raise TypeError(f"parameter {name!r} has dtype {p.dtype}; only floating-point tensors can be monitored")
             local, is_shard = _local(p)
@@ -159,28 +213,128 @@ class ParamLayout:
         self.numel = cursor  # local P
         self.total_numel = sum(p.numel() for p in self.params)
         self.snapshot_dtype = torch.float64 if any(d == torch.float64 for d in self.dtypes) else torch.float32
-        self._views: Optional[List[torch.Tensor]] = None
-        self._ptrs: Tuple[int, ...] = ()
+
+        # What views() checks each step: the module's attribute slots that
+        # lead to each parameter (a module's parameters are found again by
+        # name when one is replaced), and each local tensor's data pointer,
+        # number of elements and contiguity. Host metadata only: nothing
+        # reads the device.
+        self._module = params if isinstance(params, torch.nn.Module) else None
+        self._raw_names = raw
+        self._slots: Optional[Tuple[list, list, list]] = None
+        if self._module is not None:
+            try:
+                found, slots = _walk(self._module, raw)
+            except KeyError:  # a module that names parameters its own way: storage checks only
+                found, slots = [], None
+            if len(found) == len(self.params) and all(map(operator.is_, found, self.params)):
+                self._slots = slots
+        self._sig: Optional[tuple] = None  # data pointers, numbers of elements
+        self._follow(self.params, self.locals)
 
     def views(self) -> List[torch.Tensor]:
-        """1-D views of the local pieces, in flat order; rebuilt when a
-        parameter's storage moved (``model.to()``, a replaced ``.data``).
-        Raises if a parameter's shape or device changed since construction."""
-        locals_ = [_local(p)[0] for p in self.params]
-        ptrs = tuple(t.data_ptr() for t in locals_)
-        if self._views is None or ptrs != self._ptrs:
-            for name, t, shape in zip(self.names, locals_, self.shapes):
-                if tuple(t.shape) != shape:
-                    raise ValueError(
-                        f"parameter {name!r} changed shape from {shape} to {tuple(t.shape)}; "
-                        "create a new window (or reset()) after changing the model"
-                    )
-                if t.device != self.device:
-                    raise ValueError(f"parameter {name!r} moved from {self.device} to {t.device}; create a new window")
-            self._views = [locals_[pc.index].detach().view(-1)[pc.start : pc.start + pc.length] for pc in self.pieces]
-            self._ptrs = ptrs
-            self.locals = locals_
+        """1-D views of the local pieces, in flat order.
+
+        Each call checks, from host metadata alone (no device read, no sync),
+        that the monitored tensors are still those the layout describes, and
+        follows them when that is sound: a module's parameter replaced by
+        another (``load_state_dict(assign=True)``, a replaced submodule) is
+        found again by name, and a tensor moved to new memory of the same
+        shape, dtype and device (a replaced ``.data``) is read there; either
+        warns once, naming the parameters. A changed shape, dtype or device
+        (``meta`` included), a parameter no longer in the module, or one no
+        longer contiguous (a transpose, ``channels_last``) raises, naming the
+        parameter. (A reshape in place, same memory and number of elements,
+        still contiguous, reads the same numbers in the same order and goes
+        unremarked.) A tensor given directly that was replaced by another
+        cannot be seen: pass the module to have its parameters followed."""
+        # map() over unbound methods, list equality: the loops run in C. A
+        # tensor with the same data pointer and number of elements that is
+        # still contiguous is read as before: the same numbers in the same
+        # order (a transpose in place is not contiguous).
+        params, found = self.params, None
+        if self._slots is not None:
+            dicts, keys, held = self._slots
+            if not all(map(operator.is_, map(dict.get, dicts, keys), held)):
+                params, found = self._find_again()
+        locals_ = params if self._plain else [_local(p)[0] for p in params]
+        if (
+            found is not None
+            or list(map(torch.Tensor.data_ptr, locals_)) != self._sig[0]
+            or list(map(torch.Tensor.numel, locals_)) != self._sig[1]
+            or not all(map(torch.Tensor.is_contiguous, locals_))
+        ):
+            self._follow(params, locals_, found)
         return self._views
+
+    def _find_again(self):
+        """The module's parameters by name, after an attribute on the way to
+        one of them was reassigned: the same name, or the same name without
+        wrappers (a submodule wrapped since); with their slots and names."""
+        present = {}
+        for raw, _ in self._module.named_parameters():
+            present.setdefault(raw, raw)
+            present.setdefault(strip_wrappers(raw), raw)
+        names = []
+        for name, raw in zip(self.names, self._raw_names):
+            now = present.get(raw, present.get(strip_wrappers(raw)))
+            if now is None:
+                raise ValueError(
+                    f"parameter {name!r} is no longer in the module (its submodule was removed, or it was set to "
+                    "None); create a new GramWindow for the changed model"
+                )
+            names.append(now)
+        params, slots = _walk(self._module, names)
+        return params, (slots, names)
+
+    def _follow(self, params: List[torch.Tensor], locals_: List[torch.Tensor], found=None) -> None:
+        """Check every tensor that differs from the last step's, then adopt
+        ``params`` (and ``found``: their slots and names in the module) and
+        rebuild the views; raises before changing anything."""
+        sig = (list(map(torch.Tensor.data_ptr, locals_)), list(map(torch.Tensor.numel, locals_)))
+        changed, old = [], self._sig
+        for i, (name, p, t) in enumerate(zip(self.names, params, locals_)):
+            same = old is not None and p is self.params[i] and sig[0][i] == old[0][i] and sig[1][i] == old[1][i]
+            if same and t.is_contiguous():
+                continue
+            if t.device != self.device:
+                where = "the meta device, which holds no values" if t.device.type == "meta" else str(t.device)
+                raise ValueError(
+                    f"parameter {name!r} moved from {self.device} to {where}; "
+                    "create a new GramWindow where the parameters are trained"
+                )
+            if tuple(t.shape) != self.shapes[i]:
+                raise ValueError(
+                    f"parameter {name!r} changed shape from {self.shapes[i]} to {tuple(t.shape)}; "
+                    "create a new GramWindow for the changed model"
+                )
+            if t.dtype != self.dtypes[i]:
+                raise ValueError(
+                    f"parameter {name!r} changed dtype from {self.dtypes[i]} to {t.dtype}; "
+                    "create a new GramWindow for the changed model"
+                )
+            if not t.is_contiguous():
+                raise ValueError(
+                    f"parameter {name!r} of shape {tuple(t.shape)} is not contiguous (strides {t.stride()}: a "
+                    "transpose, or channels_last); the window reads parameters in their contiguous order: "
+                    "make it contiguous again (p.data = p.data.contiguous(), or "
+                    "model.to(memory_format=torch.contiguous_format))"
+                )
+            changed.append(name)
+        if old is not None and changed:
+            shown = ", ".join(repr(n) for n in changed[:5])
+            shown += f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+            warnings.warn(
+                f"GramWindow: parameter {shown} was replaced or moved to new memory; following it (the next update "
+                "is its new value minus the snapshot taken before the change)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        self.params, self.locals, self._sig = list(params), list(locals_), sig
+        if found is not None:
+            self._slots, self._raw_names = found
+        self._plain = all(map(operator.is_, self.locals, self.params))
+        self._views = [self.locals[pc.index].detach().view(-1)[pc.start : pc.start + pc.length] for pc in self.pieces]
 
     def flatten(self, tensors: Sequence[torch.Tensor], dtype=torch.float32) -> torch.Tensor:
         """This process's flat vector of ``tensors`` shaped like the parameters

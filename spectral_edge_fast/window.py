@@ -9,6 +9,7 @@ waits for the device: the host only keeps counters.
 """
 from __future__ import annotations
 
+import operator
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -42,6 +43,40 @@ def free_bytes(device: torch.device) -> Optional[int]:
 
 def _gb(n: int) -> str:
     return f"{n / 1e9:.3g} GB"
+
+
+def _count(name: str, value, least: int) -> int:
+    """``value`` as a plain int: any integer type (``np.int64`` too), not a
+    bool or a float."""
+    try:
+        n = operator.index(value) if not isinstance(value, (bool, np.bool_)) else None
+    except TypeError:
+        n = None
+    if n is None or n < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    return n
+
+
+def _padded(P: int) -> int:
+    """Ring row length: P rounded up to a multiple of ``ROW_ALIGN`` elements,
+    so every row starts aligned and the kernels' ring loads vectorise (the
+    padding is never read)."""
+    return -(-max(P, 1) // ROW_ALIGN) * ROW_ALIGN
+
+
+def window_bytes(
+    P: int, groups: int, window: int, storage_dtype: torch.dtype, snapshot_dtype: torch.dtype
+) -> Dict[str, int]:
+    """Bytes of each buffer of a window over ``P`` local numbers: what
+    :meth:`GramWindow.memory_bytes` reports and the constructor checks."""
+    return {
+        "ring": window * _padded(P) * storage_dtype.itemsize,
+        "snapshot": P * snapshot_dtype.itemsize,
+        "gram": groups * window * window * 8,
+        "left": groups * (window + 1) * 8,
+        "take": window * window * 4,  # the int32 indices that place a slide's row
+        "scratch": P * 4,  # the float32 row a backend may gather the update into
+    }
 
 
 def chronological_slots(count: int, window: int) -> List[int]:
@@ -148,13 +183,16 @@ class GramWindow:
     matrices, kept incrementally.
 
     Args:
-        params: an ``nn.Module`` (its trainable parameters), an iterable of
-            tensors, or an iterable of ``(name, tensor)``.
-        window: ``W``, rows kept (2 or more).
+        params: an ``nn.Module`` (its trainable parameters, found again by
+            name when replaced), an iterable of tensors, or an iterable of
+            ``(name, tensor)``. Each step checks that they are still the
+            tensors the window was built on (see ``ParamLayout.views``).
+        window: ``W``, rows kept (an integer of any integer type, 2 or more).
         every: stride ``s``: an update is ``theta_t - theta_{t-s}``, formed
             every ``s`` calls of :meth:`step`.
         groups: "auto" (one group per repeated block, embeddings and head
-            their own), "tensor", None (one group) or a callable name -> group.
+            their own), "tensor", None (one group) or a callable name -> group;
+            names come without wrapper prefixes (``_orig_mod.``, ``module.``).
         storage_dtype: the ring's dtype, ``torch.float32`` or
             ``torch.bfloat16`` (the snapshot always stays at parameter
             precision). With bf16, every Gram is that of the rows as stored.
@@ -177,10 +215,7 @@ class GramWindow:
         backend: str = "auto",
         process_group=None,
     ):
-        if not isinstance(window, int) or window < 2:
-            raise ValueError(f"window must be an integer >= 2, got {window!r}")
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        window, every = _count("window", window, 2), _count("every", every, 1)
         if storage_dtype not in STORAGE_DTYPES:
             raise ValueError(f"storage_dtype must be torch.float32 or torch.bfloat16, got {storage_dtype}")
         self.window, self.every, self.storage_dtype = window, every, storage_dtype
@@ -193,13 +228,21 @@ class GramWindow:
         agree_on_setup({"window": window, "every": every, "storage_dtype": str(storage_dtype)}, self.layout, process_group)
         self._check_memory()
         P, G = self.layout.numel, len(self.layout.groups)
-        # Rows padded to a multiple of 64 elements so every row starts aligned
-        # and the kernels' ring loads vectorise; the padding is never read.
-        padded = -(-max(P, 1) // ROW_ALIGN) * ROW_ALIGN
-        self._ring = torch.zeros((window, padded), dtype=storage_dtype, device=self.device)[:, :P]
+        self._ring = torch.zeros((window, _padded(P)), dtype=storage_dtype, device=self.device)[:, :P]
         self._snapshot = torch.empty(P, dtype=self.layout.snapshot_dtype, device=self.device)
         self._gram = torch.zeros((G, window, window), dtype=torch.float64, device=self.device)
         self._left = torch.zeros((G, window + 1), dtype=torch.float64, device=self.device)
+        # What _apply needs, made once (each indexing op costs host time every
+        # step): row `slot` of _take is 0..W-1 with W in place `slot`.
+        self._take = torch.arange(window, dtype=torch.int32, device=self.device).repeat(window, 1)
+        self._take.diagonal().fill_(window)
+        self._folds = (
+            [self._gram.select(1, s) for s in range(window)],
+            [self._gram.select(2, s) for s in range(window)],
+            list(self._take),
+            self._left.narrow(1, 0, window),
+            self._left.select(1, window),
+        )
         self.reset()
 
     # -- sizes -------------------------------------------------------------
@@ -217,22 +260,38 @@ class GramWindow:
         return min(self.count, self.window)
 
     def memory_bytes(self) -> int:
-        ring = self._ring.shape[0] * self._ring.stride(0) * self._ring.element_size()
-        return ring + sum(t.numel() * t.element_size() for t in (self._snapshot, self._gram, self._left))
+        """Bytes this window needs on its device: the ring (rows padded), the
+        snapshot, the ``[G, W, W]`` Gram, the leaving row, the ``[W, W]``
+        int32 slide indices and the step's float32 scratch row
+        (:func:`window_bytes`, which the constructor checks against free
+        memory)."""
+        return sum(self._bytes().values())
+
+    def _bytes(self) -> Dict[str, int]:
+        return window_bytes(self.layout.numel, len(self.layout.groups), self.window, self.storage_dtype,
+                            self.layout.snapshot_dtype)
 
     def _check_memory(self) -> None:
-        P, W = self.layout.numel, self.window
-        item = torch.tensor([], dtype=self.storage_dtype).element_size()
-        snap = torch.tensor([], dtype=self.layout.snapshot_dtype).element_size()
-        need = W * (P + ROW_ALIGN) * item + P * snap + P * 4  # ring, snapshot, one scratch row
-        free = free_bytes(self.device)
-        if free is not None and need > free:
-            name = "bf16" if self.storage_dtype == torch.bfloat16 else "fp32"
-            raise MemoryError(
-                f"P={P:.3g} at W={W} needs {_gb(need)} ({_gb(W * P * item)} of ring in {name}) but only "
-                f"{_gb(free)} is free on {self.device}; use storage_dtype=torch.bfloat16, a smaller window, "
-                "fewer parameters, or shard the ring over a process_group"
-            )
+        parts = self._bytes()
+        need, free = sum(parts.values()), free_bytes(self.device)
+        if free is None or need <= free:
+            return
+        P, W, G = self.layout.numel, self.window, len(self.layout.groups)
+        ring = "bf16" if self.storage_dtype == torch.bfloat16 else "fp32"
+        gram, rest = parts["gram"] + parts["left"] + parts["take"], parts["snapshot"] + parts["scratch"]
+        if gram >= max(parts["ring"], rest):
+            advice = f"the {G} Gram(s) of W x W float64 dominate: use a smaller window"
+            advice += ", or fewer groups (groups=None)" if G > 1 else ""
+        elif parts["ring"] >= rest:
+            advice = "the ring dominates: use " + ("storage_dtype=torch.bfloat16, " if ring == "fp32" else "")
+            advice += "a smaller window, fewer parameters, or shard the ring over a process_group"
+        else:
+            advice = "the snapshot dominates: monitor fewer parameters, or shard them over a process_group"
+        raise MemoryError(
+            f"P={P:.3g} at W={W} needs {_gb(need)} ({_gb(parts['ring'])} of ring in {ring}, "
+            f"{_gb(gram)} of Gram for {G} groups with its indices, {_gb(rest)} "
+            f"of snapshot and scratch row) but only {_gb(free)} is free on {self.device}; {advice}"
+        )
 
     # -- the per-step path --------------------------------------------------
     def reset(self) -> None:
@@ -272,12 +331,12 @@ class GramWindow:
     def _apply(self, partials: torch.Tensor, slot: int) -> None:
         """Fold one slide's ``[G, W+1]`` inner products into the device Gram."""
         partials = all_reduce_sum(partials, self.process_group)
-        self._left[:, : self.window].copy_(self._gram[:, slot, :])
-        self._left[:, self.window].copy_(partials[:, slot])
-        row = partials[:, : self.window].clone()
-        row[:, slot] = partials[:, self.window]
-        self._gram[:, slot, :] = row
-        self._gram[:, :, slot] = row
+        rows, cols, take, left_row, left_ab = self._folds
+        left_row.copy_(rows[slot])
+        left_ab.copy_(partials.select(1, slot))
+        row = partials.index_select(1, take[slot])  # a.a, column W, on the diagonal
+        rows[slot].copy_(row)
+        cols[slot].copy_(row)
         self.count += 1
 
     # -- reading the Gram ---------------------------------------------------

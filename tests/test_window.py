@@ -1,4 +1,6 @@
 import io
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -212,3 +214,207 @@ def test_float64_parameters_keep_a_float64_snapshot():
     history = _run(win, model, 5, seed=8)
     x = torch.stack(history[-3:])
     assert np.allclose(win.gram(), (x @ x.T).numpy(), rtol=1e-5, atol=0)
+
+
+# -- parameters that change under the window ---------------------------------
+
+
+def _check_gram(win, history, W):
+    x = torch.stack(history[-W:])
+    err = np.abs(win.gram() - (x @ x.T).numpy())
+    assert (err <= _gram_bound(x, torch.float32)).all(), f"worst error {err.max():.3e}"
+
+
+def _one_warning(record, match):
+    mine = [w for w in record if issubclass(w.category, RuntimeWarning) and "GramWindow" in str(w.message)]
+    assert len(mine) == 1, [str(w.message) for w in mine]
+    assert re.search(match, str(mine[0].message)), str(mine[0].message)
+
+
+def test_load_state_dict_assign_and_a_new_optimizer_are_followed_by_name():
+    model = _model()
+    win = GramWindow(model, window=4)
+    history = _run(win, model, 3, seed=10)
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # rebuilt on the new Parameter objects
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for _ in range(5):
+            opt.zero_grad()
+            model(torch.arange(6).remainder(50)).pow(2).mean().backward()
+            before = _flat(model)
+            opt.step()
+            assert win.step()
+            history.append(_flat(model) - before)
+    _check_gram(win, history, 4)
+    _one_warning(record, r"'0\.weight', '1\.0\.weight'.* and \d+ more")
+    assert win.layout.params[0] is model[0].weight
+
+
+def test_a_replaced_submodule_is_followed_by_name():
+    model = _model()
+    win = GramWindow(model, window=3)
+    history = _run(win, model, 2, seed=11)
+    new_head = torch.nn.Linear(16, 7)
+    with torch.no_grad():
+        new_head.weight.copy_(model[3].weight)
+        new_head.bias.copy_(model[3].bias)
+    model[3] = new_head
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        history += _run(win, model, 4, seed=12)
+    _check_gram(win, history, 3)
+    _one_warning(record, r"'3\.weight', '3\.bias'")
+    model[3].bias = None
+    with pytest.raises(ValueError, match=r"'3\.bias' is no longer in the module"):
+        win.step()
+
+
+def test_a_tensor_given_directly_moved_to_new_memory_is_followed():
+    weight, bias = torch.randn(5, 5), torch.randn(5)
+    win = GramWindow([("w", weight), ("b", bias)], window=3)
+    gen = torch.Generator().manual_seed(0)
+    history = []
+    for t in range(6):
+        if t == 2:
+            weight.data = weight.data.clone()
+        before = torch.cat([weight.reshape(-1), bias]).double()
+        for p in (weight, bias):
+            p.add_(torch.randn(p.shape, generator=gen))
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            win.step()
+        if t == 2:
+            _one_warning(record, "'w' was replaced or moved")
+        else:
+            assert not record
+        history.append(torch.cat([weight.reshape(-1), bias]).double() - before)
+    _check_gram(win, history, 3)
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["module", "tensors"])
+def test_a_transposed_square_weight_is_refused_not_read_in_the_wrong_order(direct):
+    model = torch.nn.Linear(4, 4)
+    win = GramWindow(list(model.named_parameters()) if direct else model, window=2)
+    win.step()
+    model.weight.data = model.weight.data.t()  # same memory, other strides
+    with pytest.raises(ValueError, match=r"'weight' of shape \(4, 4\) is not contiguous \(strides \(1, 4\)"):
+        win.step()
+
+
+def test_channels_last_after_the_window_was_built_names_the_parameter():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 2, 1))
+    win = GramWindow(model, window=2)
+    model.to(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match=r"'0\.weight' of shape \(4, 3, 3, 3\) is not contiguous.*contiguous_format"):
+        win.step()
+
+
+def test_meta_device_dtype_and_shape_changes_raise_naming_the_parameter():
+    model = _model()
+    win = GramWindow(model, window=2)
+    model.to("meta")
+    with pytest.raises(ValueError, match=r"'0\.weight' moved from cpu to the meta device"):
+        win.step()
+    with pytest.raises(ValueError, match="meta device"):  # and keeps refusing
+        win.step()
+    model = _model()
+    win = GramWindow(model, window=2)
+    model.double()
+    with pytest.raises(ValueError, match=r"'0\.weight' changed dtype from torch\.float32 to torch\.float64"):
+        win.step()
+    model = torch.nn.Linear(4, 4)
+    win = GramWindow(model, window=2)
+    model.weight.data = model.weight.data[:2]  # same address and strides, fewer rows
+    with pytest.raises(ValueError, match=r"'weight' changed shape from \(4, 4\) to \(2, 4\)"):
+        win.step()
+
+
+# -- wrappers ------------------------------------------------------------------
+
+
+def _blocks_model():
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.embed = torch.nn.Embedding(10, 8)
+    model.blocks = torch.nn.ModuleList(
+        torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)) for _ in range(2)
+    )
+    model.head = torch.nn.Linear(8, 3)
+    return model
+
+
+def _ddp_like(model):
+    wrapper = torch.nn.Module()
+    wrapper.module = model
+    return wrapper
+
+
+@pytest.mark.parametrize("wrap", [torch.compile, _ddp_like], ids=["compile", "module-prefix"])
+def test_monitor_state_moves_between_wrapped_and_plain_models(wrap, tmp_path):
+    from spectral_edge_fast import SpectralMonitor
+
+    for save_wrapped in (True, False):
+        model = _blocks_model()
+        saver = SpectralMonitor(wrap(model) if save_wrapped else model, window=3, analyze_every=2, sinks=(),
+                                log_dir=str(tmp_path))
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            _train_like(model, gen)
+            saver.step()
+        loader = SpectralMonitor(model if save_wrapped else wrap(model), window=3, analyze_every=2, sinks=(),
+                                 log_dir=str(tmp_path))
+        assert loader.window.groups == saver.window.groups == ["embed", "blocks.0", "blocks.1", "head"]
+        loader.load_state_dict(saver.state_dict())
+        for _ in range(3):
+            _train_like(model, gen)
+            saver.step()
+            loader.step()
+        assert np.array_equal(loader.window.gram(), saver.window.gram())
+
+
+# -- memory and arguments -------------------------------------------------------
+
+
+def test_memory_bytes_counts_every_buffer_and_is_what_the_check_uses(monkeypatch):
+    model = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 3))
+    win = GramWindow(model, window=5, storage_dtype=torch.bfloat16)
+    buffers = (win._snapshot, win._gram, win._left, win._take)
+    held = win._ring.untyped_storage().nbytes() + sum(t.nbytes for t in buffers)
+    assert win.memory_bytes() == held + 4 * win.layout.numel  # and the step's float32 scratch row
+    monkeypatch.setattr(window_mod, "free_bytes", lambda device: win.memory_bytes())
+    GramWindow(model, window=5, storage_dtype=torch.bfloat16)
+    monkeypatch.setattr(window_mod, "free_bytes", lambda device: win.memory_bytes() - 1)
+    with pytest.raises(MemoryError):
+        GramWindow(model, window=5, storage_dtype=torch.bfloat16)
+
+
+def test_a_gram_that_does_not_fit_is_refused_with_advice_that_fits(monkeypatch):
+    monkeypatch.setattr(window_mod, "free_bytes", lambda device: 100 * 10**6)
+    two_groups = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    advice = r"Gram\(s\) of W x W float64 dominate: use a smaller window, or fewer groups \(groups=None\)$"
+    with pytest.raises(MemoryError, match=r"0\.18 GB of Gram for 2 groups with its indices.*" + advice) as err:
+        GramWindow(two_groups, window=3000)  # 2 x 3000^2 float64 (144 MB) and 3000^2 int32 indices (36 MB)
+    assert "bfloat16" not in str(err.value)
+    with pytest.raises(MemoryError, match=r"72 GB of Gram.*" + advice):
+        GramWindow(two_groups, window=60000)
+    with pytest.raises(MemoryError, match=r"use a smaller window$"):  # one group: no advice about groups
+        GramWindow(two_groups, window=3000, groups=None)
+
+
+@pytest.mark.parametrize("storage, bf16_advice", [(torch.float32, True), (torch.bfloat16, False)], ids=["fp32", "bf16"])
+def test_ring_advice_fits_the_ring_dtype(monkeypatch, storage, bf16_advice):
+    monkeypatch.setattr(window_mod, "free_bytes", lambda device: 1000)
+    with pytest.raises(MemoryError, match="the ring dominates") as err:
+        GramWindow(torch.nn.Linear(100, 100), window=16, storage_dtype=storage)
+    assert ("storage_dtype=torch.bfloat16" in str(err.value)) == bf16_advice
+
+
+def test_integer_like_window_and_every_are_accepted():
+    win = GramWindow(torch.nn.Linear(2, 2), window=np.int64(4), every=np.int32(2))
+    assert (win.window, win.every) == (4, 2) and type(win.window) is int and type(win.every) is int
+    for bad in (True, 16.0, np.float64(16), "16", None, np.bool_(True)):
+        with pytest.raises(ValueError, match="window must be an integer >= 2"):
+            GramWindow(torch.nn.Linear(2, 2), window=bad)
+    with pytest.raises(ValueError, match="every must be an integer >= 1"):
+        GramWindow(torch.nn.Linear(2, 2), every=True)
