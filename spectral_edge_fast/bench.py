@@ -250,17 +250,17 @@ def cache_notes(rows: List[Dict]) -> List[str]:
 
 
 def parse_args(argv=None, prog=None):
-    from .cli import device_arg
+    from .cli import at_least, device_arg
 
     ap = argparse.ArgumentParser(prog=prog, description="Time one slide of the rolling-window Gram on every backend.")
     ap.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--P", type=float, nargs="+", default=None, help="numbers per update (default: 4e7 on CPU; 1e7 1e8 5e8 on GPU)")
-    ap.add_argument("--W", type=int, nargs="+", default=None, help="window sizes (default: 16 on CPU; 8 16 64 on GPU)")
-    ap.add_argument("--tensors", type=int, default=100, help="parameter tensors the P numbers are split into")
+    ap.add_argument("--P", type=at_least(1), nargs="+", default=None, help="numbers per update (default: 4e7 on CPU; 1e7 1e8 5e8 on GPU)")
+    ap.add_argument("--W", type=at_least(2), nargs="+", default=None, help="window sizes (default: 16 on CPU; 8 16 64 on GPU)")
+    ap.add_argument("--tensors", type=at_least(1), default=100, help="parameter tensors the P numbers are split into")
     ap.add_argument("--gpt2", action="store_true", help="also time GPT-2 124M's real tensor list")
     ap.add_argument("--storage", nargs="+", default=["fp32"], choices=sorted(DTYPES))
     ap.add_argument("--backends", nargs="+", default=["torch", "cpp", "cuda", "triton"])
-    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--repeats", type=at_least(1), default=9)
     ap.add_argument("--out", default=None, help="JSON file for the results (default: print only)")
     return ap.parse_args(argv)
 

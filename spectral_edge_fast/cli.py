@@ -27,12 +27,13 @@ DESCRIPTION = ("Spectral-edge diagnostics of neural-network training: the rollin
 
 
 def at_least(low: int):
-    """An argparse type: an integer >= ``low``."""
+    """An argparse type: an integer >= ``low`` (``2e4`` allowed)."""
 
     def parse(text: str) -> int:
         try:
-            value = int(text)
-        except ValueError:
+            number = float(text)
+            value = int(number) if number == int(number) else None
+        except (ValueError, OverflowError):
             value = None
         if value is None or value < low:
             raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")

@@ -129,14 +129,13 @@ def _unreadable(path: str, exc: Exception) -> CheckpointError:
     """A reader's exception as a :class:`CheckpointError` naming the file."""
     if isinstance(exc, ImportError):
         return CheckpointError(path, f"reading it needs the safetensors package (pip install safetensors): {exc}")
-    hint = ""
     text = str(exc)
-    if "weights_only" in text or "Unsupported global" in text:
-        found = sorted(set(_GLOBAL.findall(text)))
-        hint = (f"; it holds Python objects beyond tensors{' (' + ', '.join(found) + ')' if found else ''}, which "
-                "torch.load runs only when allowed: if you trust the file, pass --allow-pickle (allow_pickle=True), "
-                "or re-save the state dict alone")
-        return CheckpointError(path, f"cannot be read without running pickled code{hint}")
+    if "Unsupported global" in text:
+        found = ", ".join(sorted(set(_GLOBAL.findall(text))))
+        return CheckpointError(path, f"cannot be read without running pickled code: it holds Python objects beyond "
+                                     f"tensors{' (' + found + ')' if found else ''}, which torch.load runs only when "
+                                     "allowed: if you trust the file, pass --allow-pickle (allow_pickle=True), or "
+                                     "re-save the state dict alone")
     return CheckpointError(path, f"cannot be read ({_first_line(exc)})")
 
 

@@ -144,6 +144,10 @@ def _usage_error(capsys, argv):
     (["analyze", "ckpts", "--window", "1"], "--window: must be an integer >= 2"),
     (["analyze", "ckpts", "--lr", "-1"], "--lr: must be a positive number"),
     (["demo", "--device", "tpu"], "--device: 'tpu' is not a device"),
+    (["demo", "--steps", "1.5"], "--steps: must be an integer >= 1"),
+    (["bench", "--repeats", "0"], "--repeats: must be an integer >= 1"),
+    (["bench", "--P", "-5"], "--P: must be an integer >= 1"),
+    (["bench", "--W", "1"], "--W: must be an integer >= 2"),
 ])
 def test_bad_values_are_one_error_line(capsys, argv, says):
     err = _usage_error(capsys, argv)
