@@ -26,8 +26,14 @@ ROW_ALIGN = 64
 
 
 def free_bytes(device: torch.device) -> Optional[int]:
+    """Bytes a new buffer can take on ``device``, None where unknown. On a
+    GPU, what the driver has free plus what torch's allocator holds unused
+    (it frees its cache and retries before failing an allocation)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
+    if device.type not in ("cpu", "mps"):  # host memory says nothing about this device's
+        return None
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -418,3 +418,12 @@ def test_integer_like_window_and_every_are_accepted():
             GramWindow(torch.nn.Linear(2, 2), window=bad)
     with pytest.raises(ValueError, match="every must be an integer >= 1"):
         GramWindow(torch.nn.Linear(2, 2), every=True)
+
+
+def test_free_gpu_memory_counts_what_the_allocator_holds_unused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1000, 10**6))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 5000)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 3000)
+    assert window_mod.free_bytes(torch.device("cuda", 0)) == 1000 + 2000
+    assert window_mod.free_bytes(torch.device("xpu")) is None  # host memory is not this device's
+    assert window_mod.free_bytes(torch.device("cpu")) > 0
