@@ -234,9 +234,8 @@ def bench(argv: List[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .workloads.grokking import TASKS
-
     from . import __version__
+    from .workloads.grokking import TASKS
 
     ap = argparse.ArgumentParser(prog="spectral-edge", description=DESCRIPTION,
                                  epilog="`spectral-edge COMMAND --help` describes a command's options.")

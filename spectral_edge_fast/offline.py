@@ -451,6 +451,8 @@ def _check_against(weights: Weights, names: Sequence[str], reference: Dict[str, 
 
 def _select(shapes: Dict[str, Tuple[int, ...]], include: Optional[Sequence[str]],
             exclude: Optional[Sequence[str]]) -> List[str]:
+    include, exclude = ([p] if isinstance(p, str) else p for p in (include, exclude))
+
     def matches(name, patterns):
         return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 

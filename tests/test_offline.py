@@ -399,6 +399,8 @@ def test_include_and_exclude_patterns(tmp_path):
     off = analyze_checkpoints(str(tmp_path), out=str(tmp_path / "a"), window=3, progress=False,
                               include=["enc.*", "dec.w"], exclude=["enc.1.*"])
     assert off.window.layout.names == ["enc.0.w", "dec.w"]
+    off = analyze_checkpoints(str(tmp_path), out=str(tmp_path / "c"), window=3, progress=False, exclude="enc.*")
+    assert off.window.layout.names == ["dec.w", "dec.b"]  # one pattern as a string, not its characters
     with pytest.raises(ValueError, match=r"no tensor.*--include"):
         analyze_checkpoints(str(tmp_path), out=str(tmp_path / "b"), window=3, progress=False, include=["nothing*"])
 
