@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from bisect import bisect_right
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -104,6 +104,66 @@ def agree_on_setup(settings: dict, layout: ParamLayout, process_group) -> None:
             "exactly one rank of the process_group (a DTensor's mesh must span the process_group, and every other "
             "parameter must be replicated on all of its ranks)"
         )
+
+
+def all_reduce_or_raise(compute: Callable[[], torch.Tensor], shape, device, process_group, what: str) -> torch.Tensor:
+    """SUM all-reduce of ``compute()``, a float64 tensor of ``shape``. Ranks
+    where ``compute`` raises (input that does not fit their parameters) still
+    take part, with zeros, and then re-raise; the others raise naming them,
+    instead of waiting in the all-reduce until the group's timeout. Reads one
+    flag per rank on the host: for results the caller reads there anyway
+    (``project``), never on the per-step path."""
+    rank, world = rank_and_world(process_group)
+    try:
+        local, failed = compute(), None
+    except Exception as exc:
+        local, failed = torch.zeros(shape, dtype=torch.float64, device=device), exc
+    if world > 1:
+        flags = torch.zeros(world, dtype=torch.float64, device=device)
+        flags[rank] = failed is not None
+        local = all_reduce_sum(torch.cat([local.reshape(-1), flags]), process_group)
+        bad = [r for r, f in enumerate(local[-world:].tolist()) if f]
+        if bad and failed is None:
+            raise RuntimeError(f"{what} failed on {_ranks(bad)} (its error says why); the other ranks stopped with it")
+        local = local[:-world].reshape(shape)
+    if failed is not None:
+        raise failed
+    return local
+
+
+def agree_on_coefficients(coeffs: np.ndarray, window: int, device, process_group) -> None:
+    """Raise the same error on every rank unless ``combine``'s coefficients
+    are the same everywhere: ``X^T c`` is summed over the ranks' parts of
+    ``X``, so different ``c`` would mix, and a length wrong on one rank only
+    would leave the others waiting. One all-gather of ``window + 1`` numbers
+    (count, then the first ``window`` coefficients, NaN-padded)."""
+    _, world = rank_and_world(process_group)
+    if world == 1:
+        return
+    row = np.full(window + 1, np.nan)
+    row[0] = len(coeffs)
+    row[1 : 1 + min(len(coeffs), window)] = coeffs[:window]
+    rows = _all_gather(torch.from_numpy(row).to(device), process_group).numpy()
+    differ = [i for i in range(window + 1) if not all(np.array_equal(rows[0, i], v, equal_nan=True) for v in rows[:, i])]
+    if not differ:
+        return
+    if differ[0] == 0:
+        detail = f"the number of coefficients is {_spread(list(enumerate(rows[:, 0].astype(int).tolist())))}"
+    else:
+        detail = f"coefficient {differ[0] - 1} is {_spread(list(enumerate(rows[:, differ[0]].tolist())))}"
+    raise ValueError(f"combine() coefficients differ across ranks: {detail}; pass the same coefficients on every rank")
+
+
+def sum_replicated(tensors: List[torch.Tensor], layout: ParamLayout, process_group) -> None:
+    """Complete ``combine``'s tensors in place: each replicated parameter was
+    split over the ranks, so its parts are SUM-reduced; a shard is whole on
+    its rank (adding other ranks' shards to it would mix unrelated numbers,
+    or abort on uneven shards)."""
+    if process_group is None:
+        return
+    for t, p in zip(tensors, layout.params):
+        if not _local(p)[1]:
+            all_reduce_sum(t, process_group)
 
 
 def _all_gather(tensor: torch.Tensor, process_group) -> torch.Tensor:

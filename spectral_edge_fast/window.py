@@ -17,7 +17,14 @@ import numpy as np
 import torch
 
 from .analysis._common import slide_norm
-from .distributed import agree_on_setup, all_reduce_sum, rank_and_world
+from .distributed import (
+    agree_on_coefficients,
+    agree_on_setup,
+    all_reduce_or_raise,
+    all_reduce_sum,
+    rank_and_world,
+    sum_replicated,
+)
 from .kernels import get_backend
 from .layout import GroupSpec, ParamLayout
 
@@ -376,8 +383,10 @@ class GramWindow:
         """``p = X y`` for ``y`` given as tensors shaped like the parameters
         (a gradient, say): length-n float64 array, oldest first, or
         ``{group: array}`` with ``per_group``."""
-        vec = self.layout.flatten(tensors)
-        partials = all_reduce_sum(self.backend.project(self._ring, vec, self.layout.bounds), self.process_group)
+        partials = all_reduce_or_raise(
+            lambda: self.backend.project(self._ring, self.layout.flatten(tensors), self.layout.bounds),
+            (len(self.layout.groups), self.window), self.device, self.process_group, "project()",
+        )
         p = partials.cpu().numpy()[:, self._order()]
         if per_group:
             return {name: p[g].copy() for g, name in enumerate(self.layout.groups)}
@@ -387,15 +396,14 @@ class GramWindow:
         """``X^T c`` for ``c`` (length n, oldest first), as float32 tensors
         shaped like the parameters (local shards for DTensor parameters)."""
         c = np.asarray(coeffs, dtype=np.float64).reshape(-1)
+        agree_on_coefficients(c, self.window, self.device, self.process_group)
         if c.shape[0] != self.n:
             raise ValueError(f"expected {self.n} coefficients (one per row of the window), got {c.shape[0]}")
         slot_coeffs = np.zeros(self.window)
         slot_coeffs[self._order()] = c
         flat = self.backend.combine(self._ring, torch.from_numpy(slot_coeffs).to(self.device))
         out = self.layout.unflatten(flat)
-        if self.process_group is not None:
-            for t in out:
-                all_reduce_sum(t, self.process_group)
+        sum_replicated(out, self.layout, self.process_group)
         return out
 
     # -- checkpointing -------------------------------------------------------

@@ -298,3 +298,83 @@ def test_shards_that_do_not_add_up_raise_on_every_rank(setup_runs):
     errors = [r["double"] for r in results]
     assert len(set(errors)) == 1 and errors[0] is not None, errors
     assert "parameter 'h.w' (8, 3) has 24 numbers but the ranks hold 48 (12 on ranks 0-3)" in errors[0], errors[0]
+
+
+def _calls_worker(rank, world, store_path, out_dir):
+    """project() and combine() on uneven DTensor shards next to a replicated
+    tensor; then with input out of step on rank ODD."""
+    _init(rank, store_path, world)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    full = [torch.randn(10, 3), torch.randn(7, 5)]
+    shard = distribute_tensor(full[0].clone(), mesh, [Shard(0)])
+    win = GramWindow([("s.w", shard), ("r.w", full[1])], window=3, process_group=dist.group.WORLD)
+    gen = torch.Generator().manual_seed(7)  # the same full updates on every rank
+    history = []
+    for _ in range(4):
+        updates = [torch.randn(t.shape, generator=gen) for t in full]
+        shard.to_local().add_(distribute_tensor(updates[0], mesh, [Shard(0)]).to_local())
+        full[1].add_(updates[1])
+        win.step()
+        history.append(updates)
+    out = {}
+
+    def attempt(key, fn):
+        try:
+            out[key] = fn()
+        except Exception as exc:
+            out[key] = f"{type(exc).__name__}: {exc}"
+
+    c = [1.0, -2.0, 0.5]
+    rows = history[-3:]
+    want = [sum(ci * u[i] for ci, u in zip(c, rows)) for i in range(2)]
+    out["combine want"] = [distribute_tensor(want[0], mesh, [Shard(0)]).to_local(), want[1]]
+    attempt("combine", lambda: win.combine(c))
+    y = [torch.randn(t.shape, generator=gen) for t in full]
+    out["project want"] = np.array([sum(float((u[i].double() * y[i].double()).sum()) for i in range(2)) for u in rows])
+    y_local = [distribute_tensor(y[0], mesh, [Shard(0)]).to_local(), y[1]]
+    odd = rank == ODD
+    attempt("combine other values", lambda: win.combine([1.0, -2.0, 0.25] if odd else c))
+    attempt("combine other length", lambda: win.combine(c[:2] if odd else c))
+    attempt("project bad input", lambda: win.project([y_local[0], y_local[1][:3]] if odd else y_local))
+    attempt("project", lambda: win.project(y_local))  # the group is still usable
+    torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def calls_runs():
+    return _run(_calls_worker, 3)
+
+
+def test_combine_and_project_on_uneven_shards(calls_runs):
+    for r in calls_runs:
+        got, want = r["combine"], r["combine want"]
+        assert not isinstance(got, str), got
+        for g, w in zip(got, want):  # a shard stays this rank's, replicated tensors are summed
+            assert g.shape == w.shape
+            assert torch.allclose(g, w.float(), rtol=1e-5, atol=1e-6 * float(w.abs().max()))
+        scale = 1e-5 * np.abs(r["project want"]).max()
+        assert np.allclose(r["project"], r["project want"], rtol=1e-5, atol=scale), r["project"]
+
+
+@pytest.mark.parametrize(
+    "case, says",
+    [
+        ("combine other values", "combine() coefficients differ across ranks: coefficient 2 is 0.5 on ranks 0, 1 but 0.25 on rank 2"),
+        ("combine other length", "combine() coefficients differ across ranks: the number of coefficients is 3 on ranks 0, 1 but 2 on rank 2"),
+    ],
+)
+def test_combine_with_coefficients_out_of_step_raises_on_every_rank(calls_runs, case, says):
+    errors = [r[case] for r in calls_runs]
+    assert len(set(errors)) == 1 and isinstance(errors[0], str) and says in errors[0], errors
+
+
+def test_project_with_bad_input_on_one_rank_raises_on_every_rank(calls_runs):
+    errors = [r["project bad input"] for r in calls_runs]
+    assert all(isinstance(e, str) for e in errors), errors
+    assert errors[ODD].startswith("ValueError: tensor for 'r.w' has 15 elements, expected 35"), errors[ODD]
+    others = [e for r, e in enumerate(errors) if r != ODD]
+    assert others == ["RuntimeError: project() failed on rank 2 (its error says why); the other ranks stopped with it"] * 2, others
