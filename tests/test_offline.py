@@ -355,6 +355,20 @@ def test_sharded_torch_bin_files(tmp_path):
         list_checkpoints(str(tmp_path))
 
 
+def test_shards_without_an_index(tmp_path):
+    for step in (7, 8):
+        folder = tmp_path / f"step-{step}"
+        folder.mkdir()
+        for k in (1, 2):
+            torch.save({f"w{k}": torch.full((2,), float(step))}, folder / f"weights-{k:05d}-of-00002.pt")
+    found = list_checkpoints(str(tmp_path))
+    assert [(c.step, len(c.files)) for c in found] == [(7, 2), (8, 2)]
+    assert sorted(load_checkpoint(found[1])[0]) == ["w1", "w2"]
+    (tmp_path / "step-8" / "weights-00001-of-00002.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"step-8/weights-00002-of-00002\.pt: shard 1 of 2 is missing"):
+        list_checkpoints(str(tmp_path))
+
+
 def test_lightning_steps_come_from_step_not_epoch(tmp_path):
     sd = {"model.w": torch.ones(2)}
     for epoch, step in ((0, 50), (1, 100)):
