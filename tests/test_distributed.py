@@ -20,7 +20,7 @@ WORLD = 2
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
 
 
-def _init(rank, store_path, world=WORLD):
+def _init(rank, store_path, world):
     # a short timeout: a rank left waiting in a collective fails the test instead of hanging it
     dist.init_process_group(
         "gloo", init_method=f"file://{store_path}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=30)
@@ -46,9 +46,9 @@ def _check(win, history, out):
     return result
 
 
-def _ddp_worker(rank, store_path, out_dir):
+def _ddp_worker(rank, world, store_path, out_dir):
     """DDP training, each rank storing half of the ring."""
-    _init(rank, store_path)
+    _init(rank, store_path, world)
     model = _model()
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
@@ -77,13 +77,13 @@ def _ddp_worker(rank, store_path, out_dir):
     dist.destroy_process_group()
 
 
-def _dtensor_worker(rank, store_path, out_dir):
+def _dtensor_worker(rank, world, store_path, out_dir):
     """Parameters sharded as DTensors: each rank holds disjoint rows."""
-    _init(rank, store_path)
+    _init(rank, store_path, world)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    mesh = init_device_mesh("cpu", (WORLD,))
+    mesh = init_device_mesh("cpu", (world,))
     full = [torch.randn(10, 7), torch.randn(6)]
     params = [distribute_tensor(t.clone(), mesh, [Shard(0)]) for t in full]
     win = GramWindow(params, window=3, process_group=dist.group.WORLD)
@@ -92,7 +92,7 @@ def _dtensor_worker(rank, store_path, out_dir):
     for _ in range(7):
         updates = [torch.randn(t.shape, generator=gen) for t in full]
         for p, u in zip(params, updates):
-            rows = u.shape[0] // WORLD
+            rows = u.shape[0] // world
             p.to_local().add_(u[rank * rows : (rank + 1) * rows])
         win.step()
         history.append(_flat(updates))
@@ -100,8 +100,8 @@ def _dtensor_worker(rank, store_path, out_dir):
     dist.destroy_process_group()
 
 
-def _fsdp_worker(rank, store_path, out_dir):
-    _init(rank, store_path)
+def _fsdp_worker(rank, world, store_path, out_dir):
+    _init(rank, store_path, world)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -109,7 +109,7 @@ def _fsdp_worker(rank, store_path, out_dir):
     full_before = _flat(model.parameters())
     try:
         # a CPU mesh: with a GPU visible, the default mesh would put rank r on cuda:r
-        fully_shard(model, mesh=init_device_mesh("cpu", (WORLD,)))
+        fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
     except Exception as exc:  # reported to the parent, which skips with the reason
         torch.save({"error": f"{type(exc).__name__}: {exc}"}, os.path.join(out_dir, f"fsdp{rank}.pt"))
         return
@@ -129,10 +129,23 @@ def _fsdp_worker(rank, store_path, out_dir):
     dist.destroy_process_group()
 
 
-def _spawn(worker, *prefixes):
+def _spawn(worker, *prefixes, world=WORLD, deadline=120.0):
+    """``worker(rank, world, store_path, out_dir)`` on ``world`` processes;
+    for each prefix, the per-rank results it saved as ``{prefix}{rank}.pt``.
+    A process that dies (gloo aborts) raises here; one still running at the
+    deadline is killed and fails the test, so no worker can hang it."""
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(worker, args=(os.path.join(tmp, "store"), tmp), nprocs=WORLD, join=True)
-        out = [[torch.load(os.path.join(tmp, f"{p}{r}.pt"), weights_only=False) for r in range(WORLD)] for p in prefixes]
+        ctx = mp.start_processes(worker, args=(world, os.path.join(tmp, "store"), tmp), nprocs=world, join=False)
+        end = time.monotonic() + deadline
+        try:
+            while not ctx.join(timeout=max(end - time.monotonic(), 0.0)):
+                if time.monotonic() >= end:
+                    pytest.fail(f"workers still running after {deadline:.0f} s")
+        finally:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+        out = [[torch.load(os.path.join(tmp, f"{p}{r}.pt"), weights_only=False) for r in range(world)] for p in prefixes]
         return out[0] if len(out) == 1 else out
 
 
@@ -169,25 +182,6 @@ def test_fsdp2_fully_shard():
 
 ODD = 2  # the rank that is out of step
 MISMATCHES = ("parameters", "window", "every", "storage_dtype", "extra group", "sharding")
-
-
-def _run(worker, world, deadline=120.0):
-    """``worker(rank, world, store_path, out_dir)`` on ``world`` processes; the
-    per-rank dicts it saves as ``rank{r}.pt``. A process that dies (gloo
-    aborts) raises here; one still running at the deadline is killed and fails
-    the test, so no worker can hang it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx = mp.start_processes(worker, args=(world, os.path.join(tmp, "store"), tmp), nprocs=world, join=False)
-        end = time.monotonic() + deadline
-        try:
-            while not ctx.join(timeout=max(end - time.monotonic(), 0.0)):
-                if time.monotonic() >= end:
-                    pytest.fail(f"workers still running after {deadline:.0f} s")
-        finally:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-        return [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(world)]
 
 
 def _mismatched_window(case, rank, world, mesh):
@@ -256,7 +250,7 @@ def _setup_worker(rank, world, store_path, out_dir):
 
 @pytest.fixture(scope="module", params=(3, 4), ids=lambda w: f"world{w}")
 def setup_runs(request):
-    return request.param, _run(_setup_worker, request.param)
+    return request.param, _spawn(_setup_worker, "rank", world=request.param)
 
 
 def _others(world):
@@ -346,7 +340,7 @@ def _calls_worker(rank, world, store_path, out_dir):
 
 @pytest.fixture(scope="module")
 def calls_runs():
-    return _run(_calls_worker, 3)
+    return _spawn(_calls_worker, "rank", world=3)
 
 
 def test_combine_and_project_on_uneven_shards(calls_runs):
