@@ -1,7 +1,10 @@
 """Shard groups: who holds which numbers, and the SUM all-reduce of partial
 inner products. Per-group inner products add over disjoint blocks of the
 flat space, so one all-reduce of ``groups x (W+1)`` numbers per slide makes
-every rank see the Gram of the whole model."""
+every rank see the Gram of the whole model. That holds only if every rank
+built its window alike and holds its own part of each parameter, which
+:func:`agree_on_setup` checks once at construction; ``project`` and
+``combine`` likewise raise on every rank when one rank's input differs."""
 from __future__ import annotations
 
 import hashlib
