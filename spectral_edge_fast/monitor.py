@@ -550,7 +550,9 @@ class SpectralMonitor:
                                  "load it with monitor.window.load_state_dict(state)")
             raise ValueError("not a SpectralMonitor state (SpectralMonitor.state_dict() makes one)")
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"monitor state version {state.get('version')!r} is not {STATE_VERSION}")
+            raise ValueError(f"monitor state version {state.get('version')!r} is not {STATE_VERSION}: it comes from "
+                             "another version of spectral-edge-fast; start this monitor afresh, or restore the "
+                             "window alone with monitor.window.load_state_dict(state['window'])")
         if state["analyze_every"] != self.analyze_every:
             raise ValueError(
                 f"the checkpoint analysed every {state['analyze_every']} steps, this monitor every {self.analyze_every}"
