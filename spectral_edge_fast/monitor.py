@@ -510,7 +510,9 @@ class SpectralMonitor:
 
         ``exact=True``: everything a resumed run needs to continue exactly,
         the window's ring and snapshot included, which are ``W + 1`` times the
-        size of the monitored parameters.
+        size of the monitored parameters. (When ``analyze_every == every``,
+        the analysis's eigen-update restarts from an eigensolve, so records
+        agree with an uninterrupted run's within rounding.)
 
         ``exact=False``: the small state: counters, the kept records, metrics
         and events, and the run-long aggregates of :meth:`summary`, without
