@@ -235,6 +235,9 @@ class SpectralMonitor:
             sink.write_meta(self.meta)
 
     # -- the per-step path ------------------------------------------------------
+    # Never traced: under a compiled optimizer step the monitor's host
+    # bookkeeping (counters, readbacks, analysis) runs eagerly.
+    @torch.compiler.disable
     def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
         self.step()
 

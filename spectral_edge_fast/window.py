@@ -318,6 +318,10 @@ class GramWindow:
         if views:
             self._snapshot.copy_(torch.cat(views))
 
+    # Never traced: its host counters and the layout's storage check would
+    # make a compiled caller recompile every step; it runs eagerly between
+    # the compiled parts.
+    @torch.compiler.disable
     def step(self) -> bool:
         """Call after each optimizer step. Every ``every`` calls, forms the
         update ``theta - snapshot`` and slides the window; returns True then."""

@@ -1,5 +1,5 @@
-// Argument checks shared by the CPU and CUDA bindings: each failure is a
-// TORCH_CHECK naming the op, the argument and what was expected.
+// Argument checks of the extension's ops (cpu/ops.h, for both devices): each
+// failure is a TORCH_CHECK naming the op, the argument and what was expected.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -99,6 +99,28 @@ inline const Chunk* check_plan(const at::Tensor& plan, int64_t groups, const at:
               " of shape ", shape(plan.sizes()));
   TORCH_CHECK(groups >= 1, op, ": groups must be at least 1, got ", num(groups));
   return reinterpret_cast<const Chunk*>(plan.const_data_ptr<int64_t>());
+}
+
+// Plan contents, where they are on the host: every chunk inside P and inside
+// its tensor (`sizes`), groups in order.
+inline void check_plan_rows(const Chunk* chunks, int64_t n, int64_t cols, int64_t groups,
+                            const std::vector<int64_t>& sizes, const char* op) {
+  int64_t group = 0;
+  for (int64_t c = 0; c < n; ++c) {
+    const Chunk& ch = chunks[c];
+    const bool ok = ch.tensor >= 0 && ch.tensor < int64_t(sizes.size()) && ch.offset >= 0 && ch.length >= 0 &&
+                    ch.offset + ch.length <= sizes[ch.tensor] && ch.flat >= 0 && ch.flat + ch.length <= cols &&
+                    ch.group >= group && ch.group < groups;
+    TORCH_CHECK(ok, op, ": plan row ", num(c),
+                " does not fit these tensors and groups; build the plan from the same sizes and bounds");
+    group = ch.group;
+  }
+}
+
+inline std::vector<int64_t> numels(at::TensorList tensors) {
+  std::vector<int64_t> out;
+  for (const at::Tensor& t : tensors) out.push_back(t.numel());
+  return out;
 }
 
 }  // namespace sef

@@ -1,13 +1,12 @@
-// The op schemas (one definition for every device) and the device-independent
-// helpers. Each device registers its kernels with TORCH_LIBRARY_IMPL.
-#include <torch/library.h>
-
-#include <ATen/ATen.h>
-
+// The Python module spectral_edge_fast._C: the device-independent helpers and
+// the ops of each device (cpu/ops.h) in submodules `cpu` and `cuda`. The ops'
+// schemas, fake implementations and argument checks live in one place, the
+// custom ops of spectral_edge_fast/kernels/ops.py, which call these.
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "cpu/ops.h"
 #include "kernels/plan.h"
 
 namespace sef {
@@ -15,10 +14,10 @@ namespace {
 
 // The chunk plan for parameter tensors of `sizes` split into groups at
 // `bounds`: an int64 [n, 5] CPU tensor of (tensor, offset, flat, length, group)
-// rows. The window computes it once per layout (and uploads it once per device).
-at::Tensor plan(c10::IntArrayRef sizes, c10::IntArrayRef bounds) {
+// rows. The backend computes it once per layout (and uploads it once per device).
+at::Tensor plan(const std::vector<int64_t>& sizes, const std::vector<int64_t>& bounds) {
   std::vector<Chunk> chunks;
-  const std::string error = make_plan(sizes.vec(), bounds.vec(), chunks);
+  const std::string error = make_plan(sizes, bounds, chunks);
   TORCH_CHECK(error.empty(), "plan: ", error);
   at::Tensor out = at::empty({int64_t(chunks.size()), 5}, at::kLong);
   std::memcpy(out.data_ptr<int64_t>(), chunks.data(), chunks.size() * sizeof(Chunk));
@@ -36,20 +35,11 @@ bool built_with_cuda() {
 }  // namespace
 }  // namespace sef
 
-TORCH_LIBRARY(spectral_edge_fast, m) {
-  m.def("plan(int[] sizes, int[] bounds) -> Tensor", &sef::plan);
-  m.def("built_with_cuda() -> bool", &sef::built_with_cuda);
-  m.def("gather(Tensor[] params, Tensor(a!) snapshot, Tensor(b!) out, Tensor plan) -> ()");
-  m.def("step(Tensor[] params, Tensor(a!) snapshot, Tensor(b!) ring, int slot, Tensor plan, int groups) -> Tensor");
-  m.def("slide(Tensor(a!) ring, Tensor row, int slot, Tensor plan, int groups) -> Tensor");
-  m.def("project(Tensor ring, Tensor vec, Tensor plan, int groups) -> Tensor");
-  m.def("combine(Tensor ring, Tensor coeffs) -> Tensor");
-  m.def("gram(Tensor x) -> Tensor");
-}
-
-// The ops are not differentiable: autograd passes them through, so results
-// never carry a grad_fn even when the parameters require grad.
-TORCH_LIBRARY_IMPL(spectral_edge_fast, Autograd, m) {
-  for (const char* op : {"gather", "step", "slide", "project", "combine", "gram"})
-    m.impl(op, torch::CppFunction::makeFallthrough());
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("plan", &sef::plan);
+  m.def("built_with_cuda", &sef::built_with_cuda);
+  sef::bind_cpu(m.def_submodule("cpu"));
+#ifdef SEF_WITH_CUDA
+  sef::bind_cuda(m.def_submodule("cuda"));
+#endif
 }

@@ -2,7 +2,9 @@
 
 Every backend implements the same six ops on the same flat layout (below);
 ``reference`` defines them in float64 and every other backend is tested
-against it.
+against it. The ops are ``torch.library`` custom ops (:mod:`.ops`: schema,
+argument checks and fake implementation written once), so that
+``torch.compile`` traces a backend call as one opaque node.
 
 Flat layout
 -----------
@@ -42,6 +44,8 @@ from typing import Dict, Sequence, Tuple
 
 import torch
 
+from . import ops
+
 Bounds = Tuple[int, ...]
 
 # Preference order of "auto": the first available backend for the device wins.
@@ -60,32 +64,62 @@ _cache: Dict[str, object] = {}
 
 
 class Backend:
-    """One implementation of the engine's ops. Subclasses override the ops;
-    ``step`` defaults to ``gather`` into a float32 scratch row then ``slide``."""
+    """One implementation of the engine's ops.
+
+    The public methods call the custom ops of :mod:`.ops`, which check the
+    arguments once for every backend and then run the subclass's ``_gather``,
+    ``_slide``, ``_project``, ``_combine``, ``_gram`` and ``_step`` (by
+    default ``_gather`` into a float32 scratch row then ``_slide``) on
+    arguments known to be valid. ``key`` names the instance in an op call."""
 
     name = "base"
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        self.key = ops.register(self)
+        return self
 
     def available(self, device: torch.device) -> Tuple[bool, str]:
         return True, ""
 
+    # -- the ops ---------------------------------------------------------------------------
     def gather(self, params: Sequence[torch.Tensor], snapshot: torch.Tensor, out: torch.Tensor) -> None:
-        raise NotImplementedError
+        torch.ops.spectral_edge_fast.gather(self.key, list(params), snapshot, out)
 
     def slide(self, ring: torch.Tensor, row: torch.Tensor, slot: int, bounds: Bounds) -> torch.Tensor:
-        raise NotImplementedError
+        return torch.ops.spectral_edge_fast.slide(self.key, ring, row, slot, list(bounds))
 
     def step(self, params, snapshot, ring, slot, bounds) -> torch.Tensor:
-        row = torch.empty(ring.shape[1], dtype=torch.float32, device=ring.device)
-        self.gather(params, snapshot, row)
-        return self.slide(ring, row, slot, bounds)
+        return torch.ops.spectral_edge_fast.step(self.key, list(params), snapshot, ring, slot, list(bounds))
 
     def project(self, ring: torch.Tensor, vec: torch.Tensor, bounds: Bounds) -> torch.Tensor:
-        raise NotImplementedError
+        return torch.ops.spectral_edge_fast.project(self.key, ring, vec, list(bounds))
 
-    def combine(self, ring: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    def combine(self, ring: torch.Tensor, coeffs) -> torch.Tensor:
+        return torch.ops.spectral_edge_fast.combine(self.key, ring, torch.as_tensor(coeffs, device=ring.device))
 
     def gram(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.spectral_edge_fast.gram(self.key, x)
+
+    # -- implementations, called by the ops on checked arguments ----------------------------
+    def _gather(self, params, snapshot, out) -> None:
+        raise NotImplementedError
+
+    def _slide(self, ring, row, slot, bounds) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _step(self, params, snapshot, ring, slot, bounds) -> torch.Tensor:
+        row = torch.empty(ring.shape[1], dtype=torch.float32, device=ring.device)
+        self._gather(params, snapshot, row)
+        return self._slide(ring, row, slot, bounds)
+
+    def _project(self, ring, vec, bounds) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _combine(self, ring, coeffs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _gram(self, x) -> torch.Tensor:
         raise NotImplementedError
 
 

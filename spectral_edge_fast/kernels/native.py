@@ -1,6 +1,6 @@
 """Backends ``cpp`` (CPU tensors) and ``cuda`` (CUDA tensors) on the compiled
-extension ``spectral_edge_fast._C``, whose ops live under
-``torch.ops.spectral_edge_fast``.
+extension ``spectral_edge_fast._C``, whose kernels are the functions of its
+submodules ``cpu`` and ``cuda``; the custom ops of :mod:`.ops` call them.
 
 Importing this module never fails: when the extension is missing, was built
 against another torch, or was built without CUDA, ``available(device)`` says
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from typing import Sequence, Tuple
+from typing import Tuple
 
 import torch
 
@@ -26,27 +26,23 @@ from . import Backend
 BUILD_HINT = "build it with `python setup.py build_ext --inplace` (or `make build`)"
 
 
-def _load_library() -> Tuple[bool, str]:
+def _load_library():
+    """``(module, "")``, or ``(None, reason)`` when the extension cannot be used."""
     spec = importlib.util.find_spec("spectral_edge_fast._C")
     if spec is None or spec.origin is None:
-        return False, f"the compiled extension spectral_edge_fast._C is missing; {BUILD_HINT}"
+        return None, f"the compiled extension spectral_edge_fast._C is missing; {BUILD_HINT}"
     try:
-        torch.ops.load_library(spec.origin)
-    except (OSError, RuntimeError) as exc:
-        return False, f"spectral_edge_fast._C failed to load ({exc}); rebuild it against torch {torch.__version__}"
-    return True, ""
+        return importlib.import_module("spectral_edge_fast._C"), ""
+    except ImportError as exc:
+        return None, f"spectral_edge_fast._C failed to load ({exc}); rebuild it against torch {torch.__version__}"
 
 
-LOADED, LOAD_ERROR = _load_library()
-
-
-def _ops():
-    return torch.ops.spectral_edge_fast
+_C, LOAD_ERROR = _load_library()
 
 
 @functools.lru_cache(maxsize=64)
 def _plan(sizes: Tuple[int, ...], bounds: Tuple[int, ...], device: torch.device) -> torch.Tensor:
-    plan = _ops().plan(list(sizes), list(bounds))
+    plan = _C.plan(list(sizes), list(bounds))
     if device.type == "cpu":
         return plan
     return plan.pin_memory().to(device, non_blocking=True)
@@ -59,12 +55,12 @@ class NativeBackend(Backend):
 
     def available(self, device: torch.device) -> Tuple[bool, str]:
         device = torch.device(device)
-        if not LOADED:
+        if _C is None:
             return False, LOAD_ERROR
         if device.type != self._device_type:
             return False, f"backend {self.name!r} runs on {self._device_type} tensors, not {device.type}"
         if self._device_type == "cuda":
-            if not _ops().built_with_cuda():
+            if not _C.built_with_cuda():
                 if torch.version.cuda is None:
                     return False, f"spectral_edge_fast._C was built without CUDA: torch {torch.__version__} is a CPU-only build"
                 return False, (
@@ -75,29 +71,30 @@ class NativeBackend(Backend):
                 return False, "torch sees no CUDA device"
         return True, ""
 
-    def gather(self, params: Sequence[torch.Tensor], snapshot, out) -> None:
-        params = list(params)
+    def _kernels(self):
+        return getattr(_C, self._device_type)
+
+    def _gather(self, params, snapshot, out) -> None:
         sizes = tuple(p.numel() for p in params)
-        _ops().gather(params, snapshot, out, _plan(sizes, (0, sum(sizes)), out.device))
+        self._kernels().gather(params, snapshot, out, _plan(sizes, (0, sum(sizes)), out.device))
 
-    def slide(self, ring, row, slot, bounds):
+    def _slide(self, ring, row, slot, bounds):
         plan = _plan((ring.shape[1],), tuple(bounds), ring.device)
-        return _ops().slide(ring, row, slot, plan, len(bounds) - 1)
+        return self._kernels().slide(ring, row, slot, plan, len(bounds) - 1)
 
-    def step(self, params, snapshot, ring, slot, bounds):
-        params = list(params)
+    def _step(self, params, snapshot, ring, slot, bounds):
         plan = _plan(tuple(p.numel() for p in params), tuple(bounds), ring.device)
-        return _ops().step(params, snapshot, ring, slot, plan, len(bounds) - 1)
+        return self._kernels().step(params, snapshot, ring, slot, plan, len(bounds) - 1)
 
-    def project(self, ring, vec, bounds):
+    def _project(self, ring, vec, bounds):
         plan = _plan((ring.shape[1],), tuple(bounds), ring.device)
-        return _ops().project(ring, vec, plan, len(bounds) - 1)
+        return self._kernels().project(ring, vec, plan, len(bounds) - 1)
 
-    def combine(self, ring, coeffs):
-        return _ops().combine(ring, torch.as_tensor(coeffs))
+    def _combine(self, ring, coeffs):
+        return self._kernels().combine(ring, coeffs)
 
-    def gram(self, x):
-        return _ops().gram(x)
+    def _gram(self, x):
+        return self._kernels().gram(x)
 
 
 def make_backend(name: str) -> NativeBackend:

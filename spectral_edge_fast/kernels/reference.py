@@ -20,30 +20,25 @@ def _group_dots(rows: torch.Tensor, vec: torch.Tensor, bounds) -> torch.Tensor:
 class ReferenceBackend(Backend):
     name = "reference"
 
-    def gather(self, params, snapshot, out):
+    def _gather(self, params, snapshot, out):
         theta = _flat(params).to(snapshot.device)
         out.copy_((theta - snapshot.double()).to(out.dtype))
         snapshot.copy_(theta.to(snapshot.dtype))
 
-    def slide(self, ring, row, slot, bounds):
+    def _slide(self, ring, row, slot, bounds):
         a = row.to(ring.dtype)
         before = _group_dots(ring, a, bounds)
         self_dot = _group_dots(a.unsqueeze(0), a, bounds)
         ring[slot] = a
         return torch.cat([before, self_dot], dim=1)
 
-    def step(self, params, snapshot, ring, slot, bounds):
-        row = torch.empty(ring.shape[1], dtype=torch.float32, device=ring.device)
-        self.gather(params, snapshot, row)
-        return self.slide(ring, row, slot, bounds)
-
-    def project(self, ring, vec, bounds):
+    def _project(self, ring, vec, bounds):
         return _group_dots(ring, vec, bounds)
 
-    def combine(self, ring, coeffs):
+    def _combine(self, ring, coeffs):
         return (ring.double().T @ coeffs.double().to(ring.device)).float()
 
-    def gram(self, x):
+    def _gram(self, x):
         x = x.double()
         return x @ x.T
 

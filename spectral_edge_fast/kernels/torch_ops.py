@@ -44,29 +44,29 @@ def _group_dots(rows: torch.Tensor, vec: torch.Tensor, bounds) -> torch.Tensor:
 class TorchBackend(Backend):
     name = "torch"
 
-    def gather(self, params, snapshot, out):
+    def _gather(self, params, snapshot, out):
         theta = torch.cat([p.reshape(-1) for p in params]).to(snapshot.dtype)
         torch.sub(theta, snapshot, out=snapshot)  # snapshot now holds delta
         out.copy_(snapshot)
         snapshot.copy_(theta)
 
-    def slide(self, ring, row, slot, bounds):
+    def _slide(self, ring, row, slot, bounds):
         a = row.to(ring.dtype)
         before = _group_dots(ring, a, bounds)
         self_dot = _group_dots(a.unsqueeze(0), a, bounds)
         ring[slot].copy_(a)
         return torch.cat([before, self_dot], dim=1)
 
-    def project(self, ring, vec, bounds):
+    def _project(self, ring, vec, bounds):
         return _group_dots(ring, vec, bounds)
 
-    def combine(self, ring, coeffs):
+    def _combine(self, ring, coeffs):
         out = torch.zeros(ring.shape[1], dtype=torch.float32, device=ring.device)
         for i, c in enumerate(coeffs.tolist()):
             out.add_(ring[i].float(), alpha=c)
         return out
 
-    def gram(self, x):
+    def _gram(self, x):
         w, p = x.shape
         out = torch.zeros(w, w, dtype=torch.float64, device=x.device)
         for s, e in _chunks(0, p):

@@ -77,8 +77,6 @@ CHUNK = 1 << 15  # elements summed in float32 per program before the float64 sum
 # in flight); the interpreter pays per operation, not per element.
 _TILE = 1 << 14 if _INTERPRET else 2048
 _MAX_ROWS = 128  # one program holds all the rows of the ring in registers
-_RING_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_SNAPSHOT_DTYPES = (torch.float32, torch.float64)
 # Position = the code of a parameter dtype in the chunk table.
 _PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _TABLE_COLS = 5  # start, end, parameter dtype code, parameter address, parameter's flat start
@@ -276,50 +274,10 @@ def _tiles(rows: int):
     return w_block, max(32, min(4096, _TILE // w_block))
 
 
-def _check_ring(ring: torch.Tensor) -> None:
-    if ring.dim() != 2 or (ring.shape[1] > 1 and ring.stride(1) != 1):
-        raise ValueError(f"ring must be a [W, P] tensor with contiguous rows; got shape {tuple(ring.shape)}, "
-                         f"strides {ring.stride()}")
-    if ring.dtype not in _RING_DTYPES:
-        raise TypeError(f"ring dtype {ring.dtype} is not supported by the triton backend; use one of {_RING_DTYPES}")
-    if not 1 <= ring.shape[0] <= _MAX_ROWS:
-        raise ValueError(f"the triton backend handles rings of 1 to {_MAX_ROWS} rows, got W={ring.shape[0]}; "
+def _check_rows(rows: int) -> None:
+    if not 1 <= rows <= _MAX_ROWS:
+        raise ValueError(f"the triton backend handles rings of 1 to {_MAX_ROWS} rows, got W={rows}; "
                          "use the torch backend for wider windows")
-
-
-def _check_flat(name: str, t: torch.Tensor, size: int, device, dtypes) -> None:
-    if t.device != device:
-        raise ValueError(f"{name} is on {t.device}, expected {device} (the ring's device)")
-    if t.dim() != 1 or t.numel() != size or not t.is_contiguous():
-        raise ValueError(f"{name} must be a contiguous 1-D tensor of {size} elements; got shape {tuple(t.shape)}")
-    if t.dtype not in dtypes:
-        raise TypeError(f"{name} dtype {t.dtype} is not supported; use one of {dtypes}")
-
-
-def _check_bounds(bounds: Bounds, size: int) -> None:
-    ok = len(bounds) >= 2 and bounds[0] == 0 and bounds[-1] == size
-    if not ok or any(b > e for b, e in zip(bounds[:-1], bounds[1:])):
-        raise ValueError(f"bounds must rise from 0 to P={size}; got {tuple(bounds)[:8]}"
-                         f"{'...' if len(bounds) > 8 else ''}")
-
-
-def _check_params(params: Sequence[torch.Tensor], size: int, device) -> None:
-    total = 0
-    for i, p in enumerate(params):
-        if p.device != device:
-            raise ValueError(f"params[{i}] is on {p.device}, expected {device}")
-        if p.dtype not in _PARAM_DTYPES:
-            raise TypeError(f"params[{i}] dtype {p.dtype} is not supported; use one of {_PARAM_DTYPES}")
-        if not p.is_contiguous():
-            raise ValueError(f"params[{i}] (shape {tuple(p.shape)}) is not contiguous")
-        total += p.numel()
-    if total != size:
-        raise ValueError(f"params hold {total} elements, the snapshot {size}")
-
-
-def _check_slot(slot: int, rows: int) -> None:
-    if not 0 <= slot < rows:
-        raise IndexError(f"slot {slot} is outside the ring's {rows} rows")
 
 
 class TritonBackend(Backend):
@@ -345,11 +303,6 @@ class TritonBackend(Backend):
                 return True, ""
             return False, "Triton kernels run on CUDA devices; on the CPU only in interpreter mode (TRITON_INTERPRET=1)"
         return False, f"the triton backend does not support {device.type} devices"
-
-    def _require(self, device) -> None:
-        ok, reason = self.available(device)
-        if not ok:
-            raise RuntimeError(f"triton backend unavailable on {device}: {reason}")
 
     def _chunks(self, bounds: Bounds, device, params: Sequence[torch.Tensor] = ()) -> _Chunks:
         """The cached chunk table, built and uploaded (synchronously) once per
@@ -391,58 +344,34 @@ class TritonBackend(Backend):
                 W_BLOCK=w_block, BLOCK=block, num_warps=8, **_LAUNCH)
         return part
 
-    # ops ---------------------------------------------------------------
+    # ops, on arguments checked by the custom ops --------------------------
 
-    def gather(self, params, snapshot, out):
-        device = snapshot.device
-        self._require(device)
-        size = snapshot.numel()
-        _check_flat("snapshot", snapshot, size, device, _SNAPSHOT_DTYPES)
-        _check_flat("out", out, size, device, _PARAM_DTYPES)
-        _check_params(params, size, device)
-        chunks = self._chunks((0, size), device, params)
+    def _gather(self, params, snapshot, out):
+        chunks = self._chunks((0, snapshot.numel()), snapshot.device, params)
         self._pass(chunks, snapshot, snapshot, out, None, dots=False, write=True, codes=chunks.codes)
 
-    def slide(self, ring, row, slot, bounds):
-        _check_ring(ring)
-        self._require(ring.device)
-        size = ring.shape[1]
-        _check_flat("row", row, size, ring.device, (torch.float32, ring.dtype))
-        _check_bounds(bounds, size)
-        _check_slot(slot, ring.shape[0])
+    def _slide(self, ring, row, slot, bounds):
+        _check_rows(ring.shape[0])
         chunks = self._chunks(bounds, ring.device)
         part = self._pass(chunks, row, row, row, ring, slot, dots=True, write=True)
         return self._sum_chunks(part, chunks)
 
-    def step(self, params, snapshot, ring, slot, bounds):
-        _check_ring(ring)
-        self._require(ring.device)
-        size = ring.shape[1]
-        _check_flat("snapshot", snapshot, size, ring.device, _SNAPSHOT_DTYPES)
-        _check_params(params, size, ring.device)
-        _check_bounds(bounds, size)
-        _check_slot(slot, ring.shape[0])
+    def _step(self, params, snapshot, ring, slot, bounds):
+        _check_rows(ring.shape[0])
         chunks = self._chunks(bounds, ring.device, params)
         part = self._pass(chunks, snapshot, snapshot, snapshot, ring, slot, dots=True, write=True, codes=chunks.codes)
         return self._sum_chunks(part, chunks)
 
-    def project(self, ring, vec, bounds):
-        _check_ring(ring)
-        self._require(ring.device)
-        size = ring.shape[1]
-        _check_flat("vec", vec, size, ring.device, _PARAM_DTYPES)
-        _check_bounds(bounds, size)
+    def _project(self, ring, vec, bounds):
+        _check_rows(ring.shape[0])
         chunks = self._chunks(bounds, ring.device)
         part = self._pass(chunks, vec, vec, vec, ring, dots=True, write=False)
         return self._sum_chunks(part, chunks)
 
-    def combine(self, ring, coeffs):
-        _check_ring(ring)
-        self._require(ring.device)
+    def _combine(self, ring, coeffs):
         rows, size = ring.shape
-        if coeffs.shape != (rows,):
-            raise ValueError(f"coeffs must have shape ({rows},) for a ring of {rows} rows; got {tuple(coeffs.shape)}")
-        coeffs = coeffs.to(ring.device, torch.float32).contiguous()
+        _check_rows(rows)
+        coeffs = coeffs.to(torch.float32).contiguous()
         out = torch.empty(size, dtype=torch.float32, device=ring.device)
         w_block, block = _tiles(rows)
         if size:
@@ -450,13 +379,7 @@ class TritonBackend(Backend):
                                                         W_BLOCK=w_block, BLOCK=block, num_warps=8, **_LAUNCH)
         return out
 
-    def gram(self, x):
-        if x.dim() != 2 or (x.shape[1] > 1 and x.stride(1) != 1):
-            raise ValueError(f"x must be a [W, P] tensor with contiguous rows; got shape {tuple(x.shape)}, "
-                             f"strides {x.stride()}")
-        if x.dtype not in _PARAM_DTYPES:
-            raise TypeError(f"x dtype {x.dtype} is not supported; use one of {_PARAM_DTYPES}")
-        self._require(x.device)
+    def _gram(self, x):
         rows, size = x.shape
         chunks = self._chunks((0, size), x.device)
         r_block = min(64, max(16, triton.next_power_of_2(rows)))

@@ -1,7 +1,8 @@
 """Tests specific to the compiled extension (backends ``cpp`` and ``cuda``):
-loading and unavailability reasons, the chunk plan, argument errors, and
-bits that do not depend on the thread count. The ops themselves are checked
-against the reference by the shared per-op tests."""
+loading and unavailability reasons, the chunk plan, the extension's own
+argument checks (a direct call must not read out of bounds), and bits that do
+not depend on the thread count. The ops themselves are checked against the
+reference by the shared per-op tests, their argument errors in test_ops.py."""
 import importlib.util
 
 import pytest
@@ -16,8 +17,8 @@ needs_cuda = pytest.mark.skipif(not CUDA_OK, reason=f"cuda backend unavailable: 
 CHUNK = 8192  # kChunk in csrc/kernels/common.h
 
 
-def _ops():
-    return torch.ops.spectral_edge_fast
+def _ext():
+    return native._C
 
 
 def _layout(sizes, dtypes=(torch.float32,), seed=0):
@@ -32,8 +33,8 @@ def _layout(sizes, dtypes=(torch.float32,), seed=0):
 
 def test_missing_extension_is_a_reason_not_a_crash(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    ok, reason = native._load_library()
-    assert not ok and "spectral_edge_fast._C is missing" in reason and "build_ext" in reason
+    module, reason = native._load_library()
+    assert module is None and "spectral_edge_fast._C is missing" in reason and "build_ext" in reason
 
 
 def test_wrong_device_is_a_reason():
@@ -53,7 +54,7 @@ def test_cuda_reason_when_not_built_or_no_device():
     if CUDA_OK:
         pytest.skip("CUDA backend available here")
     assert CUDA_REASON and ("without CUDA" in CUDA_REASON or "no CUDA device" in CUDA_REASON)
-    assert _ops().built_with_cuda() == ("without CUDA" not in CUDA_REASON)
+    assert _ext().built_with_cuda() == ("without CUDA" not in CUDA_REASON)
 
 
 # --- the plan -------------------------------------------------------------------------------
@@ -62,7 +63,7 @@ def test_cuda_reason_when_not_built_or_no_device():
 @needs_cpp
 def test_plan_cuts_at_tensors_groups_and_chunk_multiples():
     sizes, bounds = [5, 0, 20000, 3], (0, 7, 7, 9000, 20008)
-    plan = _ops().plan(sizes, list(bounds)).tolist()
+    plan = _ext().plan(sizes, list(bounds)).tolist()
     starts = [0, 5, 5, 20005, 20008]
     flat = 0
     for tensor, offset, start, length, group in plan:
@@ -89,69 +90,42 @@ def test_plan_cuts_at_tensors_groups_and_chunk_multiples():
 )
 def test_plan_rejects_bad_bounds(sizes, bounds, match):
     with pytest.raises(RuntimeError, match=match):
-        _ops().plan(sizes, bounds)
+        _ext().plan(sizes, bounds)
 
 
 # --- argument errors ------------------------------------------------------------------------
 
 
 @needs_cpp
-def test_step_argument_errors_name_the_argument():
-    cpp = get_backend("cpp")
-    params, snapshot = _layout([10, 20])
-    ring = torch.zeros(4, 30)
-    bounds = (0, 30)
-    cases = [
-        (dict(ring=torch.zeros(4, 30, dtype=torch.float16)), "ring must be float32 or bfloat16"),
-        (dict(ring=torch.zeros(4, 31)), "snapshot has 30 elements, expected P = 31"),
-        (dict(ring=torch.zeros(30, 4).T), "ring rows must be contiguous"),
-        (dict(snapshot=torch.zeros(30, dtype=torch.bfloat16)), "snapshot must be float32"),
-        (dict(snapshot=torch.zeros(29)), "snapshot has 29 elements, expected P = 30"),
-        (dict(params=[params[0], params[1].to(torch.int32)]), "params\\[1\\] must be float32, float64, bfloat16 or float16"),
-        (dict(params=[params[0], torch.zeros(40)[::2]]), "params\\[1\\] must be contiguous"),
-        (dict(slot=4), "slot 4 is outside the ring's 4 rows"),
-    ]
-    for change, match in cases:
-        args = dict(params=params, snapshot=snapshot.clone(), ring=ring.clone(), slot=0)
-        args.update(change)
-        with pytest.raises(RuntimeError, match=match):
-            cpp.step(args["params"], args["snapshot"], args["ring"], args["slot"], bounds)
-
-
-@needs_cpp
 def test_plan_from_other_sizes_is_rejected():
     params, snapshot = _layout([10, 20])
-    plan = _ops().plan([20, 10], [0, 30])
+    plan = _ext().plan([20, 10], [0, 30])
     with pytest.raises(RuntimeError, match="build the plan from the same sizes and bounds"):
-        _ops().step(params, snapshot, torch.zeros(3, 30), 0, plan, 1)
+        _ext().cpu.step(params, snapshot, torch.zeros(3, 30), 0, plan, 1)
     with pytest.raises(RuntimeError, match="plan must be the contiguous int64"):
-        _ops().step(params, snapshot, torch.zeros(3, 30), 0, plan.int(), 1)
+        _ext().cpu.step(params, snapshot, torch.zeros(3, 30), 0, plan.int(), 1)
 
 
 @needs_cpp
-def test_other_ops_check_their_arguments():
-    cpp = get_backend("cpp")
-    ring = torch.zeros(3, 16)
+def test_direct_calls_check_their_arguments():
+    cpu = _ext().cpu
+    ring, plan = torch.zeros(3, 16), _ext().plan([16], [0, 16])
     with pytest.raises(RuntimeError, match="slide: row has 15 elements, expected P = 16"):
-        cpp.slide(ring, torch.zeros(15), 0, (0, 16))
+        cpu.slide(ring, torch.zeros(15), 0, plan, 1)
+    with pytest.raises(RuntimeError, match="slide: slot 3 is outside the ring's 3 rows"):
+        cpu.slide(ring, torch.zeros(16), 3, plan, 1)
     with pytest.raises(RuntimeError, match="project: vec must be float32, float64, bfloat16 or float16"):
-        cpp.project(ring, torch.zeros(16, dtype=torch.int64), (0, 16))
+        cpu.project(ring, torch.zeros(16, dtype=torch.int64), plan, 1)
+    with pytest.raises(RuntimeError, match="project: plan row 0 does not fit"):
+        cpu.project(torch.zeros(3, 8), torch.zeros(8), plan, 1)
     with pytest.raises(RuntimeError, match="combine: coeffs has 2 elements but the ring has 3 rows"):
-        cpp.combine(ring, torch.zeros(2))
+        cpu.combine(ring, torch.zeros(2))
     with pytest.raises(RuntimeError, match="gram: x must be 2-D"):
-        cpp.gram(torch.zeros(16))
+        cpu.gram(torch.zeros(16))
     with pytest.raises(RuntimeError, match="gather: out must be float32 or bfloat16"):
-        cpp.gather([torch.zeros(16)], torch.zeros(16), torch.zeros(16, dtype=torch.float64))
-
-
-@needs_cpp
-def test_results_carry_no_autograd_history():
-    cpp = get_backend("cpp")
-    params = [torch.nn.Parameter(torch.randn(10)), torch.nn.Parameter(torch.randn(5))]
-    ring = torch.zeros(3, 15)
-    out = cpp.step(params, torch.zeros(15), ring, 0, (0, 15))
-    assert not out.requires_grad and out.grad_fn is None
-    assert not cpp.project(ring, torch.randn(15, requires_grad=True), (0, 15)).requires_grad
+        cpu.gather([torch.zeros(16)], torch.zeros(16), torch.zeros(16, dtype=torch.float64), plan)
+    with pytest.raises(RuntimeError, match="step: params hold 15 elements, expected P = 16"):
+        cpu.step([torch.zeros(15)], torch.zeros(16), ring, 0, plan, 1)
 
 
 # --- bits -----------------------------------------------------------------------------------
