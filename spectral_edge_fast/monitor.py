@@ -34,15 +34,20 @@ import numpy as np
 import torch
 
 from .analysis import (
+    EigenTracker,
     adiabatic,
+    analyze_slides,
     collapse_order,
     eigen_flow,
     events,
     loss_decomposition,
     spectrum,
+    spectrum_batch,
     stability,
     window_overlaps,
 )
+from .analysis._common import ENGINE_EPS  # the records' zero tolerance unit (the analysis default), for callers
+from .analysis._common import slide_norm
 from .distributed import is_writer
 from .sinks import Sink, default_log_dir, make_sinks
 from .window import GramState, GramWindow
@@ -57,11 +62,6 @@ EVENT_SPAN = 500
 # significant digits: counts of the rounded values stay bounded where a list
 # of every value would grow with the run.
 R_MEDIAN_DIGITS = 4
-
-
-# The engine sums float32 products, so eigenvalues below n * eps32 * lambda_1
-# are rounding noise, not directions: they must count as zero.
-ENGINE_EPS = float(np.finfo(np.float32).eps)
 
 
 def _lr_of(optimizer) -> Any:
@@ -273,10 +273,34 @@ class SpectralMonitor:
 
     # -- analysis -----------------------------------------------------------
     def analyze(self, state: GramState, step: int, lr: Optional[float] = None) -> dict:
-        """The analysis record of one window state (host side, float64 NumPy)."""
-        G = state.gram()
-        spec = spectrum(G, eps=ENGINE_EPS)
-        dcf = state.delta_c_fro()
+        """The analysis record of one window state (host side, float64 NumPy).
+
+        One decomposition per window, all with the engine's float32 zero
+        tolerance. When consecutive records are consecutive slides
+        (``analyze_every == every``), the global window and every group go
+        through ``analyze_slides`` as one stack with an ``EigenTracker``, which
+        updates the last record's decompositions instead of eigensolving;
+        otherwise ``analyze_slides`` eigensolves the global window's two and
+        ``spectrum_batch`` gives the groups' spectra from eigenvalues alone.
+        The global window's full results come from the per-group functions
+        given those decompositions."""
+        ext = state.extended_grams()
+        if len(state.groups) > 1:
+            ext = np.concatenate((ext.sum(axis=0, keepdims=True), ext))
+        if self.analyze_every == self.window.every:  # each record is one slide after the last
+            tracker = self.__dict__.get("_tracker") or EigenTracker()
+            self._tracker = tracker
+            batch = groups = analyze_slides(ext, tracker=tracker)
+        else:
+            batch = analyze_slides(ext[:1])
+            groups = spectrum_batch(ext[1:, 1:, 1:]) if len(ext) > 1 else None
+        n, E = state.n, ext[0]
+        if batch.fallback[0]:  # a non-finite row: the spectrum of the finite rows, no flow or overlaps
+            spec, previous = spectrum(E[1:, 1:]), None
+        else:
+            spec = spectrum(E[1:, 1:], eigen=(batch.current.values[0], batch.current.vectors[0]))
+            previous = spectrum(E[:n, :n], eigen=(batch.previous.values[0], batch.previous.vectors[0]))
+        dcf = float(batch.delta_c_fro[0])
         stab = stability(spec, dcf)
         record: Dict[str, Any] = {
             "step": int(step),
@@ -299,28 +323,34 @@ class SpectralMonitor:
             adi = adiabatic(spec, dcf, lr, history=past)
             record["A"] = _nan_to_none(adi.A)
             record["adiabatic"] = adi.to_dict()
-        if state.n >= 2:
-            ext = state.extended_gram()  # its trailing block is G: reuse the spectrum
-            record["flow"] = eigen_flow(ext, current=spec).to_dict()
-            record["overlaps"] = window_overlaps(ext, current=spec).to_dict()
+        if n >= 2:
+            record["flow"] = eigen_flow(E, previous, spec).to_dict()
+            record["overlaps"] = window_overlaps(E, previous, spec).to_dict()
         if len(state.groups) > 1:
-            record["groups"] = self._group_summaries(state, float(np.trace(G)))
+            record["groups"] = self._group_summaries(state.groups, groups, ext)
         if self._decomposition is not None:
             record["decomposition"], self._decomposition = self._decomposition, None
         return record
 
     @staticmethod
-    def _group_summaries(state: GramState, total: float) -> Dict[str, dict]:
+    def _group_summaries(names: List[str], spectra, ext: np.ndarray) -> Dict[str, dict]:
+        """Per-group summaries: ``ext`` = [global, groups...], ``spectra`` (a
+        ``SlideBatch`` or ``SpectrumBatch``) holds the groups' spectra in its
+        last rows."""
+        first = len(spectra.k_star) - len(names)
+        traces = np.trace(ext[:, 1:, 1:], axis1=1, axis2=2)
+        dcf = slide_norm(ext[:, -1, -1], ext[:, 0, 0], ext[:, 0, -1])
+        total = float(traces[0])
         out = {}
-        for name, Gg in state.group_grams().items():
-            s = spectrum(Gg, eps=ENGINE_EPS, vectors=False)
+        for i, name in enumerate(names):
+            g = first + i
             out[name] = {
-                "k_star": s.k_star,
-                "R": _nan_to_none(s.gap_ratio),
-                "gap": _nan_to_none(s.gap),
-                "sigma_1": float(s.sigmas[0]) if s.n else None,
-                "share": float(np.trace(Gg)) / total if total > 0 else None,
-                "delta_c_fro": state.delta_c_fro(name),
+                "k_star": int(spectra.k_star[g]) or None,
+                "R": _nan_to_none(float(spectra.gap_ratio[g])),
+                "gap": _nan_to_none(float(spectra.gap[g])),
+                "sigma_1": _nan_to_none(float(spectra.sigmas[g, 0])),  # NaN: no finite row
+                "share": float(traces[i + 1]) / total if total > 0 else None,
+                "delta_c_fro": float(dcf[i + 1]),
             }
         return out
 
@@ -403,7 +433,7 @@ class SpectralMonitor:
     def _decompose(self) -> dict:
         state = self.window.state()
         G = state.gram()
-        spec = spectrum(G, eps=ENGINE_EPS)
+        spec = spectrum(G)
         stab = stability(spec, state.delta_c_fro())
         lr = _as_float(_lr_of(self.optimizer)) if self.optimizer is not None else math.nan
         train, val = self._observed["train"][1], self._observed["val"][1]

@@ -42,8 +42,10 @@ Conventions
   updated from the previous ones by the rank-two secular solver
   (``tracking.py``, compiled from ``csrc/analysis/secular.cpp``; checked
   every slide, LAPACK when a check fails or the module is not built).
+  ``spectrum_batch``: the spectrum alone of each window of a [G, n, n]
+  stack, from eigenvalues (what summaries of many groups need).
 """
-from .batch import SlideBatch, analyze_slides
+from .batch import SlideBatch, SpectrumBatch, analyze_slides, spectrum_batch
 from .decomposition import (
     FirstOrderSplit,
     LossDecomposition,
@@ -85,6 +87,7 @@ __all__ = [
     "Projections",
     "SlideBatch",
     "Spectrum",
+    "SpectrumBatch",
     "Stability",
     "ThreePhase",
     "WeightSpectrum",
@@ -105,6 +108,7 @@ __all__ = [
     "ratio_p_value",
     "slide_eigen",
     "spectrum",
+    "spectrum_batch",
     "stability",
     "three_phase",
     "weight_spectrum",

@@ -95,6 +95,35 @@ def _spectra(values: np.ndarray, q: float, eps: float) -> _Spectra:
         )
 
 
+def _spectrum_fields(s: _Spectra, q: float) -> dict:
+    """The ``spectrum`` fields of a batch result, from ``_spectra``."""
+    return dict(
+        eigenvalues=s.lam,
+        sigmas=s.sig,
+        tol=s.tol,
+        n_positive=s.m,
+        k_star=s.k_star,
+        gap_ratio=s.gap_ratio,
+        gap=s.gap,
+        eig_gap=s.eig_gap,
+        edge_ratio=s.edge_ratio,
+        g23=s.g23,
+        weighted_k_star=s.weighted_k_star,
+        q=float(q),
+        k_q=s.k_q,
+        pc1_fraction=s.pc1_fraction,
+        neighbour_gaps=s.neighbour_gaps,
+        status=s.status,
+    )
+
+
+def _check_options(q: float, eps: float) -> None:
+    if not 0.0 < q <= 1.0:
+        raise ValueError(f"q must be in (0, 1], got {q}")
+    if not 0.0 <= eps < 1.0:
+        raise ValueError(f"eps must be in [0, 1), got {eps}")
+
+
 def _inverse(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``1 / x`` where ``mask``, else 0."""
     return np.divide(1.0, x, out=np.zeros_like(x), where=mask)
@@ -201,6 +230,60 @@ class SlideBatch(Result):
         return out
 
 
+@dataclass(frozen=True, eq=False)
+class SpectrumBatch(Result):
+    """``spectrum`` of each window of a stack, with a leading group axis.
+
+    Fields as ``SlideBatch``'s spectrum fields (eigenvalues .. status, ``q``):
+    arrays [G, n] NaN-padded where a group's spectrum is shorter (rows
+    dropped as non-finite), mode numbers 0 = undefined. ``fallback``: groups
+    computed by ``spectrum`` (a non-finite entry).
+    """
+
+    n: int
+    eigenvalues: np.ndarray
+    sigmas: np.ndarray
+    tol: np.ndarray
+    n_positive: np.ndarray
+    k_star: np.ndarray
+    gap_ratio: np.ndarray
+    gap: np.ndarray
+    eig_gap: np.ndarray
+    edge_ratio: np.ndarray
+    g23: np.ndarray
+    weighted_k_star: np.ndarray
+    q: float
+    k_q: np.ndarray
+    pc1_fraction: np.ndarray
+    neighbour_gaps: np.ndarray
+    status: np.ndarray
+    fallback: np.ndarray
+
+    group = SlideBatch.group
+
+
+def spectrum_batch(grams, q: float = 0.95, *, eps: float = ENGINE_EPS) -> SpectrumBatch:
+    """``spectrum(grams[g], q, eps=eps, vectors=False)`` for every window of a
+    [G, n, n] stack at once, from eigenvalues alone (a batched ``eigvalsh``):
+    what summaries of many groups need when no eigenvectors are wanted. A
+    group with a non-finite entry falls back to ``spectrum`` (its finite
+    rows).
+
+    Raises:
+        ValueError: not a [G, n, n] stack of symmetric matrices, or ``q`` /
+            ``eps`` out of range (as ``spectrum``).
+    """
+    _check_options(q, eps)
+    A, finite = _stack(grams, "grams")
+    values = np.linalg.eigvalsh(A if finite.all() else np.where(finite[:, None, None], A, 0.0))
+    out = dict(n=A.shape[1], **_spectrum_fields(_spectra(np.ascontiguousarray(values[:, ::-1]), q, eps), q))
+    out["fallback"] = ~finite
+    for g in np.flatnonzero(~finite):
+        spec = spectrum(A[g], q, eps=eps, vectors=False)
+        _fill_group(out, int(g), {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)})
+    return SpectrumBatch(**{k: _readonly(v) if isinstance(v, np.ndarray) else v for k, v in out.items()})
+
+
 def _given(eig, name: str, G: int, n: int):
     values, vectors = eig
     values = np.asarray(values, dtype=np.float64)
@@ -263,10 +346,7 @@ def analyze_slides(
     G, n = E.shape[0], E.shape[1] - 1
     if n < 1:
         raise ValueError(f"extended_grams must be [G, n+1, n+1] with n >= 1, got shape {E.shape}")
-    if not 0.0 < q <= 1.0:
-        raise ValueError(f"q must be in (0, 1], got {q}")
-    if not 0.0 <= eps < 1.0:
-        raise ValueError(f"eps must be in [0, 1), got {eps}")
+    _check_options(q, eps)
     if validity_factor < 0:
         raise ValueError(f"validity_factor must be >= 0, got {validity_factor}")
     C = check_scalar(C, "C")
@@ -303,22 +383,7 @@ def analyze_slides(
         A = np.where((cur.gap > 0) & (lr > 0), dc / (lr * cur.gap * cur.gap), np.nan)
     out = dict(
         n=n,
-        eigenvalues=cur.lam,
-        sigmas=cur.sig,
-        tol=cur.tol,
-        n_positive=cur.m,
-        k_star=cur.k_star,
-        gap_ratio=cur.gap_ratio,
-        gap=cur.gap,
-        eig_gap=cur.eig_gap,
-        edge_ratio=cur.edge_ratio,
-        g23=cur.g23,
-        weighted_k_star=cur.weighted_k_star,
-        q=float(q),
-        k_q=cur.k_q,
-        pc1_fraction=cur.pc1_fraction,
-        neighbour_gaps=cur.neighbour_gaps,
-        status=cur.status,
+        **_spectrum_fields(cur, q),
         delta_c_fro=dc,
         alpha=davis_kahan(rotation_bounds, C, squared),
         C=C,
@@ -460,7 +525,20 @@ def _fill_from_group(out: dict, E: np.ndarray, g: int, n: int, lr, cluster_gap, 
         eigen_flow(E, validity_factor=validity_factor, eps=eps),
     ]
     # later parts win: the spectrum's k_star and neighbour_gaps, not the flow's (previous window's)
-    values = {f.name: getattr(part, f.name) for part in parts[::-1] for f in dataclasses.fields(part)}
+    _fill_group(out, g, {f.name: getattr(part, f.name) for part in parts[::-1] for f in dataclasses.fields(part)})
+    out["previous"].values[g] = out["previous"].vectors[g] = np.nan  # not computed
+    if spec.n == n:
+        out["current"].values[g] = spec.eigenvalues
+        out["current"].vectors[g] = spec.vectors
+    else:
+        out["current"].values[g] = np.nan
+        out["current"].vectors[g] = np.nan
+
+
+def _fill_group(out: dict, g: int, values: dict) -> None:
+    """Overwrite group ``g`` of the arrays of ``out`` with a per-group
+    result's ``values`` (by field name; None mode numbers as 0, arrays
+    NaN-padded)."""
     for name in ("k_star", "weighted_k_star", "k_q"):
         values[name] = values[name] or 0
     for name, array in out.items():
@@ -472,10 +550,3 @@ def _fill_from_group(out: dict, E: np.ndarray, g: int, n: int, lr, cluster_gap, 
         else:
             array[g] = False if array.dtype == bool else np.nan
             array[g, : x.size] = x
-    out["previous"].values[g] = out["previous"].vectors[g] = np.nan  # not computed
-    if spec.n == n:
-        out["current"].values[g] = spec.eigenvalues
-        out["current"].vectors[g] = spec.vectors
-    else:
-        out["current"].values[g] = np.nan
-        out["current"].vectors[g] = np.nan

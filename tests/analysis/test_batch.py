@@ -17,6 +17,7 @@ from spectral_edge_fast.analysis import (
     eigen_batch,
     eigen_flow,
     spectrum,
+    spectrum_batch,
     stability,
     window_overlaps,
 )
@@ -255,6 +256,31 @@ def test_tracker_stream_matches_per_group():
         assert_matches(batch, E, check_current=False, **options)
     assert tracker.updated > 3 * (slides - 1)  # most group-slides took the update
     assert tracker.solved > 2 * 5  # refreshes and the non-finite group
+
+
+@pytest.mark.parametrize("eps", [ENGINE_EPS, 0.0])
+def test_spectrum_batch_is_spectrum_per_group(eps):
+    """The spectrum alone of a stack, from eigenvalues, equals ``spectrum``
+    group by group (a group with a non-finite row through ``spectrum`` itself)."""
+    grams = edge_case_grams(np.random.default_rng(3))[:, 1:, 1:]  # the current windows
+    batch = spectrum_batch(grams, 0.9, eps=eps)
+    assert batch.fallback.sum() == 2 and set(batch.status) >= {"ok", "tied", "undefined", "nonfinite_rows"}
+    for g, G in enumerate(grams):
+        s = spectrum(G, 0.9, eps=eps, vectors=False)
+        record, want = batch.group(g), s.to_dict()
+        lam1 = max(s.eigenvalues[0], 0.0) if s.n else 0.0
+        for name, value in record.items():
+            if name in ("n", "fallback"):
+                continue
+            if name in EXACT or name in ("status", "q"):
+                assert value == want[name], (g, name)
+                continue
+            unit = math.sqrt(lam1) if name in SIGMA_UNITS else lam1 if name in EIGEN_UNITS else 1.0
+            got = np.asarray(value, dtype=float)
+            if got.ndim:  # NaN-padded to n
+                assert np.isnan(got[s.n :]).all()
+                got = got[: s.n]
+            np.testing.assert_allclose(got, want[name], rtol=1e-9, atol=1e-12 * unit, err_msg=f"group {g} {name}")
 
 
 def test_eigen_batch():
