@@ -408,6 +408,8 @@ def test_ring_advice_fits_the_ring_dtype(monkeypatch, storage, bf16_advice):
     with pytest.raises(MemoryError, match="the ring dominates") as err:
         GramWindow(torch.nn.Linear(100, 100), window=16, storage_dtype=storage)
     assert ("storage_dtype=torch.bfloat16" in str(err.value)) == bf16_advice
+    with pytest.raises(MemoryError, match="the snapshot dominates: monitor fewer parameters"):
+        GramWindow(torch.nn.Linear(100, 100), window=2, storage_dtype=torch.bfloat16)  # ring 4P bytes, snapshot 8P
 
 
 def test_integer_like_window_and_every_are_accepted():
