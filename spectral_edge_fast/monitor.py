@@ -119,6 +119,20 @@ def _step_traces(optimizer, params) -> tuple:
             bool(getattr(optimizer, "_opt_called", False)))
 
 
+def _stepping(optimizer):
+    """The optimizer whose step hooks fire on real steps. A wrapper without
+    ``Optimizer``'s hooks (accelerate's ``AcceleratedOptimizer``) gives the
+    optimizer it wraps, which it steps only on real steps: not on gradient
+    accumulation's micro-steps, nor on steps a gradient scaler skips."""
+    while not hasattr(optimizer, "_optimizer_step_post_hooks") and isinstance(
+            getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    if not hasattr(optimizer, "register_step_post_hook") or not hasattr(optimizer, "_optimizer_step_post_hooks"):
+        raise TypeError(f"SpectralMonitor cannot hook {type(optimizer).__name__}.step (no step post-hooks): pass the "
+                        "torch.optim.Optimizer it wraps, or no optimizer and call monitor.step() after each step")
+    return optimizer
+
+
 class SpectralMonitor:
     """Live spectral-edge diagnostics of a training run.
 
@@ -127,7 +141,8 @@ class SpectralMonitor:
             or ``(name, tensor)`` pairs: what :class:`GramWindow` accepts.
         optimizer: when given, the monitor steps in its post-step hook and
             reads its learning rate; otherwise call :meth:`step` after each
-            optimizer step.
+            optimizer step. accelerate's ``AcceleratedOptimizer`` is followed
+            through the optimizer it wraps, so only real steps count.
         window: ``W``, updates in the window.
         every: stride ``s``: an update is ``theta_t - theta_{t-s}``.
         analyze_every: optimizer steps between analyses.
@@ -203,7 +218,8 @@ class SpectralMonitor:
         self._pending: Optional[tuple] = None  # (readback, step, lr) of a started analysis
         self._observed: Dict[str, tuple] = {}  # split -> (window count, projection)
         self._decomposition: Optional[dict] = None
-        self._hook = optimizer.register_step_post_hook(self._on_optimizer_step) if optimizer is not None else None
+        self._hook = (_stepping(optimizer).register_step_post_hook(self._on_optimizer_step)
+                      if optimizer is not None else None)
         self._traces = _step_traces(optimizer, self.window.layout.params) if optimizer is not None else None
         self._traced_state = optimizer.state if optimizer is not None else None
         self._write_meta()
