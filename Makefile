@@ -10,11 +10,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: venv build demo test test-fast check-cuda bench clean
 
+# [all]: the integrations (Lightning, transformers + accelerate, TensorBoard, W&B, pandas), so their
+# tests run instead of skipping; torch is named again so pip keeps $(TORCH) while resolving them.
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,all]" "$(TORCH)"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -1,5 +1,6 @@
 """spectral-edge-fast: the rolling-window Gram matrix of parameter updates,
 kept live during training, and the spectral-edge diagnostics built on it."""
+from .frames import read_run
 from .gram import gram
 from .kernels import backends
 from .monitor import SpectralMonitor
@@ -17,6 +18,7 @@ __all__ = [
     "analyze_checkpoints",
     "backends",
     "gram",
+    "read_run",
     "render",
 ]
 __version__ = "0.1.0"

@@ -281,68 +281,156 @@ class CSVSink(_FileSink):
 
 
 class TensorBoardSink(Sink):
-    """Scalars under ``spectral/...`` and ``metrics/...`` (needs ``tensorboard``)."""
+    """Scalars for TensorBoard (needs ``tensorboard``): the whole model's
+    summary under ``spectral/...``, each group in section
+    ``spectral_groups/<group>/...``, metrics under ``metrics/...``; a
+    record's events as text (``spectral/events``, in the Text tab), and a
+    Custom Scalars layout that draws each group quantity of every group on
+    one chart.
 
-    def __init__(self, log_dir: str):
-        from torch.utils.tensorboard import SummaryWriter  # ImportError without the tensorboard package
+    ``writer``: a ``SummaryWriter`` of your own (Lightning's
+    ``TensorBoardLogger.experiment``, say) to write into, left open at
+    ``close``; by default the sink opens one in ``<log_dir>/tensorboard``."""
 
-        self._writer = SummaryWriter(log_dir=os.path.join(log_dir, "tensorboard"))
+    def __init__(self, log_dir: Optional[str] = None, writer=None):
+        if writer is None:
+            if log_dir is None:
+                raise ValueError("TensorBoardSink needs a log_dir or a writer (a SummaryWriter)")
+            from torch.utils.tensorboard import SummaryWriter  # ImportError without the tensorboard package
+
+            writer = SummaryWriter(log_dir=os.path.join(log_dir, "tensorboard"))
+            self._owns_writer = True
+        else:
+            self._owns_writer = False
+        self._writer = writer
+        self._layout_written = False
 
     def write(self, kind: str, record: dict) -> None:
         step = int(record["step"])
         for name, value in scalars(kind, record).items():
-            if name != "step":
-                self._writer.add_scalar(f"{FILES[kind]}/{name}", value, step)
+            if name == "step":
+                continue
+            if kind == "analysis" and name.startswith("groups/"):
+                tag = "spectral_" + name
+            else:
+                tag = f"{FILES[kind]}/{name}"
+            self._writer.add_scalar(tag, value, step)
+        if kind == "analysis":
+            if record.get("events"):
+                self._writer.add_text("spectral/events", event_labels(record), step)
+            if record.get("groups") and not self._layout_written:
+                self._write_layout(record)
+
+    def _write_layout(self, record: dict) -> None:
+        quantities = sorted({q for summary in record["groups"].values() for q in summary})
+        self._writer.add_custom_scalars({
+            "spectral edge": {name: ["Multiline", [f"spectral/{name}"]] for name in ("R", "k_star", "A")},
+            "spectral groups": {q: ["Multiline", [rf"spectral_groups/.*/{q}$"]] for q in quantities},
+        })
+        self._layout_written = True
 
     def flush(self) -> None:
         self._writer.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        if self._owns_writer:
+            self._writer.close()
+        else:
+            self._writer.flush()
 
 
 class WandbSink(Sink):
-    """Logs to the active W&B run, or starts one (project ``spectral-edge``)."""
+    """Logs to a Weights & Biases run (needs ``wandb``): ``run`` if given,
+    else the run that exists when the first record comes (``wandb.run``: the
+    one a Trainer's ``report_to="wandb"`` or Lightning's ``WandbLogger``
+    started), else a run it starts with ``wandb.init(**init_kwargs)``
+    (default project ``spectral-edge``, under ``log_dir``) and finishes at
+    ``close``.
 
-    def __init__(self, log_dir: str):
+    It never sends ``step=``: the run's own step belongs to whoever logs
+    beside it, and a step below it would be dropped. Each record carries its
+    step as ``spectral/step`` (analyses) or ``metrics/step`` (metrics), which
+    ``define_metric`` makes the x-axis of that record's keys."""
+
+    def __init__(self, log_dir: Optional[str] = None, run=None, **init_kwargs):
         import wandb  # ImportError without the wandb package
 
         self._wandb = wandb
-        self._owns_run = wandb.run is None
-        if self._owns_run:
-            wandb.init(project="spectral-edge", dir=log_dir)
+        self._run = run
+        self._owns_run = False
+        self._init_kwargs = {"project": "spectral-edge", **({"dir": log_dir} if log_dir else {}), **init_kwargs}
+        self._meta: Optional[dict] = None
+        self._defined: set = set()
+
+    def _attach(self):
+        # At the first record, not at construction: a framework starts its run when training begins,
+        # after the monitor is built.
+        if self._run is None:
+            self._run = self._wandb.run
+            if self._run is None:
+                self._run = self._wandb.init(**self._init_kwargs)
+                self._owns_run = True
+        if self._meta is not None:
+            self._run.config.update({"spectral_edge": self._meta}, allow_val_change=True)
+            self._meta = None
+        return self._run
 
     def write_meta(self, meta: dict) -> None:
-        self._wandb.config.update({"spectral_edge": meta}, allow_val_change=True)
+        self._meta = meta
+        if self._run is not None:
+            self._attach()
 
     def write(self, kind: str, record: dict) -> None:
-        values = {f"{FILES[kind]}/{k}": v for k, v in scalars(kind, record).items() if k != "step"}
-        self._wandb.log(values, step=int(record["step"]))
+        run = self._attach()
+        prefix = FILES[kind]
+        values = {f"{prefix}/{k}": v for k, v in scalars(kind, record).items()}
+        step_key = f"{prefix}/step"
+        for key in values.keys() - self._defined:
+            # Each key by name: an exact definition wins over a framework's "*" glob on its own step.
+            if key != step_key:
+                run.define_metric(key, step_metric=step_key, step_sync=True)
+            self._defined.add(key)
+        run.log(values)
 
     def close(self) -> None:
         if self._owns_run:
-            self._wandb.finish()
+            self._run.finish()
+            self._run, self._owns_run = None, False
 
 
 SINKS = {"jsonl": JSONLSink, "csv": CSVSink, "tensorboard": TensorBoardSink, "wandb": WandbSink}
 _PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 
-def make_sinks(spec: Union[None, str, Sink, Sequence[Union[str, Sink]]], log_dir: str) -> List[Sink]:
-    """Sinks from names (``"jsonl"``, ``"csv"``, ``"tensorboard"``, ``"wandb"``)
-    or ready :class:`Sink` objects. An optional sink whose package is missing
-    is left out with one warning, never an error."""
+def _sink_of(item) -> Optional[Sink]:
+    """A ready sink, or one for a ``SummaryWriter`` or a W&B run; None for a name."""
+    if isinstance(item, Sink):
+        return item
+    if callable(getattr(item, "add_scalar", None)) and callable(getattr(item, "add_text", None)):
+        return TensorBoardSink(writer=item)
+    if type(item).__module__.startswith("wandb"):
+        return WandbSink(run=item)
+    return None
+
+
+def make_sinks(spec, log_dir: Optional[str]) -> List[Sink]:
+    """Sinks from names (``"jsonl"``, ``"csv"``, ``"tensorboard"``, ``"wandb"``),
+    ready :class:`Sink` objects, a TensorBoard ``SummaryWriter`` or a W&B run
+    (written into, not closed), one or a sequence of them. An optional sink
+    whose package is missing is left out with one warning, never an error."""
     if spec is None:
         return []
-    if isinstance(spec, (str, Sink)):
+    if isinstance(spec, str) or _sink_of(spec) is not None:
         spec = [spec]
     out: List[Sink] = []
     for item in spec:
-        if isinstance(item, Sink):
-            out.append(item)
+        sink = _sink_of(item)
+        if sink is not None:
+            out.append(sink)
             continue
         if item not in SINKS:
-            raise ValueError(f"unknown sink {item!r}; choose from {', '.join(SINKS)} or pass a Sink object")
+            raise ValueError(f"unknown sink {item!r}; choose from {', '.join(SINKS)} or pass a Sink object, "
+                             "a SummaryWriter or a wandb run")
         try:
             out.append(SINKS[item](log_dir))
         except ImportError as exc:

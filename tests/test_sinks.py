@@ -88,21 +88,164 @@ def test_missing_optional_packages_warn_once_and_do_not_crash(tmp_path, monkeypa
     assert "pip install tensorboard" in messages[0] and "pip install wandb" in messages[1]
 
 
-def test_tensorboard_sink_writes_events_when_installed(tmp_path):
+GROUPED = {**RECORD, "groups": {"layers.0": {"R": 2.0, "k_star": 1, "share": 0.25},
+                                 "head": {"R": 4.0, "k_star": 2, "share": 0.75}}}
+
+
+def _tensorboard_events(path):
+    """Scalars ``{tag: [(step, value)]}`` and texts ``{tag: [(step, text)]}`` of
+    the event files under ``path``, read back as TensorBoard reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    scalars_ = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+    tensors = {t: [(e.step, e.tensor_proto) for e in acc.Tensors(t)] for t in acc.Tags()["tensors"]}
+    return scalars_, tensors
+
+
+def test_tensorboard_puts_each_group_in_its_own_section_and_events_as_text(tmp_path):
     pytest.importorskip("tensorboard", reason="the tensorboard package is not installed")
     (sink,) = make_sinks(("tensorboard",), str(tmp_path))
+    sink.write("analysis", GROUPED)
+    sink.write("analysis", {**GROUPED, "step": 20, "events": []})
+    sink.write("metrics", {"step": 20, "eval_loss": 0.5})
+    sink.close()
+    values, tensors = _tensorboard_events(tmp_path / "tensorboard")
+    assert values["spectral/R"] == [(10, 3.5), (20, 3.5)] and values["metrics/eval_loss"] == [(20, 0.5)]
+    assert values["spectral_groups/head/R"] == [(10, 4.0), (20, 4.0)]
+    assert values["spectral_groups/layers.0/share"][0] == (10, 0.25)
+    assert not any(t.startswith(("spectral/groups", "groups/")) for t in values)
+    (step, text), = tensors["spectral/events/text_summary"]  # only the record that has events
+    assert step == 10 and text.string_val[0].decode() == "gap_opening@10 k_star_shift@8[head]"
+    layout = tensors["custom_scalars__config__"][0][1].string_val[0]
+    assert b"spectral_groups/.*/R$" in layout
+
+
+def test_tensorboard_writes_into_a_summary_writer_of_yours_and_leaves_it_open(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard package is not installed")
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(tmp_path / "mine"))
+    (sink,) = make_sinks(writer, str(tmp_path / "spectral"))
     sink.write("analysis", RECORD)
     sink.close()
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    writer.add_scalar("train/loss", 1.0, 11)  # still open
+    writer.close()
+    values, _ = _tensorboard_events(tmp_path / "mine")
+    assert values["spectral/R"] == [(10, 3.5)] and values["train/loss"] == [(11, 1.0)]
+    assert not (tmp_path / "spectral" / "tensorboard").exists()
 
 
-def test_wandb_sink_logs_when_installed(tmp_path, monkeypatch):
+@pytest.fixture
+def wandb_offline(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb", reason="the wandb package is not installed")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    (sink,) = make_sinks(("wandb",), str(tmp_path))
+    for name, value in (("WANDB_MODE", "offline"), ("WANDB_DIR", str(tmp_path)), ("WANDB_SILENT", "true")):
+        monkeypatch.setenv(name, value)
+    yield wandb
+    if wandb.run is not None:
+        wandb.run.finish()
+
+
+def _wandb_history(run_dir):
+    """The history rows of a finished offline W&B run, read from its
+    ``run-<id>.wandb`` file (a LevelDB-style log of ``Record`` protobufs after
+    a 7-byte header): what the run kept, after the rows it dropped. The
+    service writes the file after ``finish()`` returns: read until its exit
+    record is there."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = [os.path.join(run_dir, n) for n in os.listdir(run_dir) if n.endswith(".wandb")]
+    deadline = time.monotonic() + 120
+    while True:
+        with open(path, "rb") as f:
+            data = f.read()
+        pos, chunk, records = 7, b"", []
+        while pos + 7 <= len(data):
+            left = 32768 - pos % 32768  # records never straddle a 32 KiB block's last 6 bytes
+            if left < 7:
+                pos += left
+                continue
+            _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+            if pos + 7 + length > len(data):  # a piece still being written
+                break
+            chunk += data[pos + 7:pos + 7 + length]
+            pos += 7 + length
+            if kind in (1, 4):  # a whole record, or a record's last piece
+                records.append(wandb_internal_pb2.Record.FromString(chunk))
+                chunk = b""
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        assert time.monotonic() < deadline, f"{path}: no exit record after 120 s"
+        time.sleep(0.1)
+    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+            for r in records if r.WhichOneof("record_type") == "history"]
+
+
+def test_wandb_joins_the_users_run_and_never_pushes_its_step_back(tmp_path, wandb_offline):
+    """The framework's run logs on its own (its step passes the monitor's);
+    the records go into that run, none dropped, each with its own step."""
+    wandb = wandb_offline
+    run = wandb.init(project="mine")
+    run.define_metric("*", step_metric="train/global_step", step_sync=True)  # what a Trainer declares
+    (sink,) = make_sinks(("wandb",), str(tmp_path / "spectral"))
+    sink.write_meta({"window": 3})
+    for step in range(1, 61):
+        run.log({"train/loss": 1.0 / step, "train/global_step": step})
+    sink.write("analysis", {**RECORD, "step": 50})
+    sink.write("metrics", {"step": 50, "eval_loss": 0.5})
+    run.log({"train/loss": 0.01, "train/global_step": 61})
+    sink.close()
+    assert wandb.run is run  # left open for its owner
+    assert run.config["spectral_edge"] == {"window": 3}
+    run_dir = os.path.dirname(run.dir)
+    run.finish()
+    rows = _wandb_history(run_dir)
+    assert [r["_step"] for r in rows] == list(range(len(rows)))  # nothing pushed back, nothing dropped
+    assert len(rows) == 63
+    (spectral,) = [r for r in rows if "spectral/R" in r]
+    assert spectral["spectral/step"] == 50 and spectral["spectral/sigmas/2"] == 1.5
+    assert spectral["spectral/groups/layers.0/R"] == 2.0
+    (metrics,) = [r for r in rows if "metrics/eval_loss" in r]
+    assert metrics["metrics/step"] == 50 and metrics["metrics/eval_loss"] == 0.5
+    assert rows[-1]["train/global_step"] == 61
+
+
+def test_wandb_built_before_the_frameworks_run_joins_it(tmp_path, wandb_offline):
+    """A callback's monitor (and its sink) is built before the framework
+    starts its run: the sink waits for its first record to choose a run."""
+    wandb = wandb_offline
+    (sink,) = make_sinks(("wandb",), str(tmp_path / "spectral"))
+    sink.write_meta({"window": 3})
+    run = wandb.init(project="mine")
     sink.write("analysis", RECORD)
     sink.close()
-    assert wandb.run is None
+    assert wandb.run is run and run.config["spectral_edge"] == {"window": 3}
+    run_dir = os.path.dirname(run.dir)
+    run.finish()
+    assert [r["spectral/step"] for r in _wandb_history(run_dir)] == [10]
+
+
+def test_wandb_starts_a_run_with_your_settings_only_when_none_exists(tmp_path, wandb_offline):
+    wandb = wandb_offline
+    from spectral_edge_fast.sinks import WandbSink
+
+    sink = WandbSink(str(tmp_path), project="edge-test", name="probe")
+    sink.write("analysis", RECORD)
+    run = wandb.run
+    assert run is not None and run.project == "edge-test" and run.name == "probe"
+    run_dir = os.path.dirname(run.dir)
+    sink.close()
+    assert wandb.run is None  # the run it started is finished
+    (row,) = _wandb_history(run_dir)
+    assert row["spectral/step"] == 10 and row["spectral/R"] == 3.5
+    mine = wandb.init(project="given")
+    (given,) = make_sinks(mine, str(tmp_path))  # a run object in sinks=
+    given.write("metrics", {"step": 3, "loss": 1.0})
+    given.close()
+    assert wandb.run is mine
 
 
 def test_sink_objects_and_unknown_names(tmp_path):
