@@ -510,14 +510,6 @@ class SpectralMonitor:
         out["events_total"] = self._totals["events"]
         return out
 
-    def to_pandas(self):
-        """The records in memory (the last ``history``) as pandas DataFrames,
-        like :func:`spectral_edge_fast.read_run` gives them from the files
-        (needs ``pandas``; finishes a started analysis)."""
-        from .frames import frames
-
-        return frames(self.history, self.metrics, self.meta)
-
     # -- lifecycle ---------------------------------------------------------------
     def detach(self) -> None:
         """Stop listening to the optimizer (records and files stay)."""
@@ -547,9 +539,10 @@ class SpectralMonitor:
             self._traces = None  # once
             warnings.warn(
                 "SpectralMonitor has seen no optimizer step, but the optimizer's state or the parameters changed "
-                "since it was attached: optimizer.step does not run its post-step hooks (it was replaced on the "
-                "instance by a function that bypasses Optimizer.step). Call monitor.step() after each optimizer "
-                "step, or keep optimizer.step the optimizer's own.",
+                "since it was attached. If optimizer.step was replaced on the instance by a function that bypasses "
+                "Optimizer.step, its post-step hooks do not run: call monitor.step() after each optimizer step, or "
+                "keep optimizer.step the optimizer's own. (Parameters loaded after the monitor was made also "
+                "change them: make the monitor after loading.)",
                 RuntimeWarning,
                 stacklevel=3,
             )
