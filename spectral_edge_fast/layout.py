@@ -148,6 +148,7 @@ class ParamLayout:
     placement) are kept whole on the rank that holds them."""
 
     def __init__(self, params, groups: GroupSpec = "auto", rank: int = 0, world: int = 1):
+        self.rank, self.world = rank, world
         named = named_tensors(params)
         group_of = _group_fn(groups)
         raw = [n for n, _ in named]

@@ -419,6 +419,9 @@ class GramWindow:
             "storage_dtype": str(self.storage_dtype),
             "groups": self.groups,
             "bounds": list(self.layout.bounds),
+            "rank": self.layout.rank,
+            "world": self.layout.world,
+            "pieces": self._pieces(),
             "count": self.count,
             "calls": self._calls,
             "ring": self._ring.clone(),
@@ -427,11 +430,32 @@ class GramWindow:
             "left": self._left.clone(),
         }
 
+    def _pieces(self) -> List[List[int]]:
+        return [[pc.index, pc.start, pc.length] for pc in self.layout.pieces]
+
+    def _check_rank(self, state: dict) -> None:
+        """A sharded window's state holds one rank's slice of the ring: it
+        must come back to the rank that holds the same slice."""
+        rank, world = self.layout.rank, self.layout.world
+        if "pieces" not in state:  # saved before states recorded their rank
+            if world > 1:
+                raise ValueError(
+                    f"this window state does not say which rank saved it, so rank {rank} of {world} cannot check "
+                    "that it holds this rank's slice of the ring; save the window again with this version"
+                )
+            return
+        if (state.get("rank"), state.get("world")) != (rank, world):
+            raise ValueError(
+                f"this window state holds rank {state.get('rank')}'s slice of the ring (world {state.get('world')}), "
+                f"not rank {rank}'s (world {world}); each rank must load the state it saved"
+            )
+
     def load_state_dict(self, state: dict) -> None:
         """Restore a window saved by :meth:`state_dict`; it then continues
         bit-identically. Refuses a state from a different layout."""
         if "analyze_every" in state:
             raise ValueError("this is a SpectralMonitor state, not a GramWindow state: load it with monitor.load_state_dict(state)")
+        self._check_rank(state)
         for key, mine in (
             ("window", self.window),
             ("every", self.every),
@@ -441,6 +465,8 @@ class GramWindow:
         ):
             if state.get(key) != mine:
                 raise ValueError(f"state_dict does not match this window: {key} is {state.get(key)!r}, expected {mine!r}")
+        if state.get("pieces", self._pieces()) != self._pieces():  # a state without pieces is one process's whole layout
+            raise ValueError("state_dict does not match this window: it holds other slices of the parameters")
         self._ring.copy_(state["ring"])
         self._snapshot.copy_(state["snapshot"])
         self._gram.copy_(state["gram"])

@@ -66,14 +66,30 @@ def _ddp_worker(rank, world, store_path, out_dir):
         now = _flat(model.parameters())
         history.append(now - last)
         last = now
-    _check(win, history, os.path.join(out_dir, f"ddp{rank}.pt"))
+    results_gram = _check(win, history, os.path.join(out_dir, f"ddp{rank}.pt"))["got"]
     monitor.flush()
     x = torch.stack(history[-4:])
     want = spectrum((x @ x.T).numpy(), eps=float(np.finfo(np.float32).eps)).sigmas
     torch.save({"got": np.array(monitor.history[-1]["sigmas"]), "want": want}, os.path.join(out_dir, f"monitor{rank}.pt"))
     g = [torch.ones_like(p) for p in model.parameters()]
     p = win.project(g)
-    torch.save({"project": p, "want": torch.stack(history[-4:]).sum(1).numpy()}, os.path.join(out_dir, f"proj{rank}.pt"))
+    # each rank's window state holds its slice of the ring: another rank's is refused
+    own = os.path.join(out_dir, f"state{rank}.pt")
+    torch.save(win.state_dict(), own)
+    dist.barrier()
+    refusals = []
+    other = torch.load(os.path.join(out_dir, f"state{1 - rank}.pt"), weights_only=False)
+    legacy = {k: v for k, v in torch.load(own, weights_only=False).items() if k not in ("rank", "world", "pieces")}
+    for state in (other, legacy):
+        try:
+            win.load_state_dict(state)
+            refusals.append(None)
+        except ValueError as exc:
+            refusals.append(str(exc))
+    win.load_state_dict(torch.load(own, weights_only=False))
+    reloaded = win.gram()
+    torch.save({"project": p, "want": torch.stack(history[-4:]).sum(1).numpy(), "refusals": refusals,
+                "reloaded": reloaded, "gram": results_gram}, os.path.join(out_dir, f"proj{rank}.pt"))
     dist.destroy_process_group()
 
 
@@ -163,8 +179,12 @@ def test_ddp_replicated_parameters_shard_the_ring():
     assert [r["local"] for r in results] == [P // 2, P - P // 2], "each rank stores half of the ring"
     for m in monitors:  # the monitor's spectrum is that of a single-process run of the same updates
         assert np.allclose(m["got"], m["want"], rtol=1e-5, atol=0)
-    for p in projections:
+    for rank, p in enumerate(projections):
         assert np.allclose(p["project"], p["want"], rtol=1e-5, atol=1e-9)
+        other, legacy = p["refusals"]
+        assert other is not None and f"rank {1 - rank}'s slice" in other and f"not rank {rank}'s" in other, other
+        assert legacy is not None and "does not say which rank saved it" in legacy, legacy
+        assert np.array_equal(p["reloaded"], p["gram"]), "a rank's own state restores its window"
 
 
 def test_dtensor_shards_sum_to_the_full_gram():
