@@ -510,6 +510,14 @@ class SpectralMonitor:
         out["events_total"] = self._totals["events"]
         return out
 
+    def to_pandas(self):
+        """The records in memory (the last ``history``) as pandas DataFrames,
+        like :func:`spectral_edge_fast.read_run` gives them from the files
+        (needs ``pandas``; finishes a started analysis)."""
+        from .frames import frames
+
+        return frames(self.history, self.metrics, self.meta)
+
     # -- lifecycle ---------------------------------------------------------------
     def detach(self) -> None:
         """Stop listening to the optimizer (records and files stay)."""
