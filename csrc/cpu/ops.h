@@ -92,15 +92,17 @@ struct Ops {
     return reduce(partials, chunks, groups);
   }
 
-  // coeffs already on the ring's device keeps a CUDA call free of host-device copies.
+  // coeffs on the ring's device: no host-device copy in a CUDA call, and no
+  // CPU kernel reading a copy from the GPU that has not landed.
   static at::Tensor combine(const at::Tensor& ring, const at::Tensor& coeffs) {
     constexpr const char* op = "combine";
     const MatRef r = check_ring(ring, op);
     check_rows(r.rows, K::kMaxRows, op);
+    check_device(coeffs, ring.device(), op, "coeffs");
     TORCH_CHECK(coeffs.numel() == r.rows, op, ": coeffs has ", num(coeffs.numel()), " elements but the ring has ",
                 num(r.rows), " rows");
     const typename K::Guard guard(ring.device());
-    const at::Tensor c = coeffs.to(ring.device(), at::kFloat, /*non_blocking=*/true).contiguous();
+    const at::Tensor c = coeffs.to(at::kFloat).contiguous();
     at::Tensor out = at::empty({r.cols}, ring.options().dtype(at::kFloat));
     K::combine(r, c.const_data_ptr<float>(), out.data_ptr<float>());
     return out;

@@ -43,7 +43,7 @@ _live: "weakref.WeakValueDictionary[str, object]" = weakref.WeakValueDictionary(
 
 def register(backend) -> str:
     """The key by which the ops find ``backend``; held weakly."""
-    key = f"{backend.name}:{id(backend):x}"
+    key = f"{type(backend).__name__}@{id(backend):x}"  # its name may be set only by __init__
     _live[key] = backend
     return key
 

@@ -120,6 +120,8 @@ def test_direct_calls_check_their_arguments():
         cpu.project(torch.zeros(3, 8), torch.zeros(8), plan, 1)
     with pytest.raises(RuntimeError, match="combine: coeffs has 2 elements but the ring has 3 rows"):
         cpu.combine(ring, torch.zeros(2))
+    with pytest.raises(RuntimeError, match="combine: coeffs is on meta, expected cpu"):
+        cpu.combine(ring, torch.zeros(3, device="meta"))
     with pytest.raises(RuntimeError, match="gram: x must be 2-D"):
         cpu.gram(torch.zeros(16))
     with pytest.raises(RuntimeError, match="gather: out must be float32 or bfloat16"):

@@ -43,7 +43,8 @@ BAD = [
     ("step", dict(snapshot=torch.zeros(P, dtype=torch.bfloat16)), TypeError, "step: snapshot must be float32 or float64"),
     ("step", dict(snapshot=torch.zeros(P - 1)), ValueError, r"step: snapshot must be 1-D with P = 30 elements, got shape \(29,\)"),
     ("step", dict(params=[torch.zeros(10), torch.zeros(20, dtype=torch.int32)]), TypeError, r"step: params\[1\] must be float32"),
-    ("step", dict(params=[torch.zeros(10), torch.zeros(40)[::2]]), ValueError, r"step: params\[1\] must be contiguous"),
+    # dense but transposed, so that a copy to the GPU keeps it non-contiguous
+    ("step", dict(params=[torch.zeros(10), torch.zeros(4, 5).T]), ValueError, r"step: params\[1\] must be contiguous"),
     ("step", dict(params=[torch.zeros(10), torch.zeros(19)]), ValueError, "step: params hold 29 elements, expected P = 30"),
     ("gather", dict(params=[torch.zeros(10), torch.zeros(21)]), ValueError, "gather: params hold 31 elements, expected P = 30"),
     ("gather", dict(out=torch.zeros(P, dtype=torch.float64)), TypeError, "gather: out must be float32 or bfloat16"),
