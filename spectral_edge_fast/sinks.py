@@ -350,7 +350,8 @@ class WandbSink(Sink):
     It never sends ``step=``: the run's own step belongs to whoever logs
     beside it, and a step below it would be dropped. Each record carries its
     step as ``spectral/step`` (analyses) or ``metrics/step`` (metrics), which
-    ``define_metric`` makes the x-axis of that record's keys."""
+    ``define_metric`` makes the x-axis of that record's keys. A run its owner
+    finished takes no more records: one warning, and the other sinks go on."""
 
     def __init__(self, log_dir: Optional[str] = None, run=None, **init_kwargs):
         import wandb  # ImportError without the wandb package
@@ -361,6 +362,7 @@ class WandbSink(Sink):
         self._init_kwargs = {"project": "spectral-edge", **({"dir": log_dir} if log_dir else {}), **init_kwargs}
         self._meta: Optional[dict] = None
         self._defined: set = set()
+        self._finished = False  # the run was finished by its owner: W&B gets no more records
 
     def _attach(self):
         # At the first record, not at construction: a framework starts its run when training begins,
@@ -381,16 +383,24 @@ class WandbSink(Sink):
             self._attach()
 
     def write(self, kind: str, record: dict) -> None:
+        if self._finished:
+            return
         run = self._attach()
         prefix = FILES[kind]
         values = {f"{prefix}/{k}": v for k, v in scalars(kind, record).items()}
         step_key = f"{prefix}/step"
-        for key in values.keys() - self._defined:
-            # Each key by name: an exact definition wins over a framework's "*" glob on its own step.
-            if key != step_key:
-                run.define_metric(key, step_metric=step_key, step_sync=True)
-            self._defined.add(key)
-        run.log(values)
+        try:
+            for key in values.keys() - self._defined:
+                # Each key by name: an exact definition wins over a framework's "*" glob on its own step.
+                if key != step_key:
+                    run.define_metric(key, step_metric=step_key, step_sync=True)
+                self._defined.add(key)
+            run.log(values)
+        except self._wandb.errors.UsageError as exc:  # its owner finished the run (before monitor.close())
+            self._finished = True
+            warnings.warn(f"the wandb sink stops at step {record['step']}: {exc} The records still go to the "
+                          "other sinks; close the monitor before finishing the run to keep them in W&B.",
+                          RuntimeWarning, stacklevel=3)
 
     def close(self) -> None:
         if self._owns_run:

@@ -228,6 +228,19 @@ def test_wandb_built_before_the_frameworks_run_joins_it(tmp_path, wandb_offline)
     assert [r["spectral/step"] for r in _wandb_history(run_dir)] == [10]
 
 
+def test_wandb_run_finished_by_its_owner_warns_once_and_the_training_goes_on(tmp_path, wandb_offline):
+    wandb = wandb_offline
+    run = wandb.init(project="mine")
+    (sink,) = make_sinks(("wandb",), str(tmp_path))
+    sink.write("metrics", {"step": 1, "loss": 1.0})
+    run.finish()  # a framework's end-of-training, before the monitor's last records
+    with pytest.warns(RuntimeWarning, match=r"wandb sink stops at step 2: .*finished") as warned:
+        sink.write("analysis", {**RECORD, "step": 2})
+        sink.write("metrics", {"step": 3, "loss": 0.5})
+        sink.close()
+    assert len(warned) == 1 and wandb.run is None
+
+
 def test_wandb_starts_a_run_with_your_settings_only_when_none_exists(tmp_path, wandb_offline):
     wandb = wandb_offline
     from spectral_edge_fast.sinks import WandbSink
