@@ -318,15 +318,15 @@ class TensorBoardSink(Sink):
         if kind == "analysis":
             if record.get("events"):
                 self._writer.add_text("spectral/events", event_labels(record), step)
-            if record.get("groups") and not self._layout_written:
+            if not self._layout_written:
                 self._write_layout(record)
 
     def _write_layout(self, record: dict) -> None:
-        quantities = sorted({q for summary in record["groups"].values() for q in summary})
-        self._writer.add_custom_scalars({
-            "spectral edge": {name: ["Multiline", [f"spectral/{name}"]] for name in ("R", "k_star", "A")},
-            "spectral groups": {q: ["Multiline", [rf"spectral_groups/.*/{q}$"]] for q in quantities},
-        })
+        layout = {"spectral edge": {name: ["Multiline", [f"spectral/{name}"]] for name in ("R", "k_star", "A")}}
+        quantities = sorted({q for summary in (record.get("groups") or {}).values() for q in summary})
+        if quantities:
+            layout["spectral groups"] = {q: ["Multiline", [rf"spectral_groups/.*/{q}$"]] for q in quantities}
+        self._writer.add_custom_scalars(layout)
         self._layout_written = True
 
     def flush(self) -> None:
@@ -379,7 +379,7 @@ class WandbSink(Sink):
 
     def write_meta(self, meta: dict) -> None:
         self._meta = meta
-        if self._run is not None:
+        if self._run is not None and not self._finished:
             self._attach()
 
     def write(self, kind: str, record: dict) -> None:
