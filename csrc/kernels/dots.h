@@ -15,9 +15,26 @@
 #define SEF_CLONES
 #endif
 
+// Hand-vectorised AVX2 + FMA kernels (x86-64 only), taken when the CPU has both.
+#if defined(__GNUC__) && defined(__x86_64__)
+#define SEF_X86 1
+#define SEF_AVX2_FMA __attribute__((target("avx2,fma")))
+#else
+#define SEF_X86 0
+#endif
+
 namespace sef {
 
 constexpr int kLanes = 16;
+
+inline bool has_avx2_fma() {
+#if SEF_X86
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
 
 template <class A, class B>
 inline double dot(const A* a, const B* b, int64_t n) {

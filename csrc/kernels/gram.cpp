@@ -1,20 +1,168 @@
 #include "kernels/gram.h"
 
 #include <algorithm>
+#include <type_traits>
+#include <vector>
 
 #include "kernels/dots.h"
+
+#if SEF_X86
+#include <immintrin.h>
+#endif
 
 namespace sef {
 namespace {
 
+// The Gram is computed in blocks of kBlock x kBlock rows: each block's
+// kBlock^2 products per column come from 2 * kBlock row loads, and its
+// accumulators (9 vectors of 8 lanes) stay in registers over a tile of columns.
+constexpr int64_t kBlock = 3;
+constexpr int64_t kLanesGram = 8;
+
+// Columns per tile: the tile's W rows (float32) fit half of a 1 MiB L2, so
+// every block after the first reads them from cache. Column k of a tile is
+// summed in float32 in lane k % 8, so the lane sums hold at most
+// kMaxTile / 8 products before they are added in float64.
+constexpr int64_t kTileBytes = 512 << 10, kMinTile = 128, kMaxTile = 2048;
+int64_t tile_cols(int64_t w) {
+  int64_t t = kMaxTile;
+  while (t > kMinTile && t * w * int64_t(sizeof(float)) > kTileBytes) t /= 2;
+  return t;
+}
+
+// Tile columns [start, start + n) of x as float32 rows `ld` apart: x itself for
+// float32 (no copy), else converted into `buf` (rows kMaxTile apart).
+// The last n % 8 columns are always copied to `tail` (rows 8 apart, zero
+// padded), so the block kernels only see whole vectors.
+struct Tile {
+  const float* body;
+  int64_t ld, n8;
+  const float* tail;
+};
+
+SEF_CLONES void bf16_rows_to_float(const bf16* x, int64_t ld, int64_t w, int64_t n, float* out, int64_t out_ld) {
+  for (int64_t i = 0; i < w; ++i)
+    for (int64_t k = 0; k < n; ++k) out[i * out_ld + k] = to_float(x[i * ld + k]);
+}
+
+#if SEF_X86
+// bf16 -> float32 is a 16-bit shift of the bits.
+SEF_AVX2_FMA void bf16_rows_to_float_avx2(const bf16* x, int64_t ld, int64_t w, int64_t n, float* out, int64_t out_ld) {
+  const int64_t n8 = n & ~int64_t(7);
+  for (int64_t i = 0; i < w; ++i) {
+    const bf16* src = x + i * ld;
+    float* dst = out + i * out_ld;
+    for (int64_t k = 0; k < n8; k += 8) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k));
+      _mm256_storeu_ps(dst + k, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+    }
+    for (int64_t k = n8; k < n; ++k) dst[k] = to_float(src[k]);
+  }
+}
+#endif
+
+template <class R>
+Tile load_tile(const R* x, int64_t ld, int64_t w, int64_t n, float* buf, float* tail, bool avx2) {
+  const int64_t n8 = n & ~int64_t(7);
+  Tile t{nullptr, ld, n8, tail};
+  if constexpr (std::is_same_v<R, float>) {
+    t.body = x;
+  } else {
+#if SEF_X86
+    if (avx2) bf16_rows_to_float_avx2(x, ld, w, n8, buf, kMaxTile);
+    else
+#endif
+      bf16_rows_to_float(x, ld, w, n8, buf, kMaxTile);
+    (void)avx2;
+    t.body = buf;
+    t.ld = kMaxTile;
+  }
+  std::fill(tail, tail + w * kLanesGram, 0.0f);
+  for (int64_t i = 0; i < w; ++i)
+    for (int64_t k = n8; k < n; ++k) tail[i * kLanesGram + k - n8] = to_float(x[i * ld + k]);
+  return t;
+}
+
+// g[i * w + j] += sum over n8 columns of a[i] * b[j], for the mr x nr block
+// whose rows start at a and b; 8 float32 lane sums, added in float64.
+template <int MR, int NR>
+SEF_CLONES void block_generic(const float* a, const float* b, int64_t ld, int64_t n8, double* g, int64_t w) {
+  float acc[MR][NR][kLanesGram] = {};
+  for (int64_t k = 0; k < n8; k += kLanesGram)
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j)
+        for (int l = 0; l < kLanesGram; ++l) acc[i][j][l] += a[i * ld + k + l] * b[j * ld + k + l];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      double s = 0.0;
+      for (int l = 0; l < kLanesGram; ++l) s += acc[i][j][l];
+      g[i * w + j] += s;
+    }
+}
+
+#if SEF_X86
+// The same sums with fused multiply-adds (so its bits differ from
+// block_generic's; a machine always takes the same one).
+template <int MR, int NR>
+SEF_AVX2_FMA void block_avx2(const float* a, const float* b, int64_t ld, int64_t n8, double* g, int64_t w) {
+  __m256 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < n8; k += kLanesGram) {
+    __m256 bv[NR];
+    for (int j = 0; j < NR; ++j) bv[j] = _mm256_loadu_ps(b + j * ld + k);
+    for (int i = 0; i < MR; ++i) {
+      const __m256 av = _mm256_loadu_ps(a + i * ld + k);
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_fmadd_ps(av, bv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      // lanes l and l + 4, then the four pairs in order, all in float64
+      const __m256d s = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc[i][j])),
+                                      _mm256_cvtps_pd(_mm256_extractf128_ps(acc[i][j], 1)));
+      alignas(32) double d[4];
+      _mm256_store_pd(d, s);
+      g[i * w + j] += ((d[0] + d[1]) + d[2]) + d[3];
+    }
+}
+#endif
+
+using BlockFn = void (*)(const float*, const float*, int64_t, int64_t, double*, int64_t);
+
+#define SEF_BLOCK_TABLE(fn)                                                                       \
+  {                                                                                               \
+    {fn<1, 1>, fn<1, 2>, fn<1, 3>}, {fn<2, 1>, fn<2, 2>, fn<2, 3>}, { fn<3, 1>, fn<3, 2>, fn<3, 3> } \
+  }
+
+// All blocks I <= J of one part of a tile (columns rows `ld` apart, n8 of them).
+void tile_blocks(const float* x, int64_t ld, int64_t n8, int64_t w, double* g, const BlockFn (*table)[kBlock]) {
+  if (n8 == 0) return;
+  for (int64_t i = 0; i < w; i += kBlock)
+    for (int64_t j = i; j < w; j += kBlock) {
+      const int64_t mr = std::min(kBlock, w - i), nr = std::min(kBlock, w - j);
+      table[mr - 1][nr - 1](x + i * ld, x + j * ld, ld, n8, g + i * w + j, w);
+    }
+}
+
 // g (w x w) = the Gram of columns [start, stop) of x, tile by tile.
 template <class R>
-SEF_CLONES void gram_span(const R* x, int64_t ld, int64_t w, int64_t start, int64_t stop, double* g) {
+void gram_span(const R* x, int64_t ld, int64_t w, int64_t start, int64_t stop, double* g, float* buf, float* tail,
+               bool avx2) {
+  static const BlockFn generic[kBlock][kBlock] = SEF_BLOCK_TABLE(block_generic);
+#if SEF_X86
+  static const BlockFn fused[kBlock][kBlock] = SEF_BLOCK_TABLE(block_avx2);
+  const BlockFn(*table)[kBlock] = avx2 ? fused : generic;
+#else
+  const BlockFn(*table)[kBlock] = generic;
+#endif
   std::fill(g, g + w * w, 0.0);
-  for (; start < stop; start += kChunk) {
-    const int64_t n = std::min(kChunk, stop - start);
-    for (int64_t i = 0; i < w; ++i)
-      for (int64_t j = i; j < w; ++j) g[i * w + j] += dot(x + i * ld + start, x + j * ld + start, n);
+  const int64_t cols = tile_cols(w);
+  for (; start < stop; start += cols) {
+    const int64_t n = std::min(cols, stop - start);
+    const Tile t = load_tile(x + start, ld, w, n, buf, tail, avx2);
+    tile_blocks(t.body, t.ld, t.n8, w, g, table);
+    if (t.n8 < n) tile_blocks(t.tail, kLanesGram, kLanesGram, w, g, table);
   }
   for (int64_t i = 0; i < w; ++i)
     for (int64_t j = 0; j < i; ++j) g[i * w + j] = g[j * w + i];
@@ -24,11 +172,17 @@ SEF_CLONES void gram_span(const R* x, int64_t ld, int64_t w, int64_t start, int6
 
 void gram_cpu(MatRef x, double* partials, int threads) {
   const int64_t spans = gram_spans(x.cols), w = x.rows;
+  const bool avx2 = has_avx2_fma();
   visit_ring(x.dtype, [&](auto r) {
     using R = decltype(r);
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int64_t s = 0; s < spans; ++s)
-      gram_span(static_cast<const R*>(x.data), x.ld, w, s * x.cols / spans, (s + 1) * x.cols / spans, partials + s * w * w);
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<float> buf(std::is_same_v<R, float> ? 0 : w * kMaxTile), tail(w * kLanesGram);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t s = 0; s < spans; ++s)
+        gram_span(static_cast<const R*>(x.data), x.ld, w, s * x.cols / spans, (s + 1) * x.cols / spans,
+                  partials + s * w * w, buf.data(), tail.data(), avx2);
+    }
   });
 }
 

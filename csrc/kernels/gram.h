@@ -6,8 +6,10 @@
 namespace sef {
 
 // The columns are cut into gram_spans(P) equal spans; partials[s] is the W x W
-// Gram of span s (float32 products over tiles of at most kChunk columns, tile
-// sums in float64). Summing the span rows in order gives x x^T.
+// Gram of span s: blocks of rows over cache-sized tiles of columns, float32
+// products summed in 8 float32 lanes per tile, the lanes and tiles in float64
+// (gram.cpp). Summing the span rows in order gives x x^T, with bits that do
+// not depend on the thread count.
 constexpr int64_t kGramSpans = 1024;
 inline int64_t gram_spans(int64_t cols) {
   const int64_t tiles = (cols + kChunk - 1) / kChunk;
