@@ -408,3 +408,42 @@ def test_resume_keeps_the_records_before_the_given_tail_from_the_files(tmp_path)
         assert (log_dir / "resumed" / name).read_text() == (log_dir / "full" / name).read_text(), name
         with pytest.warns(RuntimeWarning, match=rf"{name} holds 6 of the 9 records before"):
             cls(str(log_dir / "resumed")).resume({"analysis": tail}, {"analysis": 9})
+
+
+def test_wandb_beside_a_trainer_reporting_to_wandb_keeps_every_record(tmp_path, wandb_offline):
+    """The Hugging Face Trainer with ``report_to="wandb"`` and the callback's
+    wandb sink in one run: every analysis and metric record (eval_loss too)
+    is in the run's history, beside the Trainer's own."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    pytest.importorskip("accelerate", reason="accelerate (the Trainer needs it) is not installed")
+    import torch
+
+    from spectral_edge_fast.integrations.huggingface import SpectralEdgeCallback
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(4, 1)
+
+        def forward(self, x, labels=None):
+            out = self.net(x)
+            return {"loss": torch.nn.functional.mse_loss(out, labels), "logits": out}
+
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+    data = [{"x": row, "labels": row.sum(0, keepdim=True)} for row in x]
+    callback = SpectralEdgeCallback(window=4, analyze_every=5, sinks=("jsonl", "wandb"), report=False,
+                                    log_dir=str(tmp_path / "spectral"))
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=30, per_device_train_batch_size=8,
+                                          learning_rate=1e-2, logging_steps=4, eval_strategy="steps", eval_steps=10,
+                                          save_strategy="no", report_to=["wandb"], use_cpu=True, disable_tqdm=True)
+    transformers.Trainer(model=Tiny(), args=args, train_dataset=data, eval_dataset=data, callbacks=[callback]).train()
+    run = wandb_offline.run
+    run_dir = os.path.dirname(run.dir)
+    run.finish()
+    rows = _wandb_history(run_dir)
+    assert [r["_step"] for r in rows] == list(range(len(rows)))
+    files = read_run(str(tmp_path / "spectral"))
+    assert [r["spectral/step"] for r in rows if "spectral/R" in r] == [r["step"] for r in files["analysis"]]
+    assert [r["metrics/step"] for r in rows if "metrics/step" in r] == [m["step"] for m in files["metrics"]]
+    assert [r["metrics/step"] for r in rows if "metrics/eval_loss" in r] == [10, 20, 30]
+    assert len(files["analysis"]) == 6 and sum("eval/loss" in r for r in rows) == 3  # the Trainer's own
