@@ -4,45 +4,58 @@
 
     trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[SpectralEdgeCallback()])
 
-The monitor steps at each optimizer step (``on_step_end``, labelled with
-``state.global_step``; the learning rate is read from the optimizer), records
-the Trainer's logs (loss, learning rate, eval metrics), saves its state as
-``spectral_monitor_rank<i>.pt`` in every checkpoint directory and restores it when
-training resumes from one, and writes the report at the end. The saved state
+The monitor steps at each optimizer step that was taken (``on_optimizer_step``:
+a step a gradient scaler skipped is not counted), labelled with the Trainer's
+global step and the learning rate that step used; it records the Trainer's
+logs (loss, learning rate, eval metrics), and each finished analysis's
+summary (``spectral/R``, ``spectral/k_star``...) goes through ``Trainer.log``
+to the integrations of ``args.report_to`` (TensorBoard, W&B...) at the
+global step. The monitor's state is
+saved as ``spectral_monitor_rank<i>.pt`` in every checkpoint directory and
+restored from the checkpoint training resumes from (in whatever folder),
+with a warning when that checkpoint has none. The saved state
 is the monitor's small one by default (counters, recent records, events: the
 window refills after a resume); ``exact_resume=True`` adds the window's ring
 and snapshot, ``W + 1`` times the model's size, for a resume that continues
-exactly. Records go to
-``log_dir`` (default: ``<output_dir>/spectral-edge``); only the main process
-writes.
+exactly. The full records go to
+``log_dir`` (default: ``<output_dir>/spectral-edge``), whose ``meta.json``
+carries ``args.run_name``; only the main process writes.
 """
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from typing import Optional
 
 import torch
 
 try:
-    from transformers import TrainerCallback
+    from transformers import Trainer, TrainerCallback
 except ImportError as exc:
     raise ImportError(
         "spectral_edge_fast.integrations.huggingface needs transformers: pip install transformers"
     ) from exc
 
-from ..monitor import SpectralMonitor
+from ..files import atomic_write
+from ..monitor import SpectralMonitor, _lr_of
 from ..report import render
+from ._common import PREFIX, reported
 
 STATE_FILE = "spectral_monitor_rank{}.pt"  # one per process: the window may be split over ranks
 
 
-def _lr(optimizer) -> Optional[float]:
-    """The first parameter group's learning rate, through accelerate's wrapper."""
-    optimizer = getattr(optimizer, "optimizer", optimizer)
-    if optimizer is None:
-        return None
-    lr = optimizer.param_groups[0]["lr"]
-    return float(lr)
+def _train_call():
+    """The Trainer and the ``resume_from_checkpoint`` of the ``train()`` call
+    running this callback: transformers passes neither to callbacks, so they
+    are read from its training loop's frame. (None, None) when not found."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if frame.f_code.co_name == "_inner_training_loop" and isinstance(owner, Trainer):
+            return owner, frame.f_locals.get("resume_from_checkpoint")
+        frame = frame.f_back
+    return None, None
 
 
 class SpectralEdgeCallback(TrainerCallback):
@@ -68,21 +81,47 @@ class SpectralEdgeCallback(TrainerCallback):
         self.report = report
         self.exact_resume = exact_resume
         self.monitor: Optional[SpectralMonitor] = None
+        self._trainer = None
+        self._reported = None  # the last record whose scalars went to Trainer.log
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         log_dir = self.log_dir or os.path.join(args.output_dir, "spectral-edge")
         self.monitor = SpectralMonitor(model, log_dir=log_dir, **self.options)
-        # Resuming: the Trainer has loaded the checkpoint of state.global_step.
-        saved = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_FILE.format(args.process_index))
-        if state.global_step > 0 and os.path.exists(saved):
-            self.monitor.load_state_dict(torch.load(saved, map_location="cpu"))
+        if args.run_name is not None:
+            self.monitor.annotate(run_name=args.run_name)
+        self._trainer, resumed = _train_call()
+        if state.global_step > 0:  # resuming: the Trainer has loaded the checkpoint of state.global_step
+            if not isinstance(resumed, str):
+                resumed = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            saved = os.path.join(resumed, STATE_FILE.format(args.process_index))
+            if os.path.exists(saved):
+                self.monitor.load_state_dict(torch.load(saved, map_location="cpu"))
+            else:
+                warnings.warn(f"SpectralEdgeCallback: resuming at step {state.global_step}, but {saved} does not "
+                              "exist: the monitor starts afresh (its step count restarts from 0 and its records before "
+                              "this step are not in memory); save checkpoints with the callback attached to keep them",
+                              RuntimeWarning, stacklevel=2)
+        self._reported = self.monitor.latest
 
-    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
-        if self.monitor is not None:
-            self.monitor.step(lr=_lr(optimizer), step=state.global_step)
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        # Before the scheduler steps: the learning rate is the one this step used.
+        if self.monitor is not None and not getattr(optimizer, "step_was_skipped", False):
+            self.monitor.step(lr=_lr_of(optimizer), step=state.global_step + 1)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.monitor is None:
+            return
+        if control.should_training_stop:  # the last step: its analysis is reported now, while the loggers are open
+            self.monitor.flush()
+        latest = self.monitor.latest
+        if latest is not None and latest is not self._reported and self._trainer is not None:
+            self._reported = latest
+            self._trainer.log(reported(latest))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.monitor is not None and logs:
+            if any(k.startswith(PREFIX) for k in logs):  # the callback's own scalars, from on_step_end
+                return
             numbers = {k: v for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             if numbers:
                 self.monitor.log(numbers, step=state.global_step)
@@ -90,9 +129,9 @@ class SpectralEdgeCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if self.monitor is None:
             return
-        ckpt = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        os.makedirs(ckpt, exist_ok=True)
-        torch.save(self.monitor.state_dict(exact=self.exact_resume), os.path.join(ckpt, STATE_FILE.format(args.process_index)))
+        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_FILE.format(args.process_index))
+        with atomic_write(path, "wb") as f:
+            torch.save(self.monitor.state_dict(exact=self.exact_resume), f)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.monitor is None:

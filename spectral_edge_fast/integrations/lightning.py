@@ -6,9 +6,15 @@
 
 The monitor attaches to the first optimizer's post-step hook when training
 starts (so skipped steps, e.g. under a gradient scaler's overflow, are not
-counted), logs ``trainer.callback_metrics`` after each validation and
-training epoch, travels in Lightning checkpoints, and writes the report at
-the end of training. The checkpoint holds the monitor's small state by
+counted). It records the module's logged metrics as Lightning logs them:
+at each logging step (``log_every_n_steps``), after each validation and at
+each training epoch's end, each value once. Each finished analysis's summary
+(``spectral/R``, ``spectral/k_star``...) goes to ``trainer.loggers`` at the
+trainer's global step, and the logger's name and version become the report's
+``run_name``. The monitor travels in Lightning checkpoints (under a
+``state_key`` made of ``window``, ``every``, ``analyze_every`` and
+``groups``, so callbacks that differ in one of them coexist), and writes the
+report at the end of training. The checkpoint holds the monitor's small state by
 default (counters, recent records, events: the window refills after a
 resume); ``exact_resume=True`` adds the window's ring and snapshot, ``W + 1``
 times the model's size, for a resume that continues exactly. Lightning
@@ -35,6 +41,7 @@ except ImportError:
 
 from ..monitor import SpectralMonitor
 from ..report import render
+from ._common import reported
 
 
 def _numbers(metrics) -> dict:
@@ -73,6 +80,16 @@ class SpectralEdgeCallback(pl.Callback):
         self.exact_resume = exact_resume
         self.monitor: Optional[SpectralMonitor] = None
         self._restored: Optional[dict] = None
+        self._recorded: dict = {}  # metric -> the value last recorded: each logged value is recorded once
+        self._reported = None  # the last record whose summary went to the loggers
+
+    @property
+    def state_key(self) -> str:
+        # Settings, not log_dir: a resumed run may write elsewhere.
+        groups = self.options["groups"]
+        return self._generate_state_key(window=self.options["window"], every=self.options["every"],
+                                        analyze_every=self.options["analyze_every"],
+                                        groups=getattr(groups, "__qualname__", groups) if callable(groups) else groups)
 
     def on_train_start(self, trainer, pl_module) -> None:
         log_dir = self.log_dir or os.path.join(trainer.log_dir or trainer.default_root_dir, "spectral-edge")
@@ -83,12 +100,37 @@ class SpectralEdgeCallback(pl.Callback):
                 self._restored = {**self._restored, "window": None}
             self.monitor.load_state_dict(self._restored)
         self._restored = None
+        if trainer.logger is not None:
+            version = trainer.logger.version
+            version = version if isinstance(version, str) else f"version_{version}"
+            self.monitor.annotate(run_name=f"{trainer.logger.name}/{version}")
+        self._recorded = {}
+        self._reported = self.monitor.latest
 
     def _log(self, trainer) -> None:
+        """Record the logged metrics whose value is new (a metric Lightning
+        keeps showing since it was logged is recorded once)."""
         if self.monitor is not None and not trainer.sanity_checking:
-            metrics = _numbers(trainer.callback_metrics)
+            metrics = {k: v for k, v in _numbers(trainer.callback_metrics).items() if self._recorded.get(k) != v}
             if metrics:
+                self._recorded.update(metrics)
                 self.monitor.log(metrics, step=trainer.global_step)
+
+    def _report(self, trainer) -> None:
+        """Hand a newly finished analysis's summary to the trainer's loggers."""
+        latest = self.monitor.latest
+        if latest is not None and latest is not self._reported:
+            self._reported = latest
+            for logger in trainer.loggers:
+                logger.log_metrics(reported(latest), step=trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.monitor is None:
+            return
+        # The steps at which Lightning logs step metrics: values are read from the device only there.
+        if trainer.log_every_n_steps and (trainer.global_step % trainer.log_every_n_steps == 0 or trainer.should_stop):
+            self._log(trainer)
+        self._report(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self._log(trainer)
@@ -99,6 +141,8 @@ class SpectralEdgeCallback(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if self.monitor is None:
             return
+        self.monitor.flush()
+        self._report(trainer)  # the last analysis, finished by the flush
         self.monitor.close()
         if self.report and self.monitor.is_writer and self.monitor.history:
             render(self.monitor.log_dir)

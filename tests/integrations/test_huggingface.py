@@ -1,4 +1,7 @@
 """The Hugging Face Trainer callback, on a tiny model (needs transformers)."""
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -62,3 +65,78 @@ def test_exact_resume_saves_the_window(tmp_path):
     resumed = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se2"), exact_resume=True)
     _trainer(tmp_path, resumed, 16).train(resume_from_checkpoint=str(tmp_path / "checkpoint-8"))
     assert [r["step"] for r in resumed.monitor.history] == [4, 8, 12, 16]
+
+
+def test_records_carry_the_learning_rate_their_step_used(tmp_path):
+    """Linear decay to zero over 16 steps: step t used lr0 * (16 - t + 1) / 16
+    (the scheduler steps after the optimizer); the last step's is not 0."""
+    cb = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se"))
+    _trainer(tmp_path, cb, 16).train()
+    steps = [r["step"] for r in cb.monitor.history]
+    assert steps == [4, 8, 12, 16]
+    assert [r["lr"] for r in cb.monitor.history] == pytest.approx([1e-2 * (17 - t) / 16 for t in steps], rel=1e-6)
+    assert cb.monitor.history[-1]["A"] is not None
+
+
+def test_resume_from_another_output_dir_restores_the_monitor(tmp_path):
+    first = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se"))
+    _trainer(tmp_path / "a", first, 16).train()
+    resumed = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se2"))
+    _trainer(tmp_path / "b", resumed, 16).train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-8"))
+    assert resumed.monitor.steps == 16
+    assert [r["step"] for r in resumed.monitor.history] == [4, 8, 16]
+
+
+def test_resume_from_a_checkpoint_without_monitor_state_warns(tmp_path):
+    _trainer(tmp_path, SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se")), 8).train()
+    (tmp_path / "checkpoint-8" / "spectral_monitor_rank0.pt").unlink()
+    resumed = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se2"))
+    with pytest.warns(RuntimeWarning, match="checkpoint-8.*spectral_monitor_rank0.pt does not exist"):
+        _trainer(tmp_path, resumed, 16).train(resume_from_checkpoint=str(tmp_path / "checkpoint-8"))
+
+
+def test_spectral_scalars_reach_the_trainers_loggers(tmp_path, monkeypatch):
+    """Each finished analysis goes through Trainer.log: into the Trainer's log
+    history and the Trainer's TensorBoard run (report_to), at the global
+    step; the monitor's metrics keep only the Trainer's own logs."""
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    cb = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se"))
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=16, per_device_train_batch_size=8,
+                                          learning_rate=1e-2, logging_steps=4, save_strategy="no", use_cpu=True,
+                                          report_to=["tensorboard"], run_name="tiny-run", disable_tqdm=True)
+    trainer = transformers.Trainer(model=Tiny(), args=args, train_dataset=Data(), callbacks=[cb])
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "spectral/R" in h]
+    assert [h["spectral/step"] for h in logged] == [4, 8, 12, 16]
+    assert [h["spectral/k_star"] for h in logged] == [r["k_star"] for r in cb.monitor.history]
+    assert not any(k.startswith("spectral/") for m in cb.monitor.metrics for k in m)
+    assert json.loads((tmp_path / "se" / "meta.json").read_text())["info"]["run_name"] == "tiny-run"
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    tags = events.Tags()["scalars"]
+    assert "train/spectral/R" in tags and "train/loss" in tags  # the Trainer prefixes training logs
+    assert [e.step for e in events.Scalars("train/spectral/step")] == [5, 9, 13, 16]  # reported once finished
+
+
+def test_saving_the_monitor_state_is_crash_safe(tmp_path, monkeypatch):
+    """A save that fails half-way leaves the checkpoint's previous state file whole."""
+    cb = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se"), report=False)
+    trainer = _trainer(tmp_path, cb, 16)
+    trainer.train()
+    path = tmp_path / "checkpoint-16" / "spectral_monitor_rank0.pt"
+    assert torch.load(path)["steps"] == 16
+
+    def broken_save(obj, f):
+        f = open(f, "wb") if isinstance(f, (str, os.PathLike)) else f
+        f.write(b"partial")
+        f.flush()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        cb.on_save(trainer.args, trainer.state, trainer.control)
+    monkeypatch.undo()
+    assert torch.load(path)["steps"] == 16
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []

@@ -1,4 +1,5 @@
 """The Lightning callback, on a tiny LightningModule (needs lightning)."""
+import csv
 import json
 
 import numpy as np
@@ -66,3 +67,45 @@ def test_callback_resumes_from_a_lightning_checkpoint(tmp_path):
     assert resumed.monitor.steps == 16
     assert [r["step"] for r in resumed.monitor.history] == [4, 8, 16]
     np.testing.assert_allclose(resumed.monitor.history[-1]["sigmas"], cb.monitor.history[-1]["sigmas"], rtol=1e-6)
+
+
+def test_metrics_are_recorded_as_lightning_logs_them(tmp_path):
+    """train_loss logged every 2 steps: 8 points over 16 steps; val_loss once
+    per validation; no metric twice at a step."""
+    cb = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se"))
+    trainer = pl.Trainer(max_epochs=2, callbacks=[cb], default_root_dir=str(tmp_path), logger=False, log_every_n_steps=2,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Tiny(), _data(), _data())
+    steps = {key: [m["step"] for m in cb.monitor.metrics if key in m] for key in ("train_loss", "val_loss")}
+    assert steps == {"train_loss": [2, 4, 6, 8, 10, 12, 14, 16], "val_loss": [8, 16]}
+
+
+def test_summaries_go_to_the_trainers_loggers_and_name_the_run(tmp_path):
+    cb = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se"))
+    logger = pl.loggers.CSVLogger(str(tmp_path), name="tiny")
+    trainer = pl.Trainer(max_epochs=2, callbacks=[cb], default_root_dir=str(tmp_path), logger=logger,
+                         log_every_n_steps=2, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Tiny(), _data(), _data())
+    rows = list(csv.DictReader(open(tmp_path / "tiny" / "version_0" / "metrics.csv")))
+    spectral = [r for r in rows if r.get("spectral/R")]
+    assert [float(r["spectral/step"]) for r in spectral] == [4, 8, 12, 16]
+    assert [float(r["spectral/k_star"]) for r in spectral] == [r["k_star"] for r in cb.monitor.history]
+    assert [int(r["step"]) for r in spectral] == [5, 9, 13, 16]  # the global step at which each finished
+    assert json.loads((tmp_path / "se" / "meta.json").read_text())["info"]["run_name"] == "tiny/version_0"
+
+
+def test_two_callbacks_keep_their_own_state(tmp_path):
+    kw = dict(default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False, enable_model_summary=False,
+              accelerator="cpu", max_epochs=2)
+    first = [SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "a")),
+             SpectralEdgeCallback(window=2, analyze_every=8, log_dir=str(tmp_path / "b"))]
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1, save_top_k=-1)
+    pl.Trainer(callbacks=[*first, ckpt], **kw).fit(Tiny(), _data(), _data())
+    saved = torch.load(tmp_path / "ckpt" / "epoch=0-step=8.ckpt", weights_only=False)["callbacks"]
+    assert {first[0].state_key, first[1].state_key} <= set(saved)
+    resumed = [SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "a2")),
+               SpectralEdgeCallback(window=2, analyze_every=8, log_dir=str(tmp_path / "b2"))]
+    pl.Trainer(callbacks=resumed, **kw).fit(Tiny(), _data(), _data(), 
+                                             ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=8.ckpt"))
+    assert [r["step"] for r in resumed[0].monitor.history] == [4, 8, 16]
+    assert [r["step"] for r in resumed[1].monitor.history] == [8, 16]
