@@ -427,7 +427,7 @@ class SpectralMonitor:
     # -- gradients and metrics -----------------------------------------------
     def observe_gradients(self, split: str = "train", grads=None) -> np.ndarray:
         """Project a gradient onto the window, ``p = X g``, for the loss
-        decomposition (MATH.md §6). Call it after a backward pass (the
+        decomposition (docs/math.md#loss-decomposition). Call it after a backward pass (the
         gradients are read from the parameters' ``.grad``, or pass ``grads``
         shaped like the parameters). Once both a "train" and a "val" gradient
         are projected on the same window, the next analysis record carries the

@@ -42,7 +42,7 @@ from .analysis.events import events as _gap_events
 from .files import atomic_write
 from .sinks import FILES, read_run
 
-# The thresholds the monitor's event detector uses (its defaults; MATH.md section 9).
+# The thresholds the monitor's event detector uses (its defaults; docs/math.md#gap-collapse-and-opening).
 _DETECTOR = inspect.signature(_gap_events).parameters
 OPEN_ABOVE = _DETECTOR["open_above"].default
 CLOSE_BELOW = 1.0 + 0.5 * (OPEN_ABOVE - 1.0)  # events()'s documented default for close_below=None
@@ -392,24 +392,26 @@ def guide_html() -> str:
     items = [
         "<b>σ<sub>j</sub></b> (singular values): the sizes of the directions in the window of the last W parameter "
         "updates δ<sub>t</sub> = θ<sub>t</sub> − θ<sub>t−s</sub> (s: the stride), largest first; "
-        "σ<sub>j</sub>² are the eigenvalues of the updates' W×W Gram matrix.",
+        "σ<sub>j</sub>² are the eigenvalues of the updates' W×W Gram matrix (docs/math.md#singular-values).",
         "<b>k*</b> (gap position): the j where σ<sub>j</sub> / σ<sub>j+1</sub> is largest: how many directions "
-        "of the recent updates stand out from the rest.",
+        "of the recent updates stand out from the rest (docs/math.md#gap-position-k).",
         "<b>R</b> (gap ratio) = σ<sub>k*</sub> / σ<sub>k*+1</sub>: near 1 there is no edge; well above 1, "
-        "k* directions carry the updates.",
+        "k* directions carry the updates (docs/math.md#gap-ratio-r).",
         "<b>A</b> (adiabatic parameter) = ‖ΔC‖<sub>F</sub> / (η g²): how fast the updates' covariance C changes "
         "from one step to the next against the gap g = σ<sub>k*</sub> − σ<sub>k*+1</sub>, with η the learning "
-        "rate; A ≪ 1 plateau, A ≈ 1 transition, A ≫ 1 forgetting (no panel when the learning rate is unknown).",
+        "rate; A ≪ 1 plateau, A ≈ 1 transition, A ≫ 1 forgetting (no panel when the learning rate is unknown; "
+        "docs/math.md#adiabatic-parameter).",
         f"<b>Events</b>: a gap <i>opening</i> when R stays at or above {OPEN_ABOVE:g} for {PERSIST} analyses in a "
         f"row, a gap <i>collapse</i> when it stays below {CLOSE_BELOW:g} for {PERSIST} analyses (in between, the "
         f"state holds), a <i>k* shift</i> when k* changes and keeps its new value for {PERSIST} analyses; each is "
         f"dated at the first analysis of its run. On the plots: {lines}; milestones (e.g. grokking) "
-        f"{_line_words(MILESTONE_STYLE)}.",
+        f"{_line_words(MILESTONE_STYLE)} (docs/math.md#events).",
         "<b>Groups</b>: the same gap ratio for each group of parameters (a repeated block, the embeddings, the "
-        "head); the heat map shows log<sub>10</sub> R of each.",
+        "head); the heat map shows log<sub>10</sub> R of each (docs/engine.md#groups).",
     ]
     return ('<div class="guide"><h3>How to read this report</h3><ul>' + "".join(f"<li>{i}</li>" for i in items)
-            + "</ul><p>Definitions: the project's README.md, section “Reading the report”, and the docstrings of "
+            + "</ul><p>Definitions: the project's docs/ folder (docs/README.md; each item above names its page and "
+            "section), its README.md, section “Reading the report”, and the docstrings of "
             "<code>spectral_edge_fast.analysis.spectrum</code>, <code>.stability</code> (<code>adiabatic</code>) "
             "and <code>.events</code>.</p></div>")
 

@@ -1,7 +1,7 @@
 """GramWindow: the rolling-window Gram matrix of parameter updates, kept
 incrementally on the parameters' device.
 
-Per slide (MATH.md section 2): one fused pass over the parameters and the
+Per slide (docs/engine.md#the-slide): one fused pass over the parameters and the
 ring computes the inner products of the entering update ``a`` with every row,
 including the leaving row ``b`` (read before it is overwritten), per group;
 the small device-side Gram is then updated in place. Nothing on this path
@@ -156,7 +156,7 @@ class GramState:
         return out
 
     def delta_c_fro(self, group: Optional[str] = None) -> float:
-        """Exact ``||a a^T - b b^T||_F`` of the last slide (MATH.md section 2)."""
+        """Exact ``||a a^T - b b^T||_F`` of the last slide (docs/engine.md#the-size-of-a-slide)."""
         if self.n == 0:
             return 0.0
         e = self.extended_gram(group)

@@ -1,4 +1,4 @@
-"""The grokking workload: data, model and training loop as in MATH.md §10."""
+"""The grokking workload: data, model and training loop as in docs/math.md#the-reference-experiment."""
 import pytest
 import torch
 

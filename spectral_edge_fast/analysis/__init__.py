@@ -1,4 +1,4 @@
-"""Spectral diagnostics of the window's Gram matrices (MATH.md sections 3-9).
+"""Spectral diagnostics of the window's Gram matrices (docs/math.md).
 
 NumPy, float64, no torch: every function takes the small matrices and
 vectors the engine reads back (Gram ``G``, extended Gram, projections ``p = X y``)

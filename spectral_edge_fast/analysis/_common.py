@@ -143,7 +143,7 @@ def neighbour_gaps(lam: np.ndarray, tol=0.0) -> np.ndarray:
 
 def slide_norm(aa, bb, ab):
     """Exact ``||Delta C||_F = sqrt(||a||^4 + ||b||^4 - 2 (a.b)^2)`` of a slide
-    (MATH.md section 2) from ``|a|^2``, ``|b|^2`` and ``a.b`` (floats or arrays,
+    (docs/engine.md#the-size-of-a-slide) from ``|a|^2``, ``|b|^2`` and ``a.b`` (floats or arrays,
     NaN where an input is non-finite)."""
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN below anyway
         value = np.sqrt(np.maximum(aa * aa + bb * bb - 2.0 * ab * ab, 0.0))

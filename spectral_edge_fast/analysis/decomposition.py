@@ -1,5 +1,5 @@
 """Projections on the window's directions and the spectral loss decomposition
-(MATH.md section 6, Thm 17.1).
+(docs/math.md#loss-decomposition, Thm 17.1).
 
 For any ``y`` in parameter space the engine returns ``p = X y`` (oldest row
 first); then ``<y, v_j> = u_j^T p / sigma_j`` for every positive mode, and

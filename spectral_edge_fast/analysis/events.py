@@ -1,4 +1,4 @@
-"""Events and time series of the gap diagnostics (MATH.md section 9).
+"""Events and time series of the gap diagnostics (docs/math.md#events).
 
 Records
 -------

@@ -1,4 +1,4 @@
-"""Eigenvalue flow across one slide of the window (MATH.md sections 2 and 7).
+"""Eigenvalue flow across one slide of the window (docs/math.md#eigenvalue-flow).
 
 The slide adds the entering update ``a`` and drops the leaving update ``b``:
 ``C' = C + a a^T - b b^T``. With ``v_j`` the directions of the window before

@@ -1,4 +1,4 @@
-"""The noise model (MATH.md section 4): noise scale and BBP threshold, and the
+"""The noise model (docs/math.md#noise-and-the-null): noise scale and BBP threshold, and the
 null distribution of the maximum consecutive singular-value ratio (Prop. 6.4).
 
 Under H0 the window's entries are iid ``N(0, nu^2)``; the ratio is scale-free,

@@ -1,4 +1,4 @@
-"""Spectrum diagnostics of one window's Gram matrix (MATH.md section 3)."""
+"""Spectrum diagnostics of one window's Gram matrix (docs/math.md#spectrum)."""
 from __future__ import annotations
 
 import math
@@ -47,7 +47,7 @@ class Spectrum(Result):
         weighted_k_star: ``argmax_j (sigma_j / sum sigma) (sigma_j / sigma_{j+1})``.
         q, k_q: variance rank ``min{k : sum_{j<=k} lambda_j >= q sum lambda}``.
         pc1_fraction: ``lambda_1 / sum lambda``.
-        neighbour_gaps: ``delta_j`` of MATH.md section 5 (null space below ``lambda_n``).
+        neighbour_gaps: ``delta_j`` (docs/math.md#neighbour-gaps; null space below ``lambda_n``).
         status: ``"ok"``; ``"partial"`` (``edge_ratio`` undefined);
             ``"nonfinite_rows"`` (computed on the finite rows only);
             ``"tied"`` (all positive eigenvalues within ``tol``: no gap

@@ -1,6 +1,7 @@
-"""Subspace stability (MATH.md sections 5 and 8): the Davis-Kahan coefficient
-``alpha_j``, measured eigenvector overlaps (consecutive windows, half windows,
-principal angles inside near-degenerate clusters) and the adiabatic parameter.
+"""Subspace stability: the Davis-Kahan coefficient ``alpha_j``, measured
+eigenvector overlaps (consecutive windows, half windows, principal angles
+inside near-degenerate clusters) and the adiabatic parameter
+(docs/math.md#stability, docs/math.md#adiabatic-parameter).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class Stability(Result):
     Attributes:
         alpha: ``alpha_j`` per mode (1 = the direction cannot rotate, 0 = no
             protection); modes with ``delta_j = 0`` get 0 (1 if ``Delta C = 0``).
-        neighbour_gaps: ``delta_j`` (MATH.md section 5).
+        neighbour_gaps: ``delta_j`` (docs/math.md#neighbour-gaps).
         delta_c_fro, C, squared: the inputs.
         status, reason: ``"ok"`` or ``"undefined"`` (no rows, NaN ``delta_c_fro``).
     """

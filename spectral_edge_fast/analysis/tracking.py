@@ -1,4 +1,5 @@
-"""The window's eigen-decomposition carried from slide to slide (MATH.md section 2).
+"""The window's eigen-decomposition carried from slide to slide
+(docs/numerics.md#the-rank-two-eigen-update).
 
 A slide drops the oldest row and column of the Gram and adds the newest: in
 the old window's coordinates, with the leaving row's slot reused for the

@@ -1,4 +1,4 @@
-"""Weight-matrix probe (MATH.md section 9, Section 27): the gap of a 2-D
+"""Weight-matrix probe (docs/math.md#weight-spectra, Section 27): the gap of a 2-D
 weight matrix itself, e.g. an attention ``W_Q``, tracked over training."""
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ Flat layout
 * ``ring``: ``[W, P]`` tensor, float32 or bfloat16, one update per row.
 * ``snapshot``: ``[P]`` float32 (float64 when the parameters are float64):
   the parameters at the previous update, kept at parameter precision because
-  ``theta - snapshot`` cancels (MATH.md section 2).
+  ``theta - snapshot`` cancels (docs/numerics.md#the-snapshot-and-the-ring).
 * ``params``: a sequence of contiguous 1-D tensors (views of the model's
   parameters, any floating dtype) whose lengths add up to ``P``.
 

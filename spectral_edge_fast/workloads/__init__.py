@@ -1,5 +1,5 @@
 """Small real training tasks that exercise the monitor end to end.
 
 * :mod:`spectral_edge_fast.workloads.grokking`: modular-arithmetic grokking,
-  the paper's reference experiment (MATH.md §10), behind ``spectral-edge demo``.
+  the paper's reference experiment (docs/math.md#the-reference-experiment), behind ``spectral-edge demo``.
 """

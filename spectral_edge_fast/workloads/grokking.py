@@ -1,4 +1,5 @@
-"""Modular-arithmetic grokking: the paper's reference experiment (MATH.md §10).
+"""Modular-arithmetic grokking: the paper's reference experiment
+(docs/math.md#the-reference-experiment).
 
 The setup of the author's sweep: all pairs ``(x, y)`` of residues mod ``p``
 (``x, y != 0`` for multiplication), half of them for training, the other
