@@ -71,10 +71,11 @@ def test_links_between_docs_pages_resolve(page):
             assert anchor in anchors(path), f"docs/{page} links to missing heading {target}#{anchor}"
 
 
-def test_nothing_refers_to_notes_outside_the_project():
+@pytest.mark.parametrize("name", ["MATH.md", "DESIGN.md", "shared notes", "seeds/"])
+def test_nothing_refers_to_notes_outside_the_project(name):
     for path in sources() + sorted(DOCS.glob("*.md")):
         text = path.read_text(encoding="utf-8")
-        assert "MATH.md" not in text, f"{path.relative_to(ROOT)} refers to MATH.md; point to docs/ instead"
+        assert name not in text, f"{path.relative_to(ROOT)} refers to {name}; point to docs/ instead"
 
 
 def test_the_slug_follows_the_renderers_rules():
