@@ -9,7 +9,10 @@ from .kernels import get_backend
 def gram(x, backend: str = "auto") -> torch.Tensor:
     """W x W float64 Gram of ``x`` of shape (W, P), or of a list of W tensors
     (each flattened), on ``x``'s device. Products accumulate in float32 over
-    chunks whose partial sums are added in float64."""
+    chunks whose partial sums are added in float64; the result's bits do not
+    depend on the thread count. On a CPU with AVX512-BF16, bf16 input is
+    multiplied by its dot-product instruction, which counts products and
+    partial sums below float32's normal range (1.2e-38) as zero."""
     if isinstance(x, (list, tuple)):
         if not x:
             raise ValueError("gram() needs at least one row")

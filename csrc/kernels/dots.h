@@ -19,6 +19,7 @@
 #if defined(__GNUC__) && defined(__x86_64__)
 #define SEF_X86 1
 #define SEF_AVX2_FMA __attribute__((target("avx2,fma")))
+#define SEF_AVX512_BF16 __attribute__((target("avx512f,avx512bf16")))
 #else
 #define SEF_X86 0
 #endif
@@ -30,6 +31,15 @@ constexpr int kLanes = 16;
 inline bool has_avx2_fma() {
 #if SEF_X86
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
+
+inline bool has_avx512_bf16() {
+#if SEF_X86
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
   return has;
 #else
   return false;
