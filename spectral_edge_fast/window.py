@@ -26,6 +26,7 @@ from .distributed import (
     sum_replicated,
 )
 from .kernels import get_backend
+from .kernels.ops import check_step
 from .layout import GroupSpec, ParamLayout
 
 STORAGE_DTYPES = (torch.float32, torch.bfloat16)
@@ -311,6 +312,7 @@ class GramWindow:
         """Forget every update and take a new snapshot of the parameters."""
         self.count = 0
         self._calls = 0
+        self._checked_views = None
         self._ring.zero_()
         self._gram.zero_()
         self._left.zero_()
@@ -329,7 +331,11 @@ class GramWindow:
         if self._calls % self.every:
             return False
         slot = self.count % self.window
-        partials = self.backend.step(self.layout.views(), self._snapshot, self._ring, slot, self.layout.bounds)
+        views = self.layout.views()
+        if views is not self._checked_views:  # a new list (construction, followed parameters): check it once
+            check_step(views, self._snapshot, self._ring, slot, self.layout.bounds)
+            self._checked_views = views
+        partials = self.backend.step_checked_once(views, self._snapshot, self._ring, slot, self.layout.bounds)
         self._apply(partials, slot)
         return True
 

@@ -92,6 +92,14 @@ class Backend:
     def step(self, params, snapshot, ring, slot, bounds) -> torch.Tensor:
         return torch.ops.spectral_edge_fast.step(self.key, list(params), snapshot, ring, slot, list(bounds))
 
+    def step_checked_once(self, params, snapshot, ring, slot, bounds) -> torch.Tensor:
+        """``step`` without the op, for an eager caller that owns ``snapshot``,
+        ``ring`` and ``bounds`` and ran :func:`.ops.check_step` on them and on
+        this ``params`` list (the window: once per list of views). The op's
+        dispatch and checks cost more host time than a small model's kernels."""
+        with torch.no_grad():
+            return self._step(params, snapshot, ring, slot, bounds)
+
     def project(self, ring: torch.Tensor, vec: torch.Tensor, bounds: Bounds) -> torch.Tensor:
         return torch.ops.spectral_edge_fast.project(self.key, ring, vec, list(bounds))
 

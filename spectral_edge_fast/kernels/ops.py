@@ -151,6 +151,9 @@ def _check_step(params, snapshot, ring, slot, bounds):
     return ring.device
 
 
+check_step = _check_step
+
+
 def _check_project(ring, vec, bounds):
     _, cols = _matrix("project", ring)
     _vector("project", "vec", vec, cols, ring.device, FLOATS)
