@@ -37,27 +37,23 @@ from .analysis import (
     EigenTracker,
     adiabatic,
     analyze_slides,
-    collapse_order,
     eigen_flow,
-    events,
     loss_decomposition,
     spectrum,
     spectrum_batch,
     stability,
     window_overlaps,
 )
+from .analysis.events import EventStream
 from .analysis._common import ENGINE_EPS  # the records' zero tolerance unit (the analysis default), for callers
 from .analysis._common import slide_norm
 from .distributed import is_writer
 from .sinks import Sink, default_log_dir, make_sinks
 from .window import GramState, GramWindow
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 # Analyses over which the adiabatic parameter's running median is taken.
 A_MEDIAN_SPAN = 50
-# Trailing analyses scanned for events at each analysis: bounds the cost of a
-# long run; an event needs only a few records to be confirmed.
-EVENT_SPAN = 500
 # The run-long median of R in summary() is that of R rounded to this many
 # significant digits: counts of the rounded values stay bounded where a list
 # of every value would grow with the run.
@@ -159,10 +155,9 @@ class SpectralMonitor:
         process_group: the group over which parameters are sharded or
             replicated, passed to :class:`GramWindow`.
         history: analysis records, metric records and events kept in memory
-            (the last ones of each; at least ``EVENT_SPAN`` and
-            ``A_MEDIAN_SPAN``, the records that events and the adiabatic
-            median read), or None to keep all of them (memory then
-            grows with the run). The sinks receive every record, and
+            (the last ones of each; at least ``A_MEDIAN_SPAN``, the records
+            that the adiabatic median reads), or None to keep all of them
+            (memory then grows with the run). The sinks receive every record, and
             :meth:`summary` describes the whole run either way.
 
     Attributes:
@@ -188,7 +183,7 @@ class SpectralMonitor:
         history: Optional[int] = 1000,
     ):
         analyze_every = _integer("analyze_every", analyze_every, 1)
-        self.history_limit = None if history is None else _integer("history", history, max(EVENT_SPAN, A_MEDIAN_SPAN))
+        self.history_limit = None if history is None else _integer("history", history, A_MEDIAN_SPAN)
         self.window = GramWindow(
             model_or_params,
             window=window,
@@ -214,7 +209,9 @@ class SpectralMonitor:
         self._R_max: Optional[tuple] = None  # (R, step)
         self._min_count = 1  # updates an analysis needs: W + 1 while refilling after a small-state resume
         self._info: Dict[str, Any] = {}
-        self._seen_events: set = set()
+        # Event detection, one streaming detector per series (None: the
+        # model, else a group): events span the whole run at O(groups) a record.
+        self._event_streams: Dict[Optional[str], EventStream] = {}
         self._pending: Optional[tuple] = None  # (readback, step, lr) of a started analysis
         self._observed: Dict[str, tuple] = {}  # split -> (window count, projection)
         self._decomposition: Optional[dict] = None
@@ -391,10 +388,6 @@ class SpectralMonitor:
             if self._R_max is None or (R, record["step"]) > self._R_max:
                 self._R_max = (R, record["step"])
         self._trim(self._history, self._events)
-        # An event starts at a record of the trailing span that events are
-        # found in: a key older than that span cannot be found again.
-        oldest = min(r["step"] for r in self._history[-EVENT_SPAN:])
-        self._seen_events = {key for key in self._seen_events if key[1] >= oldest}
 
     def _trim(self, *lists: List[dict]) -> None:
         if self.history_limit is not None:
@@ -403,23 +396,18 @@ class SpectralMonitor:
                     del items[: len(items) - self.history_limit]
 
     def _new_events(self) -> List[dict]:
-        """Events of the whole model and of each group that the history shows
-        and no earlier record reported (each is reported once, in the record
-        of the analysis that confirmed it; ``step`` dates its start)."""
-        recent = self._history[-EVENT_SPAN:]
-        found = [(None, e) for e in events([{"step": r["step"], **r["spectrum"]} for r in recent])]
-        if "groups" in recent[-1]:
-            per_group = {
-                name: [{"step": r["step"], "gap_ratio": r["groups"][name]["R"], "k_star": r["groups"][name]["k_star"]}
-                       for r in recent]
-                for name in recent[-1]["groups"]
-            }
-            found += [(g, e) for g, evs in collapse_order(per_group).events.items() for e in evs]
+        """Events of the whole model and of each group that the newest record
+        confirms: those ``events`` finds in the run's records up to it and not
+        before it (each is reported once, in the record of the analysis that
+        confirmed it; ``step`` dates its start), the model's first."""
+        record = self._history[-1]
+        series = [(None, {"step": record["step"], **record["spectrum"]})]
+        series += [(name, {"step": record["step"], "gap_ratio": g["R"], "k_star": g["k_star"]})
+                   for name, g in record.get("groups", {}).items()]
         new = []
-        for group, event in found:
-            key = (event.kind, event.step, group)
-            if key not in self._seen_events:
-                self._seen_events.add(key)
+        for group, values in series:
+            stream = self._event_streams.get(group) or self._event_streams.setdefault(group, EventStream())
+            for event in stream.push(values):
                 e = {k: v for k, v in event.to_dict().items() if k != "index"}
                 new.append(e if group is None else {**e, "group": group})
         return new
@@ -594,7 +582,7 @@ class SpectralMonitor:
             "k_star_counts": dict(self._k_counts),
             "R_counts": dict(self._R_counts),
             "R_max": self._R_max,
-            "seen_events": list(self._seen_events),
+            "event_streams": [[group, stream.state_dict()] for group, stream in self._event_streams.items()],
             "info": dict(self._info),
             "observed": {split: (count, p.tolist()) for split, (count, p) in self._observed.items()} if exact else {},
             "decomposition": self._decomposition,
@@ -633,7 +621,10 @@ class SpectralMonitor:
         self._k_counts = Counter(state["k_star_counts"])
         self._R_counts = Counter(state["R_counts"])
         self._R_max = None if state["R_max"] is None else tuple(state["R_max"])
-        self._seen_events = {tuple(key) for key in state["seen_events"]}
+        self._event_streams = {}
+        for group, stream_state in state["event_streams"]:
+            self._event_streams[group] = stream = EventStream()
+            stream.load_state_dict(stream_state)
         self._trim(self._history, self.metrics, self._events)
         self._info = dict(state["info"])
         self._pending = None

@@ -11,8 +11,9 @@ each a mapping as ``Spectrum.to_dict()`` gives it plus ``"step"``:
 * ``"nonfinite_rows"``: list of row indices (optional, default empty).
 
 Records whose value is undefined are skipped by the detector of that value
-(they neither confirm nor break a run). ``three_phase`` and ``lead_lag`` take
-plain sequences of numbers, one per analysis.
+(they neither confirm nor break a run). ``EventStream`` finds the same
+events one record at a time, in O(1) per record. ``three_phase`` and
+``lead_lag`` take plain sequences of numbers, one per analysis.
 """
 from __future__ import annotations
 
@@ -79,6 +80,20 @@ def _persistent_changes(values: Iterable[Tuple[int, Any]], persist: int):
             state, candidate, run = value, None, 0
 
 
+def _gap_rule(open_above: float, close_below: Optional[float], persist: int) -> float:
+    """The checked ``close_below`` (its default from ``open_above``)."""
+    close_below = 1.0 + 0.5 * (open_above - 1.0) if close_below is None else close_below
+    if persist < 1 or close_below > open_above:
+        raise ValueError(f"need persist >= 1 and close_below <= open_above, got {persist}, {close_below}, {open_above}")
+    return close_below
+
+
+def _gap_level(r: float, open_above: float, close_below: float):
+    if math.isnan(r):
+        return None
+    return "open" if r >= open_above else "closed" if r < close_below else _KEEP
+
+
 def events(
     records: Sequence[Mapping],
     open_above: float = 1.5,
@@ -106,19 +121,12 @@ def events(
     Raises:
         ValueError: ``persist < 1`` or ``close_below > open_above``.
     """
-    close_below = 1.0 + 0.5 * (open_above - 1.0) if close_below is None else close_below
-    if persist < 1 or close_below > open_above:
-        raise ValueError(f"need persist >= 1 and close_below <= open_above, got {persist}, {close_below}, {open_above}")
+    close_below = _gap_rule(open_above, close_below, persist)
     steps = [_step(r, i) for i, r in enumerate(records)]
     found: List[Event] = []
-
-    def level(r: float):
-        if math.isnan(r):
-            return None
-        return "open" if r >= open_above else "closed" if r < close_below else _KEEP
-
     ratios = [_ratio(r) for r in records]
-    for start, old, new in _persistent_changes(((i, level(r)) for i, r in enumerate(ratios)), persist):
+    levels = ((i, _gap_level(r, open_above, close_below)) for i, r in enumerate(ratios))
+    for start, old, new in _persistent_changes(levels, persist):
         if old is not None:
             kind = "gap_collapse" if new == "closed" else "gap_opening"
             found.append(Event(kind, steps[start], start, ratios[start]))
@@ -136,6 +144,93 @@ def events(
         bad_before = bool(bad)
     found.sort(key=lambda e: e.index)
     return found
+
+
+class EventStream:
+    """``events`` one record at a time: :meth:`push` takes the next record of
+    a series and returns the events that record confirms (those that
+    ``events`` of the series up to it shows and ``events`` of the series
+    before it does not). Over a series it reports the events of
+    ``events(series)``, equal in every field, in the order they are
+    confirmed, at a cost per record that does not grow with the series.
+    ``events`` stays the reference the tests hold it to.
+
+    Its state (:meth:`state_dict`) is a few numbers and strings: a stream
+    restored from it continues as if never interrupted.
+
+    Raises:
+        ValueError: as ``events``.
+    """
+
+    def __init__(self, open_above: float = 1.5, close_below: Optional[float] = None, persist: int = 3):
+        self.close_below = _gap_rule(open_above, close_below, persist)
+        self.open_above, self.persist = open_above, persist
+        self.count = 0  # records pushed: the next record's index
+        # Each run detector of _persistent_changes: its settled state, the
+        # pending candidate, its run length and start [index, step, value].
+        self._gap = {"state": None, "candidate": None, "run": 0, "start": None}
+        self._k = dict(self._gap)
+        self._bad = False  # the last record carried non-finite rows
+
+    def _settle(self, tracker: dict, value, start: list):
+        """One entry of ``_persistent_changes``: ``(start, old)`` when ``value``
+        settles as a new level after ``start``'s run, else None."""
+        if value is None:
+            return None
+        if value is _KEEP or value == tracker["state"]:
+            tracker["candidate"], tracker["run"] = None, 0
+            return None
+        if value != tracker["candidate"]:
+            tracker.update(candidate=value, run=0, start=start)
+        tracker["run"] += 1
+        if tracker["run"] < self.persist:
+            return None
+        old, tracker["state"] = tracker["state"], value
+        tracker["candidate"], tracker["run"] = None, 0
+        return tracker["start"], old
+
+    def push(self, record: Mapping) -> List[Event]:
+        """The events confirmed by ``record``, the next of the series (a
+        mapping as for ``events``), ordered as ``events`` orders them."""
+        index = self.count
+        self.count += 1
+        step, ratio = _step(record, index), _ratio(record)
+        found: List[Event] = []
+        level = _gap_level(ratio, self.open_above, self.close_below)
+        settled = self._settle(self._gap, level, [index, step, ratio])
+        if settled is not None and settled[1] is not None:
+            (i, s, r), new = settled[0], self._gap["state"]
+            found.append(Event("gap_collapse" if new == "closed" else "gap_opening", s, i, r))
+        k = record.get("k_star")
+        settled = self._settle(self._k, None if k is None else int(k), [index, step, None])
+        if settled is not None and settled[1] is not None:
+            (i, s, _), old = settled[0], settled[1]
+            found.append(Event("k_star_shift", s, i, self._k["state"], old))
+        bad = list(record.get("nonfinite_rows") or [])
+        if bad and not self._bad:
+            found.append(Event("nonfinite_rows", step, index, bad))
+        self._bad = bool(bad)
+        found.sort(key=lambda e: e.index)
+        return found
+
+    def state_dict(self) -> dict:
+        """The stream's state: plain data, a few entries."""
+        return {"count": self.count, "gap": dict(self._gap), "k_star": dict(self._k), "bad": self._bad,
+                "rule": [self.open_above, self.close_below, self.persist]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state`` (from :meth:`state_dict` of a stream with
+        the same thresholds).
+
+        Raises:
+            ValueError: the state was saved under other thresholds.
+        """
+        rule = [self.open_above, self.close_below, self.persist]
+        if list(state["rule"]) != rule:
+            raise ValueError(f"event stream state saved with open_above, close_below, persist = {list(state['rule'])}, "
+                             f"this stream has {rule}: make the stream with the saved thresholds")
+        self.count, self._bad = int(state["count"]), bool(state["bad"])
+        self._gap, self._k = dict(state["gap"]), dict(state["k_star"])
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,7 +1,11 @@
+import json
+import math
+
 import numpy as np
 import pytest
 
 from spectral_edge_fast.analysis import collapse_order, events, lead_lag, spectrum, three_phase
+from spectral_edge_fast.analysis.events import EventStream
 
 
 def records(ratios, ks=None, step0=0, stride=10):
@@ -125,3 +129,99 @@ def test_collapse_order():
     assert out.first_collapse == {"a": 300, "b": 100, "c": 200, "d": None}
     assert out.k_star["a"] == 2 and out.gap_ratio["d"] == 3.0
     assert out.to_dict()["events"]["b"][0]["kind"] == "gap_collapse"
+
+
+def _random_series(rng, n):
+    """Records meant to stress the detectors: R a random walk around the
+    thresholds (ties on them, NaN and None), k* noise, runs of non-finite rows,
+    steps with repeats and gaps."""
+    kind = rng.integers(4)
+    if kind == 0:  # walk around both thresholds
+        R = 1.375 + np.cumsum(rng.normal(0, 0.08, n))
+    elif kind == 1:  # mostly in the hysteresis band, rare exits
+        R = rng.choice([1.3, 1.4, 1.2, 1.6], size=n, p=[0.45, 0.45, 0.05, 0.05])
+    elif kind == 2:  # exactly on the thresholds and their neighbours
+        R = rng.choice([1.5, np.nextafter(1.5, 0), 1.25, np.nextafter(1.25, 0), 3.0, 1.0], size=n)
+    else:
+        R = rng.choice([3.0, 1.0], size=n, p=[0.6, 0.4])
+    ratios = [None if u < 0.05 else math.nan if u < 0.1 else float(r) for r, u in zip(R, rng.random(n))]
+    ks = rng.choice([1, 2, 3], size=n, p=[0.2, 0.6, 0.2]) if rng.random() < 0.5 else np.repeat(rng.integers(1, 4, n // 7 + 1), 7)[:n]
+    ks = [None if u < 0.1 else int(k) for k, u in zip(ks, rng.random(n))]
+    steps = np.cumsum(rng.integers(0, 3, n))
+    bad = np.repeat(rng.random(n // 5 + 1) < 0.3, 5)[:n]
+    recs = []
+    for i in range(n):
+        rec = {"step": int(steps[i]), "gap_ratio": ratios[i], "k_star": ks[i]}
+        if bad[i]:
+            rec["nonfinite_rows"] = [int(rng.integers(4))]
+        elif rng.random() < 0.5:
+            rec["nonfinite_rows"] = []
+        recs.append(rec)
+    return recs
+
+
+def _streamed(stream, recs):
+    out = []
+    for r in recs:
+        out += stream.push(r)
+    return out
+
+
+_KINDS = ("gap_collapse", "gap_opening", "k_star_shift", "nonfinite_rows")
+
+
+def _in_batch_order(found):
+    """events() lists by start, ties by kind; a stream by confirmation."""
+    return sorted(found, key=lambda e: (e.index, _KINDS.index(e.kind)))
+
+
+@pytest.mark.parametrize("persist", [1, 2, 3, 5])
+def test_event_stream_reports_the_events_of_the_whole_series(persist):
+    """Pushed one record at a time, the stream reports exactly events(series),
+    each event in the push of the record that confirms it (the record where
+    events() of the series up to it first shows it)."""
+    rng = np.random.default_rng(persist)
+    for trial in range(60):
+        recs = _random_series(rng, int(rng.choice([0, 1, 2, 3, 7, 40, 200, 700])))
+        kw = dict(persist=persist) if trial % 2 else dict(open_above=1.4, close_below=1.4, persist=persist)
+        stream = EventStream(**kw)
+        got = _streamed(stream, recs)
+        assert _in_batch_order(got) == events(recs, **kw)
+        if len(recs) <= 40:  # the push that reports each event
+            stream = EventStream(**kw)
+            for i, r in enumerate(recs):
+                before, after = events(recs[:i], **kw), events(recs[: i + 1], **kw)
+                assert stream.push(r) == [e for e in after if e not in before]
+
+
+def test_event_stream_sees_changes_longer_than_any_span():
+    """A state confirmed long before the change (R in the hysteresis band or
+    undefined, k* never settling for 600 records) still dates a change from
+    it; a run of non-finite rows is one event however long."""
+    R = [3.0] * 5 + [1.3, 1.4] * 300 + [math.nan] * 50 + [1.0] * 5
+    ks = [2] * 5 + [3, 4] * 300 + [None] * 50 + [3] * 5
+    recs = records(R, ks)
+    for i in range(5, 660):
+        recs[i]["nonfinite_rows"] = [0]
+    found = _streamed(EventStream(), recs)
+    assert _in_batch_order(found) == events(recs)
+    assert [(e.kind, e.index) for e in found] == [("nonfinite_rows", 5), ("gap_collapse", 655), ("k_star_shift", 655)]
+
+
+def test_event_stream_resumes_from_its_state():
+    """A stream restored from its state (through JSON) mid-series continues as
+    the uninterrupted stream, including mid-run and on pending candidates."""
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        recs = _random_series(rng, 300)
+        whole = _streamed(EventStream(persist=4), recs)
+        for cut in rng.integers(0, 300, 5):
+            first = EventStream(persist=4)
+            got = _streamed(first, recs[:cut])
+            second = EventStream(persist=4)
+            second.load_state_dict(json.loads(json.dumps(first.state_dict())))
+            assert got + _streamed(second, recs[cut:]) == whole
+    with pytest.raises(ValueError, match="open_above, close_below, persist"):
+        EventStream(persist=3).load_state_dict(first.state_dict())
+    with pytest.raises(ValueError, match="persist"):
+        EventStream(persist=0)
