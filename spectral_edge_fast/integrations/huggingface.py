@@ -10,7 +10,9 @@ global step and the learning rate that step used; it records the Trainer's
 logs (loss, learning rate, eval metrics), and each finished analysis's
 summary (``spectral/R``, ``spectral/k_star``...) goes through ``Trainer.log``
 to the integrations of ``args.report_to`` (TensorBoard, W&B...) at the
-global step. The monitor's state is
+global step. (transformers gives callbacks neither the Trainer nor the
+checkpoint being resumed: both are read from ``Trainer.train``'s loop, with a
+warning where they cannot be.) The monitor's state is
 saved as ``spectral_monitor_rank<i>.pt`` in every checkpoint directory and
 restored from the checkpoint training resumes from (in whatever folder),
 with a warning when that checkpoint has none. The saved state
@@ -90,6 +92,10 @@ class SpectralEdgeCallback(TrainerCallback):
         if args.run_name is not None:
             self.monitor.annotate(run_name=args.run_name)
         self._trainer, resumed = _train_call()
+        if self._trainer is None:
+            warnings.warn("SpectralEdgeCallback: no Trainer.train() call found above this callback: the analyses' "
+                          "summaries go to the monitor's own files only (not to report_to), and a resume looks for "
+                          "the monitor state in <output_dir>/checkpoint-<global_step>", RuntimeWarning, stacklevel=2)
         if state.global_step > 0:  # resuming: the Trainer has loaded the checkpoint of state.global_step
             if not isinstance(resumed, str):
                 resumed = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")

@@ -140,3 +140,22 @@ def test_saving_the_monitor_state_is_crash_safe(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.load(path)["steps"] == 16
     assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_outside_a_trainer_the_callback_says_what_it_cannot_do(tmp_path):
+    cb = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se"), report=False)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    with pytest.warns(RuntimeWarning, match="no Trainer.train.. call found.*not to report_to"):
+        cb.on_train_begin(args, transformers.TrainerState(), transformers.TrainerControl(), model=Tiny())
+    cb.on_train_end(args, transformers.TrainerState(), transformers.TrainerControl())
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    cb = SpectralEdgeCallback(window=2, analyze_every=4, log_dir=str(tmp_path / "se"), report=False)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=8, per_device_train_batch_size=4,
+                                          gradient_accumulation_steps=2, learning_rate=1e-2, save_strategy="no",
+                                          report_to=[], use_cpu=True, disable_tqdm=True)
+    trainer = transformers.Trainer(model=Tiny(), args=args, train_dataset=Data(), callbacks=[cb])
+    trainer.train()
+    assert cb.monitor.steps == trainer.state.global_step == 8
+    assert [r["step"] for r in cb.monitor.history] == [4, 8]
