@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, NamedTuple
 
-from .sinks import event_labels, read_run as read_records, scalars
+from .sinks import event_labels, read_records, scalars
 
 
 class RunFrames(NamedTuple):
@@ -41,7 +41,7 @@ def _pandas():
     except ImportError as exc:
         raise ImportError("the records as DataFrames need pandas: pip install pandas "
                           "(or pip install 'spectral-edge-fast[pandas]'); without it, "
-                          "spectral_edge_fast.sinks.read_run gives them as dicts") from exc
+                          "spectral_edge_fast.sinks.read_records gives them as dicts") from exc
     return pandas
 
 
@@ -69,7 +69,7 @@ def frames(analysis: List[dict], metrics: List[dict], meta: Dict[str, Any]) -> R
 def read_run(run_dir: str) -> RunFrames:
     """The records of a run directory (written by the ``jsonl`` sink) as
     :class:`RunFrames` DataFrames. Raises ImportError naming pandas when it
-    is not installed; :func:`spectral_edge_fast.sinks.read_run` gives the
+    is not installed; :func:`spectral_edge_fast.sinks.read_records` gives the
     same records as dicts without it."""
     _pandas()
     run = read_records(run_dir)

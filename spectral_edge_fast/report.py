@@ -24,7 +24,7 @@ comparison (``compare.png`` and a top-level ``report.html``).
 
 Every file is replaced atomically (:func:`~spectral_edge_fast.files.atomic_write`):
 a crash while rendering leaves the previous one. A record line cut by a crash,
-or a broken ``meta.json``, is skipped with a warning (:func:`~spectral_edge_fast.sinks.read_run`).
+or a broken ``meta.json``, is skipped with a warning (:func:`~spectral_edge_fast.sinks.read_records`).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ import numpy as np
 
 from .analysis.events import events as _gap_events
 from .files import atomic_write
-from .sinks import FILES, read_run
+from .sinks import FILES, read_records
 
 # The thresholds the monitor's event detector uses (its defaults; docs/math.md#gap-collapse-and-opening).
 _DETECTOR = inspect.signature(_gap_events).parameters
@@ -525,7 +525,7 @@ def _plot_run(run_dir: str, run: dict) -> Dict[str, Optional[str]]:
 
 
 def _read(run_dir: str) -> dict:
-    run = read_run(run_dir)
+    run = read_records(run_dir)
     if not run["analysis"]:
         raise ValueError(f"{run_dir} holds no analysis records ({FILES['analysis']}.jsonl is missing or empty)")
     return run
@@ -553,7 +553,7 @@ def render(run_dir: str) -> str:
     sections = []
     for d in subdirs:
         path = os.path.join(run_dir, d)
-        run = read_run(path)
+        run = read_records(path)
         if not run["analysis"]:  # e.g. killed before its first analysis: the other runs still get their report
             warnings.warn(f"{path}: left out of the report, it holds no analysis records "
                           f"({FILES['analysis']}.jsonl is empty)", RuntimeWarning, stacklevel=2)

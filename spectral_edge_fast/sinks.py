@@ -482,7 +482,7 @@ def read_jsonl(path: str) -> List[dict]:
     return records
 
 
-def read_run(run_dir: str) -> Dict[str, object]:
+def read_records(run_dir: str) -> Dict[str, object]:
     """``{"meta": dict, "analysis": [records], "metrics": [records]}`` of a run
     directory written by the JSONL sink. A broken ``meta.json`` is left out
     (``meta`` is empty) with a warning naming it."""
@@ -532,5 +532,5 @@ __all__ = [
     "make_sinks",
     "scalars",
     "read_jsonl",
-    "read_run",
+    "read_records",
 ]

@@ -77,5 +77,5 @@ def test_monitor_to_pandas_matches_the_files(tmp_path):
 
 def test_without_pandas_the_error_names_it_and_the_dict_reader(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas -> ImportError
-    with pytest.raises(ImportError, match=r"need pandas: pip install pandas.*sinks\.read_run"):
+    with pytest.raises(ImportError, match=r"need pandas: pip install pandas.*sinks\.read_records"):
         spectral_edge_fast.read_run(str(tmp_path))

@@ -12,7 +12,7 @@ import torch
 from spectral_edge_fast import report
 from spectral_edge_fast.monitor import R_MEDIAN_DIGITS, SpectralMonitor
 from spectral_edge_fast.report import render, run_summary
-from spectral_edge_fast.sinks import JSONLSink, read_run
+from spectral_edge_fast.sinks import JSONLSink, read_records
 from test_sinks import _killed_at_random
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -53,7 +53,7 @@ def test_render_writes_the_plots_and_a_self_contained_html(tmp_path):
 
 def test_summary_holds_the_expected_series(tmp_path):
     mon = _write_run(tmp_path)
-    run = read_run(str(tmp_path))
+    run = read_records(str(tmp_path))
     assert len(run["analysis"]) == 20 and [m["step"] for m in run["metrics"]] == [10, 20, 30, 40, 50, 60]
     s = run_summary(run)
     assert s["analyses"] == 20 and s["window W"] == 6 and s["grokking"] == 30 and "never" not in s

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from spectral_edge_fast.sinks import CSVSink, JSONLSink, Sink, flatten, make_sinks, read_run, scalars
+from spectral_edge_fast.sinks import CSVSink, JSONLSink, Sink, flatten, make_sinks, read_records, scalars
 
 RECORD = {
     "step": 10,
@@ -46,7 +46,7 @@ def test_jsonl_writes_one_parsable_line_per_record(tmp_path):
     lines = (tmp_path / "spectral.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [10, 20]
     assert json.loads(lines[0])["A"] is None  # NaN is written as null: strict JSON
-    run = read_run(str(tmp_path))
+    run = read_records(str(tmp_path))
     assert run["meta"] == {"window": 3} and run["metrics"] == [{"step": 10, "loss": 0.25}]
 
 
@@ -370,7 +370,7 @@ def test_a_line_cut_by_a_crash_is_skipped_with_a_warning_naming_file_and_line(tm
     (tmp_path / "spectral.jsonl").write_text(text + '{"step": 4, "R": 2.')
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n[1, 2]\n{"step": 2, "loss": 0.5}\n')
     with pytest.warns(RuntimeWarning) as warned:
-        run = read_run(str(tmp_path))
+        run = read_records(str(tmp_path))
     assert run["analysis"] == good and [m["step"] for m in run["metrics"]] == [1, 2]
     first, second = (str(w.message) for w in warned)
     assert "spectral.jsonl" in first and "line 4" in first
@@ -381,7 +381,7 @@ def test_a_broken_meta_json_warns_and_the_run_goes_on(tmp_path):
     (tmp_path / "spectral.jsonl").write_text('{"step": 1}\n')
     (tmp_path / "meta.json").write_text('{"window": 16, "info": {"na')
     with pytest.warns(RuntimeWarning, match=r"meta\.json is unreadable"):
-        run = read_run(str(tmp_path))
+        run = read_records(str(tmp_path))
     assert run["meta"] == {} and run["analysis"] == [{"step": 1}]
 
 
@@ -442,7 +442,7 @@ def test_wandb_beside_a_trainer_reporting_to_wandb_keeps_every_record(tmp_path, 
     run.finish()
     rows = _wandb_history(run_dir)
     assert [r["_step"] for r in rows] == list(range(len(rows)))
-    files = read_run(str(tmp_path / "spectral"))
+    files = read_records(str(tmp_path / "spectral"))
     assert [r["spectral/step"] for r in rows if "spectral/R" in r] == [r["step"] for r in files["analysis"]]
     assert [r["metrics/step"] for r in rows if "metrics/step" in r] == [m["step"] for m in files["metrics"]]
     assert [r["metrics/step"] for r in rows if "metrics/eval_loss" in r] == [10, 20, 30]
