@@ -38,6 +38,9 @@ except ImportError as exc:
     raise ImportError(
         "spectral_edge_fast.integrations.huggingface needs transformers: pip install transformers"
     ) from exc
+if not hasattr(TrainerCallback, "on_optimizer_step"):  # the event the monitor steps in (transformers 4.42)
+    raise ImportError("spectral_edge_fast.integrations.huggingface needs transformers >= 4.42 "
+                      "(TrainerCallback.on_optimizer_step): pip install -U transformers")
 
 from ..files import atomic_write
 from ..monitor import SpectralMonitor, _lr_of
