@@ -4,7 +4,13 @@
 // vector width or thread count.
 #pragma once
 
+#include <type_traits>
+
 #include "kernels/common.h"
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 // The per-chunk loops are also compiled for AVX2 and picked when the library
 // loads (GCC function multiversioning). The AVX2 target has no FMA, so no
@@ -18,6 +24,7 @@
 // Hand-vectorised AVX2 + FMA kernels (x86-64 only), taken when the CPU has both.
 #if defined(__GNUC__) && defined(__x86_64__)
 #define SEF_X86 1
+#define SEF_AVX2 __attribute__((target("avx2")))
 #define SEF_AVX2_FMA __attribute__((target("avx2,fma")))
 #define SEF_AVX512_BF16 __attribute__((target("avx512f,avx512bf16")))
 #else
@@ -27,6 +34,15 @@
 namespace sef {
 
 constexpr int kLanes = 16;
+
+inline bool has_avx2() {
+#if SEF_X86
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+#else
+  return false;
+#endif
+}
 
 inline bool has_avx2_fma() {
 #if SEF_X86
@@ -46,6 +62,27 @@ inline bool has_avx512_bf16() {
 #endif
 }
 
+// to_bf16 without a branch (the same bits), so the loops over it vectorise.
+inline bf16 to_bf16_vec(float f) {
+  const uint32_t u = float_to_bits(f);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return bf16{uint16_t((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : rounded)};
+}
+
+// x rounded to the ring type R, as a float: to_float(round_to<R>(x)).
+template <class R>
+inline float rounded(float x) {
+  if constexpr (std::is_same_v<R, bf16>) return bits_to_float(uint32_t(to_bf16_vec(x).bits) << 16);
+  else return x;
+}
+
+// x, already a value of R, stored as R: for bf16 the top 16 bits, no rounding.
+template <class R>
+inline R narrow_exact(float x) {
+  if constexpr (std::is_same_v<R, bf16>) return bf16{uint16_t(float_to_bits(x) >> 16)};
+  else return x;
+}
+
 template <class A, class B>
 inline double dot(const A* a, const B* b, int64_t n) {
   float acc[kLanes] = {};
@@ -58,9 +95,51 @@ inline double dot(const A* a, const B* b, int64_t n) {
   return sum;
 }
 
+#if SEF_X86
+// out[m] = dot(a, rows[m]) for M bf16 rows `ld` apart, by hand: the rows share
+// the loads of a, and bf16 -> float is a 16-bit shift. The same lanes,
+// unfused products and sums as dot() (no FMA in this target), so the same bits.
+template <int M>
+SEF_AVX2 void dots_bf16_avx2(const float* a, const bf16* rows, int64_t ld, int64_t n, double* out) {
+  static_assert(kLanes == 16, "two vectors of 8 lanes");
+  __m256 lo[M], hi[M];
+  for (int m = 0; m < M; ++m) lo[m] = hi[m] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes) {
+    const __m256 a0 = _mm256_loadu_ps(a + k), a1 = _mm256_loadu_ps(a + k + 8);
+    for (int m = 0; m < M; ++m) {
+      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + m * ld + k));
+      const __m256 b0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(b)), 16));
+      const __m256 b1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(b, 1)), 16));
+      lo[m] = _mm256_add_ps(lo[m], _mm256_mul_ps(a0, b0));
+      hi[m] = _mm256_add_ps(hi[m], _mm256_mul_ps(a1, b1));
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    float acc[kLanes];
+    _mm256_storeu_ps(acc, lo[m]);
+    _mm256_storeu_ps(acc + 8, hi[m]);
+    for (int l = 0; k + l < n; ++l) acc[l] += a[k + l] * to_float(rows[m * ld + k + l]);
+    double sum = 0.0;
+    for (int l = 0; l < kLanes; ++l) sum += acc[l];
+    out[m] = sum;
+  }
+}
+#endif
+
 // out[i] = <a, rows[i]> over n elements for each of `rows` rows `ld` apart.
 template <class R>
 inline void dot_rows(const float* a, const R* rows_base, int64_t ld, int64_t rows, int64_t n, double* out) {
+#if SEF_X86
+  if constexpr (std::is_same_v<R, bf16>) {
+    if (has_avx2()) {
+      int64_t i = 0;
+      for (; i + 4 <= rows; i += 4) dots_bf16_avx2<4>(a, rows_base + i * ld, ld, n, out + i);
+      for (; i < rows; ++i) dots_bf16_avx2<1>(a, rows_base + i * ld, ld, n, out + i);
+      return;
+    }
+  }
+#endif
   for (int64_t i = 0; i < rows; ++i) out[i] = dot(a, rows_base + i * ld, n);
 }
 
@@ -72,7 +151,7 @@ inline void slide_rounded(const float* a, R* ring, int64_t ld, int64_t rows, int
   dot_rows(a, ring, ld, rows, n, out);
   out[rows] = dot(a, a, n);
   R* dst = ring + slot * ld;
-  for (int64_t k = 0; k < n; ++k) dst[k] = round_to<R>(a[k]);
+  for (int64_t k = 0; k < n; ++k) dst[k] = narrow_exact<R>(a[k]);
 }
 
 }  // namespace sef

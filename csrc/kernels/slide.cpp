@@ -9,7 +9,7 @@ namespace {
 
 template <class V, class R>
 SEF_CLONES void slide_chunk(const V* row, R* ring, int64_t ld, int64_t rows, int64_t slot, int64_t n, float* a, double* out) {
-  for (int64_t k = 0; k < n; ++k) a[k] = to_float(round_to<R>(to_float(row[k])));
+  for (int64_t k = 0; k < n; ++k) a[k] = rounded<R>(to_float(row[k]));
   slide_rounded(a, ring, ld, rows, slot, n, out);
 }
 

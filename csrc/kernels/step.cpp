@@ -14,7 +14,7 @@ SEF_CLONES void step_chunk(const P* theta, S* snap, R* ring, int64_t ld, int64_t
                            double* out) {
   for (int64_t k = 0; k < n; ++k) {
     const S th = load_as<S>(theta[k]);
-    a[k] = to_float(rounded_update<R>(th, snap[k]));
+    a[k] = rounded<R>(static_cast<float>(th - snap[k]));
     snap[k] = th;
   }
   slide_rounded(a, ring, ld, rows, slot, n, out);
