@@ -374,7 +374,8 @@ def test_process_group_reaches_the_window_and_only_rank0_writes(tmp_path):
     store = tempfile.mktemp(dir=tmp_path)
     mp.spawn(_rank_worker, args=(store, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    assert r0["sigmas"] == r1["sigmas"] and len(r0["sigmas"]) == 3
+    assert len(r0["sigmas"]) == 3
+    _assert_same_records(r1["sigmas"], r0["sigmas"], "sigmas")
     assert r0["local"] + r1["local"] == sum(p.numel() for p in _model().parameters())  # ring split over ranks
     lines = (tmp_path / "run" / "spectral.jsonl").read_text().splitlines()
     assert len(lines) == 3  # rank 0 alone wrote (two writers would interleave or duplicate)
@@ -529,7 +530,9 @@ def test_small_state_resumes_with_a_refilled_window(tmp_path):
     assert [r["step"] for r in mon2.history] == [r["step"] for r in want] == [3, 6, 9, 21, 24, 27, 30]
     for got, ref in zip(mon2.history, want):
         assert got["k_star"] == ref["k_star"]
-        np.testing.assert_allclose(got["sigmas"], ref["sigmas"], rtol=1e-9)
+        sig1 = ref["sigmas"][0]  # small sigmas: within the root of the analysis's zero tolerance
+        np.testing.assert_allclose(got["sigmas"], ref["sigmas"], rtol=1e-9,
+                                   atol=np.sqrt(zero_tolerance(len(ref["sigmas"]), sig1 * sig1)))
         np.testing.assert_allclose(got["delta_c_fro"], ref["delta_c_fro"], rtol=1e-9)
     lines = (tmp_path / "resumed" / "spectral.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [3, 6, 9, 21, 24, 27, 30]
