@@ -679,11 +679,9 @@ def test_events_are_found_over_the_whole_run(tmp_path):
     a run of non-finite rows longer than that is reported once."""
     n = 700
     R = [3.0] * 5 + [1.3, 1.4] * 300 + [1.0] * (n - 605)
-    recs = [{"step": i, "k_star": 2, "R": R[i], "groups": {},
+    recs = [{"step": i, "k_star": 2, "R": R[i],
              "spectrum": {"gap_ratio": R[i], "k_star": 2, "nonfinite_rows": [1] if 10 <= i < 660 else []}}
             for i in range(n)]
-    for rec in recs:
-        del rec["groups"]
     mon = SpectralMonitor(_model(), window=3, sinks=(), log_dir=str(tmp_path))
     _feed(mon, recs)
     assert [(e["kind"], e["step"]) for e in mon.events()] == [("nonfinite_rows", 10), ("gap_collapse", 605)]
