@@ -19,8 +19,8 @@ eigensolves, and stages alone.
 
 What the monitor itself pays per record, ``monitor_consecutive`` and
 ``monitor_strided``: ``SpectralMonitor.analyze`` (``analyze_*`` figures
-alone) plus the record's bookkeeping (event detection over the trailing
-records, whose cost grows with the stream up to ``EVENT_SPAN`` records), on
+alone) plus the record's bookkeeping (the streaming event detectors, one
+record per series), on
 the engine's ``GramState`` of each slide of the same stream (the groups;
 the monitor adds the global window). Consecutive: ``analyze_every ==
 every``, each record one slide after the last (the monitor then carries the
@@ -147,7 +147,7 @@ def time_monitor(full: np.ndarray, W: int, analyze_every: int, warmup: int = 3) 
         "median_ms": 1e3 * float(np.median(times)),
         "min_ms": 1e3 * float(np.min(times)),
         "p90_ms": 1e3 * float(np.percentile(times, 90)),
-        # analyze() alone; the rest of a record is event detection over the trailing records
+        # analyze() alone; the rest of a record is its bookkeeping (event detection)
         "analyze_median_ms": 1e3 * float(np.median(analysis)),
         "analyze_p90_ms": 1e3 * float(np.percentile(analysis, 90)),
         "records": len(times),

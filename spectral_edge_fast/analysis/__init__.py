@@ -54,7 +54,7 @@ from .decomposition import (
     loss_decomposition,
     projections,
 )
-from .events import CollapseOrder, Event, LeadLag, ThreePhase, collapse_order, events, lead_lag, three_phase
+from .events import CollapseOrder, Event, EventStream, LeadLag, ThreePhase, collapse_order, events, lead_lag, three_phase
 from .eigen import Eigen, eigen_batch
 from .flow import EigenFlow, delta_c_fro, eigen_flow
 from .null import BBP, NullMaxRatio, bbp, null_max_ratio, ratio_p_value
@@ -79,6 +79,7 @@ __all__ = [
     "EigenFlow",
     "EigenTracker",
     "Event",
+    "EventStream",
     "FirstOrderSplit",
     "LeadLag",
     "LossDecomposition",
