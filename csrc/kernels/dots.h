@@ -26,7 +26,7 @@
 #define SEF_X86 1
 #define SEF_AVX2 __attribute__((target("avx2")))
 #define SEF_AVX2_FMA __attribute__((target("avx2,fma")))
-#define SEF_AVX512_BF16 __attribute__((target("avx512f,avx512bf16")))
+#define SEF_AVX512 __attribute__((target("avx512f,avx512bf16")))
 #else
 #define SEF_X86 0
 #endif
@@ -47,6 +47,15 @@ inline bool has_avx2() {
 inline bool has_avx2_fma() {
 #if SEF_X86
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
+
+inline bool has_avx512() {
+#if SEF_X86
+  static const bool has = __builtin_cpu_supports("avx512f");
   return has;
 #else
   return false;

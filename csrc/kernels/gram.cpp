@@ -129,24 +129,34 @@ SEF_AVX2_FMA void block_avx2(const float* a, const float* b, int64_t ld, int64_t
 #endif
 
 #if SEF_X86
-// bf16 x bf16 products are exact in float32, and vdpbf16ps adds two of them
-// per lane and instruction, twice the products of an fp32 FMA: 16 lanes, each
-// summing the pairs of columns 32 q + 2 l and 32 q + 2 l + 1 in order. The
-// instruction treats inputs and sums below float32's normal range (1.2e-38)
-// as zero. Blocks of 4 x 4 rows: 16 accumulators and 5 loads of the 32 zmm.
-constexpr int64_t kBlockBf16 = 4, kColsBf16 = 32;
+// With AVX-512 (32 registers), blocks of 4 x 4 rows: 16 accumulators of 16
+// lanes and 5 loads. float32: one fused multiply-add per column, column k of a
+// tile in lane k % 16. bf16: bf16 x bf16 products are exact in float32, and
+// vdpbf16ps adds two of them per lane and instruction (columns 32 q + 2 l and
+// 32 q + 2 l + 1, in that order), twice the products of an FMA; it treats
+// inputs and sums below float32's normal range (1.2e-38) as zero.
+constexpr int64_t kBlock512 = 4;
+template <class T>
+constexpr int64_t kCols512 = 64 / sizeof(T);
 
-template <int MR, int NR>
-SEF_AVX512_BF16 void block_bf16_dp(const bf16* a, const bf16* b, int64_t ld, int64_t n, double* g, int64_t w) {
+template <class T, int MR, int NR>
+SEF_AVX512 void block_avx512(const T* a, const T* b, int64_t ld, int64_t n, double* g, int64_t w) {
   __m512 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < n; k += kColsBf16) {
-    __m512bh bv[NR];
-    for (int j = 0; j < NR; ++j) bv[j] = (__m512bh)_mm512_loadu_si512(b + j * ld + k);
+  for (int64_t k = 0; k < n; k += kCols512<T>) {
+    __m512i bv[NR];
+    for (int j = 0; j < NR; ++j) {
+      // the rows' next lines from memory while this block computes (a tile's first block reads them from DRAM)
+      _mm_prefetch(reinterpret_cast<const char*>(b + j * ld + k) + 2048, _MM_HINT_T0);
+      bv[j] = _mm512_loadu_si512(b + j * ld + k);
+    }
     for (int i = 0; i < MR; ++i) {
-      const __m512bh av = (__m512bh)_mm512_loadu_si512(a + i * ld + k);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av, bv[j]);
+      const __m512i av = _mm512_loadu_si512(a + i * ld + k);
+      for (int j = 0; j < NR; ++j) {
+        if constexpr (std::is_same_v<T, bf16>) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)av, (__m512bh)bv[j]);
+        else acc[i][j] = _mm512_fmadd_ps(_mm512_castsi512_ps(av), _mm512_castsi512_ps(bv[j]), acc[i][j]);
+      }
     }
   }
   for (int i = 0; i < MR; ++i)
@@ -178,29 +188,31 @@ void tile_blocks(const float* x, int64_t ld, int64_t n8, int64_t w, double* g, c
 }
 
 #if SEF_X86
-using BlockFnBf16 = void (*)(const bf16*, const bf16*, int64_t, int64_t, double*, int64_t);
-
-// gram_span for bf16 on a CPU with AVX512-BF16: x read in place, the last
-// n % 32 columns of a tile from `tail` (rows 32 apart, zero padded).
-void gram_span_bf16_dp(const bf16* x, int64_t ld, int64_t w, int64_t start, int64_t stop, double* g, bf16* tail) {
-#define SEF_ROW(m) {block_bf16_dp<m, 1>, block_bf16_dp<m, 2>, block_bf16_dp<m, 3>, block_bf16_dp<m, 4>}
-  static const BlockFnBf16 table[kBlockBf16][kBlockBf16] = {SEF_ROW(1), SEF_ROW(2), SEF_ROW(3), SEF_ROW(4)};
+// gram_span on a CPU with AVX-512 (and AVX512-BF16 for bf16): x read in
+// place, the last n % kCols512 columns of a tile from `tail` (rows kCols512
+// apart, zero padded).
+template <class T>
+void gram_span_avx512(const T* x, int64_t ld, int64_t w, int64_t start, int64_t stop, double* g, T* tail) {
+  using Fn = void (*)(const T*, const T*, int64_t, int64_t, double*, int64_t);
+#define SEF_ROW(m) {block_avx512<T, m, 1>, block_avx512<T, m, 2>, block_avx512<T, m, 3>, block_avx512<T, m, 4>}
+  static const Fn table[kBlock512][kBlock512] = {SEF_ROW(1), SEF_ROW(2), SEF_ROW(3), SEF_ROW(4)};
 #undef SEF_ROW
-  const auto blocks = [&](const bf16* rows, int64_t row_ld, int64_t n) {
-    for (int64_t i = 0; i < w; i += kBlockBf16)
-      for (int64_t j = i; j < w; j += kBlockBf16)
-        table[std::min(kBlockBf16, w - i) - 1][std::min(kBlockBf16, w - j) - 1](rows + i * row_ld, rows + j * row_ld,
-                                                                                row_ld, n, g + i * w + j, w);
+  constexpr int64_t step = kCols512<T>;
+  const auto blocks = [&](const T* rows, int64_t row_ld, int64_t n) {
+    for (int64_t i = 0; i < w; i += kBlock512)
+      for (int64_t j = i; j < w; j += kBlock512)
+        table[std::min(kBlock512, w - i) - 1][std::min(kBlock512, w - j) - 1](rows + i * row_ld, rows + j * row_ld, row_ld,
+                                                                              n, g + i * w + j, w);
   };
   std::fill(g, g + w * w, 0.0);
   const int64_t cols = tile_cols(w);
   for (; start < stop; start += cols) {
-    const int64_t n = std::min(cols, stop - start), body = n / kColsBf16 * kColsBf16;
+    const int64_t n = std::min(cols, stop - start), body = n / step * step;
     if (body > 0) blocks(x + start, ld, body);
     if (body < n) {
-      std::fill(tail, tail + w * kColsBf16, bf16{0});
-      for (int64_t i = 0; i < w; ++i) std::copy(x + i * ld + start + body, x + i * ld + start + n, tail + i * kColsBf16);
-      blocks(tail, kColsBf16, kColsBf16);
+      std::fill(tail, tail + w * step, T{0});
+      for (int64_t i = 0; i < w; ++i) std::copy(x + i * ld + start + body, x + i * ld + start + n, tail + i * step);
+      blocks(tail, step, step);
     }
   }
   for (int64_t i = 0; i < w; ++i)
@@ -237,15 +249,18 @@ void gram_cpu(MatRef x, double* partials, int threads) {
   const int64_t spans = gram_spans(x.cols), w = x.rows;
   const bool avx2 = has_avx2_fma();
 #if SEF_X86
-  if (x.dtype == DType::BF16 && has_avx512_bf16()) {
-    const bf16* data = static_cast<const bf16*>(x.data);
+  if (x.dtype == DType::BF16 ? has_avx512_bf16() : has_avx512()) {
+    visit_ring(x.dtype, [&](auto r) {
+      using R = decltype(r);
 #pragma omp parallel num_threads(threads)
-    {
-      std::vector<bf16> tail(w * kColsBf16);
+      {
+        std::vector<R> tail(w * kCols512<R>);
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t s = 0; s < spans; ++s)
-        gram_span_bf16_dp(data, x.ld, w, s * x.cols / spans, (s + 1) * x.cols / spans, partials + s * w * w, tail.data());
-    }
+        for (int64_t s = 0; s < spans; ++s)
+          gram_span_avx512(static_cast<const R*>(x.data), x.ld, w, s * x.cols / spans, (s + 1) * x.cols / spans,
+                           partials + s * w * w, tail.data());
+      }
+    });
     return;
   }
 #endif

@@ -7,8 +7,8 @@ namespace sef {
 
 // The columns are cut into gram_spans(P) equal spans; partials[s] is the W x W
 // Gram of span s: blocks of rows over cache-sized tiles of columns, float32
-// products summed in 8 float32 lanes per tile, the lanes and tiles in float64
-// (gram.cpp). Summing the span rows in order gives x x^T, with bits that do
+// products summed in 8 float32 lanes per tile (16 with AVX-512), the lanes
+// and tiles in float64 (gram.cpp). Summing the span rows in order gives x x^T, with bits that do
 // not depend on the thread count.
 constexpr int64_t kGramSpans = 1024;
 inline int64_t gram_spans(int64_t cols) {
