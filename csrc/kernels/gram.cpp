@@ -245,8 +245,12 @@ void gram_span(const R* x, int64_t ld, int64_t w, int64_t start, int64_t stop, d
 
 }  // namespace
 
+// Elements per thread below which more threads cost more (waking them) than they save.
+constexpr int64_t kGrain = 1 << 18;
+
 void gram_cpu(MatRef x, double* partials, int threads) {
   const int64_t spans = gram_spans(x.cols), w = x.rows;
+  threads = int(std::max<int64_t>(1, std::min<int64_t>(threads, w * x.cols / kGrain)));
   const bool avx2 = has_avx2_fma();
 #if SEF_X86
   if (x.dtype == DType::BF16 ? has_avx512_bf16() : has_avx512()) {
