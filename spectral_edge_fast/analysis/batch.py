@@ -137,7 +137,49 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class SlideBatch(Result):
+class SpectrumBatch(Result):
+    """``spectrum`` of each window of a stack, with a leading group axis.
+
+    Fields as ``spectrum``'s (eigenvalues .. status, ``q``; the spectrum
+    part of :class:`SlideBatch` too): arrays [G, n] NaN-padded where a group's spectrum is shorter (rows
+    dropped as non-finite), mode numbers 0 = undefined. ``fallback``: groups
+    computed by ``spectrum`` (a non-finite entry).
+    """
+
+    n: int
+    eigenvalues: np.ndarray
+    sigmas: np.ndarray
+    tol: np.ndarray
+    n_positive: np.ndarray
+    k_star: np.ndarray
+    gap_ratio: np.ndarray
+    gap: np.ndarray
+    eig_gap: np.ndarray
+    edge_ratio: np.ndarray
+    g23: np.ndarray
+    weighted_k_star: np.ndarray
+    q: float
+    k_q: np.ndarray
+    pc1_fraction: np.ndarray
+    neighbour_gaps: np.ndarray
+    status: np.ndarray
+    fallback: np.ndarray
+
+    def group(self, g: int) -> dict:
+        """Group ``g``'s values as plain Python (undefined mode numbers None)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name not in self._NOT_LOGGED:
+                value = getattr(self, f.name)
+                value = value[g] if isinstance(value, np.ndarray) else value
+                out[f.name] = plain(value.item() if isinstance(value, np.generic) else value)  # np.str_ too
+        for name in ("k_star", "weighted_k_star", "k_q"):
+            out[name] = out[name] or None
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class SlideBatch(SpectrumBatch):
     """One slide of ``G`` groups, every per-group value with a leading ``G`` axis.
 
     Arrays [G, n] are per mode (1-based mode ``j`` at index ``j - 1``), NaN
@@ -171,23 +213,6 @@ class SlideBatch(Result):
             until its call after next.
     """
 
-    n: int
-    eigenvalues: np.ndarray
-    sigmas: np.ndarray
-    tol: np.ndarray
-    n_positive: np.ndarray
-    k_star: np.ndarray
-    gap_ratio: np.ndarray
-    gap: np.ndarray
-    eig_gap: np.ndarray
-    edge_ratio: np.ndarray
-    g23: np.ndarray
-    weighted_k_star: np.ndarray
-    q: float
-    k_q: np.ndarray
-    pc1_fraction: np.ndarray
-    neighbour_gaps: np.ndarray
-    status: np.ndarray
     delta_c_fro: np.ndarray
     alpha: np.ndarray
     C: float
@@ -211,55 +236,10 @@ class SlideBatch(Result):
     gap_second_order: np.ndarray
     level_repulsion: np.ndarray
     validity_factor: float
-    fallback: np.ndarray
     previous: Eigen
     current: Eigen
 
     _NOT_LOGGED = ("previous", "current")
-
-    def group(self, g: int) -> dict:
-        """Group ``g``'s values as plain Python (undefined mode numbers None)."""
-        out = {}
-        for f in dataclasses.fields(self):
-            if f.name not in self._NOT_LOGGED:
-                value = getattr(self, f.name)
-                value = value[g] if isinstance(value, np.ndarray) else value
-                out[f.name] = plain(value.item() if isinstance(value, np.generic) else value)  # np.str_ too
-        for name in ("k_star", "weighted_k_star", "k_q"):
-            out[name] = out[name] or None
-        return out
-
-
-@dataclass(frozen=True, eq=False)
-class SpectrumBatch(Result):
-    """``spectrum`` of each window of a stack, with a leading group axis.
-
-    Fields as ``SlideBatch``'s spectrum fields (eigenvalues .. status, ``q``):
-    arrays [G, n] NaN-padded where a group's spectrum is shorter (rows
-    dropped as non-finite), mode numbers 0 = undefined. ``fallback``: groups
-    computed by ``spectrum`` (a non-finite entry).
-    """
-
-    n: int
-    eigenvalues: np.ndarray
-    sigmas: np.ndarray
-    tol: np.ndarray
-    n_positive: np.ndarray
-    k_star: np.ndarray
-    gap_ratio: np.ndarray
-    gap: np.ndarray
-    eig_gap: np.ndarray
-    edge_ratio: np.ndarray
-    g23: np.ndarray
-    weighted_k_star: np.ndarray
-    q: float
-    k_q: np.ndarray
-    pc1_fraction: np.ndarray
-    neighbour_gaps: np.ndarray
-    status: np.ndarray
-    fallback: np.ndarray
-
-    group = SlideBatch.group
 
 
 def spectrum_batch(grams, q: float = 0.95, *, eps: float = ENGINE_EPS) -> SpectrumBatch:
