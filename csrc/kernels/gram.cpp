@@ -30,6 +30,13 @@ int64_t tile_cols(int64_t w) {
   return t;
 }
 
+// The blocks fill i <= j (and the diagonal blocks' lower halves): copy the
+// upper triangle onto the lower one.
+void mirror_upper(double* g, int64_t w) {
+  for (int64_t i = 0; i < w; ++i)
+    for (int64_t j = 0; j < i; ++j) g[i * w + j] = g[j * w + i];
+}
+
 // Tile columns [start, start + n) of x as float32 rows `ld` apart: x itself for
 // float32 (no copy), else converted into `buf` (rows kMaxTile apart).
 // The last n % 8 columns are always copied to `tail` (rows 8 apart, zero
@@ -215,8 +222,7 @@ void gram_span_avx512(const T* x, int64_t ld, int64_t w, int64_t start, int64_t 
       blocks(tail, step, step);
     }
   }
-  for (int64_t i = 0; i < w; ++i)
-    for (int64_t j = 0; j < i; ++j) g[i * w + j] = g[j * w + i];
+  mirror_upper(g, w);
 }
 #endif
 
@@ -239,8 +245,7 @@ void gram_span(const R* x, int64_t ld, int64_t w, int64_t start, int64_t stop, d
     tile_blocks(t.body, t.ld, t.n8, w, g, table);
     if (t.n8 < n) tile_blocks(t.tail, kLanesGram, kLanesGram, w, g, table);
   }
-  for (int64_t i = 0; i < w; ++i)
-    for (int64_t j = 0; j < i; ++j) g[i * w + j] = g[j * w + i];
+  mirror_upper(g, w);
 }
 
 }  // namespace
