@@ -1,5 +1,6 @@
 """spectral-edge-fast: the rolling-window Gram matrix of parameter updates,
 kept live during training, and the spectral-edge diagnostics built on it."""
+from .config import MonitorOptions, WindowOptions
 from .frames import read_run
 from .gram import gram
 from .kernels import backends
@@ -13,8 +14,10 @@ __all__ = [
     "CheckpointError",
     "GramState",
     "GramWindow",
+    "MonitorOptions",
     "Sink",
     "SpectralMonitor",
+    "WindowOptions",
     "analyze_checkpoints",
     "backends",
     "gram",

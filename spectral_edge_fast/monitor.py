@@ -25,7 +25,6 @@ step, once the copy has landed (or at the next analysis step, at the latest).
 from __future__ import annotations
 
 import math
-import operator
 import warnings
 from collections import Counter
 from typing import Any, Dict, List, Optional
@@ -47,23 +46,24 @@ from .analysis import (
 from .analysis.events import EventStream
 from .analysis._common import ENGINE_EPS  # the records' zero tolerance unit (the analysis default), for callers
 from .analysis._common import slide_norm
+from . import config
+from .config import MonitorOptions, resolve
 from .distributed import is_writer
 from .sinks import Sink, default_log_dir, make_sinks
 from .window import GramState, GramWindow
 
 STATE_VERSION = 3
-# Analyses over which the adiabatic parameter's running median is taken.
-A_MEDIAN_SPAN = 50
 # The run-long median of R in summary() is that of R rounded to this many
 # significant digits: counts of the rounded values stay bounded where a list
 # of every value would grow with the run.
 R_MEDIAN_DIGITS = 4
 
 
-def _lr_of(optimizer) -> Any:
-    """The first parameter group's learning rate, without a host sync (a
+def _lr_of(param_groups) -> Any:
+    """The first parameter group's learning rate (None if it has none), of an
+    optimizer's ``param_groups`` or of a saved state's, without a host sync (a
     tensor learning rate is copied on its device and read at analysis time)."""
-    lr = optimizer.param_groups[0].get("lr")
+    lr = param_groups[0].get("lr")
     return lr.detach().clone() if isinstance(lr, torch.Tensor) else lr
 
 
@@ -75,18 +75,6 @@ def _as_float(x) -> Optional[float]:
 
 def _nan_to_none(x):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
-
-
-def _integer(name: str, value, minimum: int) -> int:
-    """``value`` as an int: integers and integer-like values (NumPy integers)
-    pass; bool, floats and strings do not."""
-    try:
-        ok = not isinstance(value, bool) and operator.index(value) >= minimum
-    except TypeError:
-        ok = False
-    if not ok:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return operator.index(value)
 
 
 def _counted_median(counts: Counter) -> float:
@@ -139,12 +127,17 @@ class SpectralMonitor:
             reads its learning rate; otherwise call :meth:`step` after each
             optimizer step. accelerate's ``AcceleratedOptimizer`` is followed
             through the optimizer it wraps, so only real steps count.
+        options: a :class:`~spectral_edge_fast.config.MonitorOptions` (or a
+            ``WindowOptions``: its fields are taken); its fields may also be
+            given, or overridden, as keywords:
         window: ``W``, updates in the window.
         every: stride ``s``: an update is ``theta_t - theta_{t-s}``.
         analyze_every: optimizer steps between analyses.
         groups: per-group Grams: "auto" (one per block), "tensor", None (one
             group) or a callable name -> group.
         storage_dtype: the window's ring dtype (float32 or bfloat16).
+        backend: the window's backend, "auto" or a name from
+            :func:`spectral_edge_fast.backends`.
         sinks: sink names ("jsonl", "csv", "tensorboard", "wandb") or
             :class:`~spectral_edge_fast.sinks.Sink` objects; only rank 0
             writes in distributed runs.
@@ -152,15 +145,16 @@ class SpectralMonitor:
             ``runs/spectral-edge/<date-time>`` (``-1``, ``-2``... appended when
             another run took that name), made by the writing rank when it
             has sinks (otherwise None).
-        process_group: the group over which parameters are sharded or
-            replicated, passed to :class:`GramWindow`.
         history: analysis records, metric records and events kept in memory
             (the last ones of each; at least ``A_MEDIAN_SPAN``, the records
             that the adiabatic median reads), or None to keep all of them
             (memory then grows with the run). The sinks receive every record, and
             :meth:`summary` describes the whole run either way.
+        process_group: the group over which parameters are sharded or
+            replicated, passed to :class:`GramWindow`.
 
     Attributes:
+        options: the resolved :class:`~spectral_edge_fast.config.MonitorOptions`.
         window: the :class:`GramWindow`.
         history: the last ``history`` analysis records (a list of dicts, as
             written to the sinks).
@@ -172,27 +166,16 @@ class SpectralMonitor:
         self,
         model_or_params,
         optimizer: Optional[torch.optim.Optimizer] = None,
-        window: int = 16,
-        every: int = 1,
-        analyze_every: int = 10,
-        groups="auto",
-        storage_dtype: torch.dtype = torch.float32,
-        sinks=("jsonl",),
-        log_dir: Optional[str] = None,
+        options: Optional[MonitorOptions] = None,
+        *,
         process_group=None,
-        history: Optional[int] = 1000,
+        **overrides,
     ):
-        analyze_every = _integer("analyze_every", analyze_every, 1)
-        self.history_limit = None if history is None else _integer("history", history, A_MEDIAN_SPAN)
-        self.window = GramWindow(
-            model_or_params,
-            window=window,
-            every=every,
-            groups=groups,
-            storage_dtype=storage_dtype,
-            process_group=process_group,
-        )
-        self.analyze_every = analyze_every
+        self.options = options = resolve(MonitorOptions, options, overrides, "SpectralMonitor")
+        self.history_limit = options.history
+        self.window = GramWindow(model_or_params, options, process_group=process_group)
+        self.analyze_every = options.analyze_every
+        sinks, log_dir = options.sinks, options.log_dir
         self.optimizer = optimizer
         self.is_writer = is_writer()
         self.log_dir = log_dir or (default_log_dir() if self.is_writer and sinks else None)
@@ -268,7 +251,7 @@ class SpectralMonitor:
             if self._pending is not None:  # the previous copy has not landed yet: take it now
                 self._finish()
             if lr is None and self.optimizer is not None:
-                lr = _lr_of(self.optimizer)
+                lr = _lr_of(self.optimizer.param_groups)
             self._pending = (self.window.readback(), label, lr)
 
     def flush(self) -> None:
@@ -332,7 +315,7 @@ class SpectralMonitor:
             "stability": stab.to_dict(),
         }
         if lr is not None:
-            past = [r["A"] for r in self._history[-A_MEDIAN_SPAN:] if r["A"] is not None]
+            past = [r["A"] for r in self._history[-config.A_MEDIAN_SPAN:] if r["A"] is not None]
             adi = adiabatic(spec, dcf, lr, history=past)
             record["A"] = _nan_to_none(adi.A)
             record["adiabatic"] = adi.to_dict()
@@ -439,7 +422,7 @@ class SpectralMonitor:
         G = state.gram()
         spec = spectrum(G)
         stab = stability(spec, state.delta_c_fro())
-        lr = _as_float(_lr_of(self.optimizer)) if self.optimizer is not None else math.nan
+        lr = _as_float(_lr_of(self.optimizer.param_groups)) if self.optimizer is not None else math.nan
         train, val = self._observed["train"][1], self._observed["val"][1]
         dec = loss_decomposition(G, train, val, stab, lr, spectrum=spec)
         return {"step": self.steps, **dec.to_dict()}

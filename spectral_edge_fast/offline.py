@@ -57,7 +57,8 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequenc
 
 import torch
 
-from .monitor import SpectralMonitor
+from .config import WindowOptions, resolve
+from .monitor import SpectralMonitor, _lr_of
 
 EXTENSIONS = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 # Weight files of a Hugging Face folder, preferred first; the folder's other
@@ -342,8 +343,8 @@ def _optimizer_lr(obj) -> Optional[float]:
     ``"optimizer_states"``, or a Trainer folder's ``optimizer.pt`` itself."""
     for get in (lambda o: o["optimizer"], lambda o: o["optimizer_states"][0], lambda o: o):
         try:
-            return float(get(obj)["param_groups"][0]["lr"])
-        except (KeyError, IndexError, TypeError, ValueError):
+            return float(_lr_of(get(obj)["param_groups"]))
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
             continue
     return None
 
@@ -544,9 +545,8 @@ def writable_dir(path: str) -> str:
 def analyze_checkpoints(
     ckpt_dir: str,
     out: Optional[str] = None,
-    window: int = 16,
-    every: int = 1,
-    groups="auto",
+    options: Optional[WindowOptions] = None,
+    *,
     on_error: str = "raise",
     lr: Optional[float] = None,
     allow_pickle: bool = False,
@@ -556,6 +556,7 @@ def analyze_checkpoints(
     sinks=("jsonl", "csv"),
     progress: bool = True,
     log=print,
+    **overrides,
 ) -> SpectralMonitor:
     """Stream the checkpoints of ``ckpt_dir`` through a window and write the
     analysis records (and the report's inputs) to ``out``.
@@ -565,9 +566,12 @@ def analyze_checkpoints(
             that name with ``-2``, ``-3``... when it already holds results.
             An explicit ``out`` holding results is refused unless
             ``overwrite``.
-        window, every, groups: as for :class:`SpectralMonitor`; ``every``
-            counts checkpoints (an update spans ``every`` of them) and each
-            slide is analysed.
+        options: a :class:`~spectral_edge_fast.config.WindowOptions` (or
+            any options object: its window fields are taken); its fields
+            (``window``, ``every``, ``groups``, ``storage_dtype``,
+            ``backend``) may also be given, or overridden, as keywords, as for
+            :class:`SpectralMonitor`; ``every`` counts checkpoints (an update
+            spans ``every`` of them) and each slide is analysed.
         on_error: "raise" stops at the first checkpoint that cannot be
             listed, read, or matched with the first (a
             :class:`CheckpointError` naming it); "skip" leaves it out, says so
@@ -585,8 +589,7 @@ def analyze_checkpoints(
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    if not isinstance(every, int) or every < 1:
-        raise ValueError(f"every must be an integer >= 1 (checkpoints an update spans), got {every!r}")
+    options = resolve(WindowOptions, options, overrides, "analyze_checkpoints")
     skipped: List[str] = []
 
     def fail(exc: CheckpointError) -> None:
@@ -624,8 +627,7 @@ def analyze_checkpoints(
             if monitor is None:
                 # owned copies, updated in place from each checkpoint as an optimizer updates parameters
                 params = [(n, weights.tensors[n].clone(memory_format=torch.contiguous_format)) for n in survey.names]
-                monitor = SpectralMonitor(params, window=window, every=every, analyze_every=every, groups=groups,
-                                          sinks=sinks, log_dir=out)
+                monitor = SpectralMonitor(params, None, options, analyze_every=options.every, sinks=sinks, log_dir=out)
                 monitor.annotate(source=os.path.abspath(ckpt_dir), checkpoints=total, first=ckpt.path,
                                  left_out={"tied": survey.tied, "unchanged": survey.unchanged,
                                            "excluded": survey.excluded})

@@ -9,7 +9,6 @@ waits for the device: the host only keeps counters.
 """
 from __future__ import annotations
 
-import operator
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -25,11 +24,11 @@ from .distributed import (
     rank_and_world,
     sum_replicated,
 )
+from .config import WindowOptions, resolve
 from .kernels import get_backend
 from .kernels.ops import check_step
-from .layout import GroupSpec, ParamLayout
+from .layout import ParamLayout
 
-STORAGE_DTYPES = (torch.float32, torch.bfloat16)
 ROW_ALIGN = 64
 
 
@@ -57,18 +56,6 @@ def free_bytes(device: torch.device) -> Optional[int]:
 
 def _gb(n: int) -> str:
     return f"{n / 1e9:.3g} GB"
-
-
-def _count(name: str, value, least: int) -> int:
-    """``value`` as a plain int: any integer type (``np.int64`` too), not a
-    bool or a float."""
-    try:
-        n = operator.index(value) if not isinstance(value, (bool, np.bool_)) else None
-    except TypeError:
-        n = None
-    if n is None or n < least:
-        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-    return n
 
 
 def _padded(P: int) -> int:
@@ -201,6 +188,9 @@ class GramWindow:
             name when replaced), an iterable of tensors, or an iterable of
             ``(name, tensor)``. Each step checks that they are still the
             tensors the window was built on (see ``ParamLayout.views``).
+        options: a :class:`~spectral_edge_fast.config.WindowOptions` (or
+            any options object: its window fields are taken); its fields may
+            also be given, or overridden, as keywords:
         window: ``W``, rows kept (an integer of any integer type, 2 or more).
         every: stride ``s``: an update is ``theta_t - theta_{t-s}``, formed
             every ``s`` calls of :meth:`step`.
@@ -216,28 +206,19 @@ class GramWindow:
             1/world of the ring); partial inner products are SUM-reduced.
 
     The snapshot is taken at construction: the first :meth:`step` after the
-    first optimizer step forms the first update.
+    first optimizer step forms the first update. ``options`` holds the
+    resolved :class:`~spectral_edge_fast.config.WindowOptions`.
     """
 
-    def __init__(
-        self,
-        params,
-        window: int = 16,
-        every: int = 1,
-        groups: GroupSpec = "auto",
-        storage_dtype: torch.dtype = torch.float32,
-        backend: str = "auto",
-        process_group=None,
-    ):
-        window, every = _count("window", window, 2), _count("every", every, 1)
-        if storage_dtype not in STORAGE_DTYPES:
-            raise ValueError(f"storage_dtype must be torch.float32 or torch.bfloat16, got {storage_dtype}")
+    def __init__(self, params, options: Optional[WindowOptions] = None, *, process_group=None, **overrides):
+        self.options = resolve(WindowOptions, options, overrides, "GramWindow")
+        window, every, storage_dtype = self.options.window, self.options.every, self.options.storage_dtype
         self.window, self.every, self.storage_dtype = window, every, storage_dtype
         self.process_group = process_group
         rank, world = rank_and_world(process_group)
-        self.layout = ParamLayout(params, groups, rank=rank, world=world)
+        self.layout = ParamLayout(params, self.options.groups, rank=rank, world=world)
         self.device = self.layout.device
-        self.backend = get_backend(backend, self.device)
+        self.backend = get_backend(self.options.backend, self.device)
         # Once, before any buffer: ranks built differently all raise here instead of hanging in a slide.
         agree_on_setup({"window": window, "every": every, "storage_dtype": str(storage_dtype)}, self.layout, process_group)
         self._check_memory()

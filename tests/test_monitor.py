@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import spectral_edge_fast.config as config_module
 import spectral_edge_fast.monitor as monitor_module
 from spectral_edge_fast.analysis import collapse_order, events
 from spectral_edge_fast.analysis._common import zero_tolerance
@@ -457,7 +458,7 @@ def test_memory_and_state_stay_bounded_and_summary_covers_the_whole_run(tmp_path
     """Hundreds of cheap records (a shorter median span, so the bound is
     reached quickly): the bounded monitor's records, metrics, events and
     state stop growing, while its summary equals an unbounded twin's."""
-    monkeypatch.setattr(monitor_module, "A_MEDIAN_SPAN", 10)
+    monkeypatch.setattr(config_module, "A_MEDIAN_SPAN", 10)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))  # noisy: many events
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -591,7 +592,7 @@ def test_resume_beyond_the_kept_records_keeps_the_files_whole(tmp_path, monkeypa
     the earlier ones and drop what the interrupted run wrote after it.
     (analyze_every=2: records are not consecutive slides, so both runs
     eigensolve every window and the files agree within rounding.)"""
-    monkeypatch.setattr(monitor_module, "A_MEDIAN_SPAN", 10)
+    monkeypatch.setattr(config_module, "A_MEDIAN_SPAN", 10)
 
     def monitored(path):
         model = _model()

@@ -42,6 +42,7 @@ if not hasattr(TrainerCallback, "on_optimizer_step"):  # the event the monitor s
     raise ImportError("spectral_edge_fast.integrations.huggingface needs transformers >= 4.42 "
                       "(TrainerCallback.on_optimizer_step): pip install -U transformers")
 
+from ..config import MonitorOptions, resolve
 from ..files import atomic_write
 from ..monitor import SpectralMonitor, _lr_of
 from ..report import render
@@ -66,9 +67,11 @@ def _train_call():
 class SpectralEdgeCallback(TrainerCallback):
     """Live spectral-edge diagnostics of a ``Trainer`` run.
 
-    Args: those of :class:`SpectralMonitor` (``window``, ``every``,
-    ``analyze_every``, ``groups``, ``storage_dtype``, ``sinks``, ``log_dir``,
-    ``process_group``, ``history``), ``report``: write the HTML report when
+    Args: those of :class:`SpectralMonitor` (``options``, a
+    :class:`~spectral_edge_fast.config.MonitorOptions`, and/or its fields as
+    keywords: ``window``, ``every``, ``analyze_every``, ``groups``,
+    ``storage_dtype``, ``backend``, ``sinks``, ``log_dir``, ``history``; and
+    ``process_group``), ``report``: write the HTML report when
     training ends, and ``exact_resume``: save the window too (see the
     module's docstring).
 
@@ -76,13 +79,10 @@ class SpectralEdgeCallback(TrainerCallback):
         monitor: the :class:`SpectralMonitor` (None before training begins).
     """
 
-    def __init__(self, window: int = 16, every: int = 1, analyze_every: int = 10, groups="auto",
-                 storage_dtype: torch.dtype = torch.float32, sinks=("jsonl",), log_dir: Optional[str] = None,
-                 process_group=None, report: bool = True, history: Optional[int] = 1000,
-                 exact_resume: bool = False):
-        self.options = dict(window=window, every=every, analyze_every=analyze_every, groups=groups,
-                            storage_dtype=storage_dtype, sinks=sinks, process_group=process_group, history=history)
-        self.log_dir = log_dir
+    def __init__(self, options: Optional[MonitorOptions] = None, *, process_group=None, report: bool = True,
+                 exact_resume: bool = False, **overrides):
+        self.options = resolve(MonitorOptions, options, overrides, "SpectralEdgeCallback")
+        self.process_group = process_group
         self.report = report
         self.exact_resume = exact_resume
         self.monitor: Optional[SpectralMonitor] = None
@@ -90,8 +90,8 @@ class SpectralEdgeCallback(TrainerCallback):
         self._reported = None  # the last record whose scalars went to Trainer.log
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        log_dir = self.log_dir or os.path.join(args.output_dir, "spectral-edge")
-        self.monitor = SpectralMonitor(model, log_dir=log_dir, **self.options)
+        log_dir = self.options.log_dir or os.path.join(args.output_dir, "spectral-edge")
+        self.monitor = SpectralMonitor(model, None, self.options, log_dir=log_dir, process_group=self.process_group)
         if args.run_name is not None:
             self.monitor.annotate(run_name=args.run_name)
         self._trainer, resumed = _train_call()
@@ -115,7 +115,7 @@ class SpectralEdgeCallback(TrainerCallback):
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         # Before the scheduler steps: the learning rate is the one this step used.
         if self.monitor is not None and not getattr(optimizer, "step_was_skipped", False):
-            self.monitor.step(lr=_lr_of(optimizer), step=state.global_step + 1)
+            self.monitor.step(lr=_lr_of(optimizer.param_groups), step=state.global_step + 1)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.monitor is None:

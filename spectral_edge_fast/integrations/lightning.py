@@ -39,6 +39,7 @@ except ImportError:
             "spectral_edge_fast.integrations.lightning needs PyTorch Lightning: pip install lightning"
         ) from exc
 
+from ..config import MonitorOptions, resolve
 from ..monitor import SpectralMonitor
 from ..report import render
 from ._common import reported
@@ -58,9 +59,11 @@ def _numbers(metrics) -> dict:
 class SpectralEdgeCallback(pl.Callback):
     """Live spectral-edge diagnostics of a Lightning run.
 
-    Args: those of :class:`SpectralMonitor` (``window``, ``every``,
-    ``analyze_every``, ``groups``, ``storage_dtype``, ``sinks``, ``log_dir``,
-    ``process_group``, ``history``), ``report``: write the HTML report when
+    Args: those of :class:`SpectralMonitor` (``options``, a
+    :class:`~spectral_edge_fast.config.MonitorOptions`, and/or its fields as
+    keywords: ``window``, ``every``, ``analyze_every``, ``groups``,
+    ``storage_dtype``, ``backend``, ``sinks``, ``log_dir``, ``history``; and
+    ``process_group``), ``report``: write the HTML report when
     training ends, and ``exact_resume``: checkpoint the window too (see the
     module's docstring). With several optimizers the first one is followed.
 
@@ -68,14 +71,11 @@ class SpectralEdgeCallback(pl.Callback):
         monitor: the :class:`SpectralMonitor` (None before training starts).
     """
 
-    def __init__(self, window: int = 16, every: int = 1, analyze_every: int = 10, groups="auto",
-                 storage_dtype: torch.dtype = torch.float32, sinks=("jsonl",), log_dir: Optional[str] = None,
-                 process_group=None, report: bool = True, history: Optional[int] = 1000,
-                 exact_resume: bool = False):
+    def __init__(self, options: Optional[MonitorOptions] = None, *, process_group=None, report: bool = True,
+                 exact_resume: bool = False, **overrides):
         super().__init__()
-        self.options = dict(window=window, every=every, analyze_every=analyze_every, groups=groups,
-                            storage_dtype=storage_dtype, sinks=sinks, process_group=process_group, history=history)
-        self.log_dir = log_dir
+        self.options = resolve(MonitorOptions, options, overrides, "SpectralEdgeCallback")
+        self.process_group = process_group
         self.report = report
         self.exact_resume = exact_resume
         self.monitor: Optional[SpectralMonitor] = None
@@ -86,17 +86,18 @@ class SpectralEdgeCallback(pl.Callback):
     @property
     def state_key(self) -> str:
         # Settings, not log_dir: a resumed run may write elsewhere.
-        groups = self.options["groups"]
-        return self._generate_state_key(window=self.options["window"], every=self.options["every"],
-                                        analyze_every=self.options["analyze_every"],
+        groups = self.options.groups
+        return self._generate_state_key(window=self.options.window, every=self.options.every,
+                                        analyze_every=self.options.analyze_every,
                                         groups=getattr(groups, "__qualname__", groups) if callable(groups) else groups)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        log_dir = self.log_dir or os.path.join(trainer.log_dir or trainer.default_root_dir, "spectral-edge")
+        log_dir = self.options.log_dir or os.path.join(trainer.log_dir or trainer.default_root_dir, "spectral-edge")
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
-        self.monitor = SpectralMonitor(pl_module, optimizer, log_dir=log_dir, **self.options)
+        self.monitor = SpectralMonitor(pl_module, optimizer, self.options, log_dir=log_dir,
+                                       process_group=self.process_group)
         if self._restored is not None:
-            if self.options["process_group"] is not None:  # rank 0's window shard: every rank refills instead
+            if self.process_group is not None:  # rank 0's window shard: every rank refills instead
                 self._restored = {**self._restored, "window": None}
             self.monitor.load_state_dict(self._restored)
         self._restored = None

@@ -1,0 +1,110 @@
+"""The window's and the monitor's options, defined and checked once.
+
+:class:`GramWindow`, :class:`SpectralMonitor`, both callbacks and
+:func:`analyze_checkpoints` take an options object (``options=``) and/or its
+fields as keywords (``window=16, backend="cpp"``...), resolved by
+:func:`resolve`: a new option is one field here, accepted and checked by every
+entry point.
+"""
+from __future__ import annotations
+
+import dataclasses
+import operator
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .kernels import _MODULES
+from .layout import GroupSpec, _group_fn
+
+STORAGE_DTYPES = (torch.float32, torch.bfloat16)
+# Analyses over which the adiabatic parameter's running median is taken (the
+# least `history` a monitor keeps).
+A_MEDIAN_SPAN = 50
+
+
+def integer(name: str, value, least: int) -> int:
+    """``value`` as a plain int: any integer type (``np.int64`` too), not a
+    bool, a float or a string."""
+    try:
+        n = operator.index(value) if not isinstance(value, (bool, np.bool_)) else None
+    except TypeError:
+        n = None
+    if n is None or n < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    return n
+
+
+@dataclass(frozen=True)
+class WindowOptions:
+    """A :class:`~spectral_edge_fast.GramWindow`'s options.
+
+    Args:
+        window: ``W``, rows kept (an integer of any integer type, 2 or more).
+        every: stride ``s``: an update is ``theta_t - theta_{t-s}``.
+        groups: "auto" (one group per repeated block, embeddings and head
+            their own), "tensor", None (one group) or a callable name -> group.
+        storage_dtype: the ring's dtype, ``torch.float32`` or ``torch.bfloat16``.
+        backend: "auto" or a name from :func:`spectral_edge_fast.backends`.
+    """
+
+    window: int = 16
+    every: int = 1
+    groups: GroupSpec = "auto"
+    storage_dtype: torch.dtype = torch.float32
+    backend: str = "auto"
+
+    def __post_init__(self):
+        object.__setattr__(self, "window", integer("window", self.window, 2))
+        object.__setattr__(self, "every", integer("every", self.every, 1))
+        _group_fn(self.groups)  # raises on a spec ParamLayout would refuse
+        if self.storage_dtype not in STORAGE_DTYPES:
+            raise ValueError(f"storage_dtype must be torch.float32 or torch.bfloat16, got {self.storage_dtype}")
+        # Availability depends on the device: GramWindow checks it.
+        if not (isinstance(self.backend, str) and (self.backend == "auto" or self.backend in _MODULES)):
+            raise ValueError(f"backend must be 'auto' or one of {sorted(_MODULES)}, got {self.backend!r}")
+
+
+@dataclass(frozen=True)
+class MonitorOptions(WindowOptions):
+    """A :class:`~spectral_edge_fast.SpectralMonitor`'s options: those of its
+    window, and
+
+    Args:
+        analyze_every: optimizer steps between analyses.
+        history: records kept in memory (at least ``A_MEDIAN_SPAN``), or None
+            for all of them.
+        sinks: sink names or :class:`~spectral_edge_fast.sinks.Sink` objects.
+        log_dir: directory of the run's files (None: a new default one).
+    """
+
+    analyze_every: int = 10
+    history: Optional[int] = 1000
+    sinks: object = ("jsonl",)
+    log_dir: Optional[str] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "analyze_every", integer("analyze_every", self.analyze_every, 1))
+        if self.history is not None:
+            object.__setattr__(self, "history", integer("history", self.history, A_MEDIAN_SPAN))
+
+
+def resolve(cls, options: Optional[WindowOptions], overrides: dict, where: str):
+    """``cls`` from ``options`` (any options object: its fields that ``cls``
+    has are taken) with ``overrides`` on top; an unknown keyword raises a
+    TypeError naming it and ``where``."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise TypeError(f"{where} got unknown option(s) {', '.join(unknown)}; its options are {', '.join(names)}")
+    if options is not None and not isinstance(options, WindowOptions):
+        raise TypeError(f"{where}: options must be a WindowOptions or MonitorOptions, got {type(options).__name__}")
+    base = {} if options is None else {
+        f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name in names}
+    return cls(**{**base, **overrides})
+
+
+__all__ = ["A_MEDIAN_SPAN", "MonitorOptions", "STORAGE_DTYPES", "WindowOptions", "integer", "resolve"]
