@@ -109,3 +109,11 @@ def test_two_callbacks_keep_their_own_state(tmp_path):
                                              ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=8.ckpt"))
     assert [r["step"] for r in resumed[0].monitor.history] == [4, 8, 16]
     assert [r["step"] for r in resumed[1].monitor.history] == [8, 16]
+
+
+def test_callbacks_that_differ_in_any_recorded_setting_have_their_own_state_key():
+    base = SpectralEdgeCallback(window=4).state_key
+    for change in (dict(window=8), dict(every=2), dict(analyze_every=5), dict(groups="tensor"),
+                   dict(storage_dtype=torch.bfloat16)):
+        assert SpectralEdgeCallback(**{"window": 4, **change}).state_key != base, change
+    assert SpectralEdgeCallback(window=4, log_dir="elsewhere").state_key == base  # a resumed run may write elsewhere
