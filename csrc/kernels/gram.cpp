@@ -168,8 +168,11 @@ SEF_AVX512 void block_avx512(const T* a, const T* b, int64_t ld, int64_t n, doub
   }
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) {
-      const __m512d s = _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(acc[i][j])),
-                                      _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[i][j]), 1))));
+      // the maskz forms: the plain ones trip gcc 12's -Wuninitialized in its own header
+      const __m512d v = _mm512_castps_pd(acc[i][j]);
+      const __m256 lo = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xff, v, 0));
+      const __m256 hi = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xff, v, 1));
+      const __m512d s = _mm512_add_pd(_mm512_maskz_cvtps_pd(0xff, lo), _mm512_maskz_cvtps_pd(0xff, hi));
       alignas(64) double d[8];
       _mm512_store_pd(d, s);
       g[i * w + j] += ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
