@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cpu/ops.h"
+#include "kernels/dots.h"
 #include "kernels/plan.h"
 
 namespace sef {
@@ -38,6 +39,7 @@ bool built_with_cuda() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("plan", &sef::plan);
   m.def("built_with_cuda", &sef::built_with_cuda);
+  m.def("cpu_isa", [] { return std::string(sef::cpu_isa()); });
   sef::bind_cpu(m.def_submodule("cpu"));
 #ifdef SEF_WITH_CUDA
   sef::bind_cuda(m.def_submodule("cuda"));

@@ -4,6 +4,9 @@
 // vector width or thread count.
 #pragma once
 
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "kernels/common.h"
@@ -35,9 +38,28 @@ namespace sef {
 
 constexpr int kLanes = 16;
 
+// The instruction set the hand-written paths may use: 2 = AVX-512, 1 = AVX2
+// (+FMA), 0 = plain C++. The best the CPU has, capped (never raised) by the
+// environment variable SEF_CPU_ISA=avx512|avx2|scalar, read once at first use
+// so that every path can be tested on one machine. An unknown value is ignored
+// with a one-line warning. The compiler's AVX2 clones (SEF_CLONES) are chosen
+// by the loader and not capped; they give the plain version's bits.
+inline int isa_cap() {
+  static const int cap = [] {
+    const char* v = std::getenv("SEF_CPU_ISA");
+    if (v == nullptr || *v == '\0') return 2;
+    if (std::strcmp(v, "avx512") == 0) return 2;
+    if (std::strcmp(v, "avx2") == 0) return 1;
+    if (std::strcmp(v, "scalar") == 0) return 0;
+    std::fprintf(stderr, "spectral_edge_fast: ignoring SEF_CPU_ISA=%s (expected avx512, avx2 or scalar)\n", v);
+    return 2;
+  }();
+  return cap;
+}
+
 inline bool has_avx2() {
 #if SEF_X86
-  static const bool has = __builtin_cpu_supports("avx2");
+  static const bool has = isa_cap() >= 1 && __builtin_cpu_supports("avx2");
   return has;
 #else
   return false;
@@ -46,7 +68,7 @@ inline bool has_avx2() {
 
 inline bool has_avx2_fma() {
 #if SEF_X86
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool has = isa_cap() >= 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
 #else
   return false;
@@ -55,7 +77,7 @@ inline bool has_avx2_fma() {
 
 inline bool has_avx512() {
 #if SEF_X86
-  static const bool has = __builtin_cpu_supports("avx512f");
+  static const bool has = isa_cap() >= 2 && __builtin_cpu_supports("avx512f");
   return has;
 #else
   return false;
@@ -64,11 +86,18 @@ inline bool has_avx512() {
 
 inline bool has_avx512_bf16() {
 #if SEF_X86
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+  static const bool has = isa_cap() >= 2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
   return has;
 #else
   return false;
 #endif
+}
+
+// The hand-written paths taken, e.g. "avx512+bf16": the Gram kernel's for
+// fp32 (avx512, avx2 or scalar), "+bf16" when bf16 inputs use AVX512-BF16.
+inline const char* cpu_isa() {
+  if (has_avx512()) return has_avx512_bf16() ? "avx512+bf16" : "avx512";
+  return has_avx2_fma() ? "avx2" : "scalar";
 }
 
 // to_bf16 without a branch (the same bits), so the loops over it vectorise.

@@ -4,9 +4,14 @@ argument checks (a direct call must not read out of bounds), and bits that do
 not depend on the thread count. The ops themselves are checked against the
 reference by the shared per-op tests, their argument errors in test_ops.py."""
 import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_dots_close
 
 from spectral_edge_fast.kernels import backend_status, get_backend, native
 
@@ -236,3 +241,110 @@ def test_cuda_step_is_graph_capturable_and_deterministic():
     assert torch.equal(captured, first)
     eager = cuda.step(params, state[0].clone(), state[1].clone(), 1, bounds)
     assert torch.equal(eager, first)
+
+
+# --- every CPU path -------------------------------------------------------------------------
+
+# Run in a fresh process per SEF_CPU_ISA level (the level is read once): the
+# Gram kernel and step/slide against the float64 reference, small integers
+# exactly, the same bits at one and two threads; the results are saved for
+# comparing the paths with each other.
+_PATH_SCRIPT = r"""
+import sys
+import torch
+from helpers import assert_dots_close, dot_tolerance, random_bounds, random_params, small_integers
+import spectral_edge_fast as sef
+from spectral_edge_fast import _C
+from spectral_edge_fast.kernels import get_backend
+
+cpp, ref = get_backend("cpp"), get_backend("reference")
+out = {"isa": _C.cpu_isa()}
+for dtype in (torch.float32, torch.bfloat16):
+    for W in (1, 2, 3, 5, 17, 33, 65):
+        for P in (0, 1, 7, 1000, 16391):
+            gen = torch.Generator().manual_seed(1000 * W + P)
+            x = torch.randn(W, P, generator=gen).to(dtype)
+            tol = torch.stack([dot_tolerance(x, x[i], (0, P))[0] for i in range(W)])
+            torch.set_num_threads(1)
+            got = sef.gram(x, backend="cpp")
+            torch.set_num_threads(2)
+            assert torch.equal(got, sef.gram(x, backend="cpp")), f"gram {dtype} W={W} P={P}: bits depend on threads"
+            assert_dots_close(got, x.double() @ x.double().T, tol, f"gram {dtype} W={W} P={P}")
+            ints = small_integers((W, P), gen, dtype)
+            assert torch.equal(sef.gram(ints, backend="cpp"), ints.double() @ ints.double().T), f"gram {dtype} W={W} P={P} ints"
+            out[f"gram {dtype} {W} {P}"] = (got, tol)
+for storage in (torch.float32, torch.bfloat16):
+    sizes = [1, 7, 999, 40_001]
+    P, W = sum(sizes), 5
+    gen = torch.Generator().manual_seed(7)
+    bounds = random_bounds(P, 3, gen)
+    params = random_params(sizes, gen)
+    snapshot, ring = torch.randn(P, generator=gen), torch.randn(W, P, generator=gen).to(storage)
+    want = ref.step(params, snapshot.clone(), ring.clone(), 2, bounds)
+    a = (torch.cat(params) - snapshot).to(storage).float()
+    ring_after = ring.clone()
+    ring_after[2] = a.to(storage)
+    tol = torch.cat([dot_tolerance(ring, a, bounds), dot_tolerance(a[None], a, bounds)], dim=1)
+    row = torch.randn(P, generator=gen) * 3.0
+    slid = ring_after.clone()
+    want_slide = ref.slide(slid, row.clone(), 4, bounds)
+    r = row.to(storage).float()
+    tol_slide = torch.cat([dot_tolerance(ring_after, r, bounds), dot_tolerance(r[None], r, bounds)], dim=1)
+    runs = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        s, g = snapshot.clone(), ring.clone()
+        got = cpp.step(params, s, g, 2, bounds)
+        assert torch.equal(s, torch.cat(params)) and torch.equal(g, ring_after), f"step {storage}: state"
+        got_slide = cpp.slide(g, row.clone(), 4, bounds)
+        assert torch.equal(g, slid), f"slide {storage}: ring"
+        runs.append((got, got_slide))
+    assert all(torch.equal(u, v) for u, v in zip(*runs)), f"step/slide {storage}: bits depend on threads"
+    assert_dots_close(runs[0][0], want, tol, f"step {storage}")
+    assert_dots_close(runs[0][1], want_slide, tol_slide, f"slide {storage}")
+    ints = small_integers((W, P), gen, storage)
+    row = small_integers((P,), gen)
+    assert torch.equal(cpp.slide(ints.clone(), row, 1, bounds), ref.slide(ints.clone(), row, 1, bounds)), f"slide {storage} ints"
+    out[f"step {storage}"] = runs[0]
+torch.save(out, sys.argv[1])
+"""
+
+
+def _run_path(level, tmp_path):
+    dest = tmp_path / f"{level}.pt"
+    env = {**os.environ, "SEF_CPU_ISA": level, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _PATH_SCRIPT, str(dest)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"SEF_CPU_ISA={level}: {done.stderr[-3000:]}"
+    return torch.load(dest)
+
+
+@needs_cpp
+def test_every_cpu_path_matches_float64(tmp_path):
+    from spectral_edge_fast import _C
+
+    order = ("scalar", "avx2", "avx512")
+    best = order.index(_C.cpu_isa().split("+")[0])
+    runs = {lv: _run_path(lv, tmp_path) for lv in order}
+    for i, lv in enumerate(order):  # a cap never enables what the CPU lacks
+        assert runs[lv]["isa"].split("+")[0] == order[min(i, best)], f"SEF_CPU_ISA={lv} took the {runs[lv]['isa']} path"
+    base = runs["scalar"]
+    for lv in order[1:]:
+        for key, value in runs[lv].items():
+            if key.startswith("gram"):
+                (got, tol), (want, _) = value, base[key]
+                assert_dots_close(got, want, tol, f"{lv} vs scalar {key}")
+            elif key.startswith("step"):
+                # The same lanes and unfused sums on every path (csrc/kernels/dots.h).
+                assert all(torch.equal(u, v) for u, v in zip(value, base[key])), f"{lv} vs scalar {key}"
+
+
+@needs_cpp
+def test_unknown_cpu_isa_is_ignored_with_a_warning():
+    from spectral_edge_fast import _C
+
+    env = {**os.environ, "SEF_CPU_ISA": "avx3"}
+    code = "from spectral_edge_fast import _C; print(_C.cpu_isa())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == _C.cpu_isa()
+    assert "ignoring SEF_CPU_ISA=avx3" in done.stderr
