@@ -15,9 +15,10 @@
 #include <immintrin.h>
 #endif
 
-// The per-chunk loops are also compiled for AVX2 and picked when the library
-// loads (GCC function multiversioning). The AVX2 target has no FMA, so no
-// multiply-add is fused and both versions give the same bits.
+// The per-chunk loops of the other kernels are also compiled for AVX2 and
+// picked when the library loads (GCC function multiversioning). The AVX2
+// target has no FMA, so no multiply-add is fused and both versions give the
+// same bits. step and slide pick theirs through has_avx2() (call_best).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define SEF_CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -42,8 +43,9 @@ constexpr int kLanes = 16;
 // (+FMA), 0 = plain C++. The best the CPU has, capped (never raised) by the
 // environment variable SEF_CPU_ISA=avx512|avx2|scalar, read once at first use
 // so that every path can be tested on one machine. An unknown value is ignored
-// with a one-line warning. The compiler's AVX2 clones (SEF_CLONES) are chosen
-// by the loader and not capped; they give the plain version's bits.
+// with a one-line warning. The compiler's AVX2 clones of combine, gather and
+// project (SEF_CLONES) are chosen by the loader and not capped; they give the
+// plain version's bits.
 inline int isa_cap() {
   static const int cap = [] {
     const char* v = std::getenv("SEF_CPU_ISA");
@@ -91,6 +93,24 @@ inline bool has_avx512_bf16() {
 #else
   return false;
 #endif
+}
+
+#if SEF_X86
+template <class F>
+SEF_AVX2 void call_avx2(const F& f) {
+  f();
+}
+#endif
+
+// f(), an always_inline lambda, compiled for AVX2 where has_avx2() and for the
+// baseline otherwise: the loops inlined into it vectorise for that target, and
+// SEF_CPU_ISA=scalar runs what a CPU without AVX2 runs.
+template <class F>
+inline void call_best(const F& f) {
+#if SEF_X86
+  if (has_avx2()) return call_avx2(f);
+#endif
+  f();
 }
 
 // The hand-written paths taken, e.g. "avx512+bf16": the Gram kernel's for

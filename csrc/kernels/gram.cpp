@@ -47,7 +47,7 @@ struct Tile {
   const float* tail;
 };
 
-SEF_CLONES void bf16_rows_to_float(const bf16* x, int64_t ld, int64_t w, int64_t n, float* out, int64_t out_ld) {
+void bf16_rows_to_float(const bf16* x, int64_t ld, int64_t w, int64_t n, float* out, int64_t out_ld) {
   for (int64_t i = 0; i < w; ++i)
     for (int64_t k = 0; k < n; ++k) out[i * out_ld + k] = to_float(x[i * ld + k]);
 }
@@ -91,9 +91,10 @@ Tile load_tile(const R* x, int64_t ld, int64_t w, int64_t n, float* buf, float* 
 }
 
 // g[i * w + j] += sum over n8 columns of a[i] * b[j], for the mr x nr block
-// whose rows start at a and b; 8 float32 lane sums, added in float64.
+// whose rows start at a and b; 8 float32 lane sums, added in float64. Plain
+// C++ for CPUs without AVX2 + FMA (every other one takes block_avx2).
 template <int MR, int NR>
-SEF_CLONES void block_generic(const float* a, const float* b, int64_t ld, int64_t n8, double* g, int64_t w) {
+void block_generic(const float* a, const float* b, int64_t ld, int64_t n8, double* g, int64_t w) {
   float acc[MR][NR][kLanesGram] = {};
   for (int64_t k = 0; k < n8; k += kLanesGram)
     for (int i = 0; i < MR; ++i)

@@ -8,7 +8,7 @@ namespace sef {
 namespace {
 
 template <class V, class R>
-SEF_CLONES void slide_chunk(const V* row, R* ring, int64_t ld, int64_t rows, int64_t slot, int64_t n, float* a, double* out) {
+inline void slide_chunk(const V* row, R* ring, int64_t ld, int64_t rows, int64_t slot, int64_t n, float* a, double* out) {
   for (int64_t k = 0; k < n; ++k) a[k] = rounded<R>(to_float(row[k]));
   slide_rounded(a, ring, ld, rows, slot, n, out);
 }
@@ -26,8 +26,10 @@ void slide_cpu(VecRef row, MatRef ring, int64_t slot, const Chunk* chunks, int64
 #pragma omp for schedule(dynamic, 16)
         for (int64_t c = 0; c < n_chunks; ++c) {
           const Chunk& ch = chunks[c];
-          slide_chunk(static_cast<const V*>(row.data) + ch.flat, static_cast<R*>(ring.data) + ch.flat, ring.ld, ring.rows,
-                      slot, ch.length, a.data(), partials + c * (ring.rows + 1));
+          call_best([&]() __attribute__((always_inline)) {
+            slide_chunk(static_cast<const V*>(row.data) + ch.flat, static_cast<R*>(ring.data) + ch.flat, ring.ld, ring.rows,
+                        slot, ch.length, a.data(), partials + c * (ring.rows + 1));
+          });
         }
       }
     });

@@ -10,8 +10,8 @@ namespace {
 // a (the chunk of the entering row, already rounded to R) stays in cache
 // while the ring rows stream past it once each.
 template <class P, class S, class R>
-SEF_CLONES void step_chunk(const P* theta, S* snap, R* ring, int64_t ld, int64_t rows, int64_t slot, int64_t n, float* a,
-                           double* out) {
+inline void step_chunk(const P* theta, S* snap, R* ring, int64_t ld, int64_t rows, int64_t slot, int64_t n, float* a,
+                       double* out) {
   for (int64_t k = 0; k < n; ++k) {
     const S th = load_as<S>(theta[k]);
     a[k] = rounded<R>(static_cast<float>(th - snap[k]));
@@ -36,9 +36,11 @@ void step_cpu(const VecRef* params, VecRef snapshot, MatRef ring, int64_t slot, 
           const Chunk& ch = chunks[c];
           visit(params[ch.tensor].dtype, [&](auto p) {
             using P = decltype(p);
-            step_chunk(static_cast<const P*>(params[ch.tensor].data) + ch.offset, static_cast<S*>(snapshot.data) + ch.flat,
-                       static_cast<R*>(ring.data) + ch.flat, ring.ld, ring.rows, slot, ch.length, a.data(),
-                       partials + c * (ring.rows + 1));
+            call_best([&]() __attribute__((always_inline)) {
+              step_chunk(static_cast<const P*>(params[ch.tensor].data) + ch.offset, static_cast<S*>(snapshot.data) + ch.flat,
+                         static_cast<R*>(ring.data) + ch.flat, ring.ld, ring.rows, slot, ch.length, a.data(),
+                         partials + c * (ring.rows + 1));
+            });
           });
         }
       }
