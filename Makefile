@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 NVCC   ?= $(shell command -v nvcc 2>/dev/null)
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv build demo test test-fast check-cuda bench clean
+.PHONY: venv build demo test test-fast check-cuda bench reproduction-docs clean
 
 # [all]: the integrations (Lightning, transformers + accelerate, TensorBoard, W&B, pandas), so their
 # tests run instead of skipping; torch is named again so pip keeps $(TORCH) while resolving them.
@@ -40,6 +40,10 @@ test: build check-cuda
 
 bench: build
 	$(PY) benchmarks/bench_gram.py
+
+# docs/reproduction.md's tables, from the committed results of the default runs
+reproduction-docs: $(STAMP)
+	$(PY) -c "from spectral_edge_fast.reproduce.common import build_docs; t = build_docs('docs/reproduction.md', 'docs/reproduction'); open('docs/reproduction.md', 'w').write(t)"
 
 clean:
 	rm -rf build $(VENV) spectral_edge_fast/_C*.so spectral_edge_fast/analysis/_secular*.so spectral_edge_fast/analysis/_slide_terms*.so *.egg-info

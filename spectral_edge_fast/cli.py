@@ -5,6 +5,8 @@
     spectral-edge analyze   the same records and report from a directory of
                             checkpoints
     spectral-edge bench     time the engine's backends against the naive code
+    spectral-edge reproduce one of the paper's experiments (--list names them),
+                            with its claims table: the paper's figures beside ours
 
 ``python -m spectral_edge_fast.cli ...`` is the same command. A mistake in
 the arguments is one ``error:`` line and exit code 2; a failure while running
@@ -202,6 +204,42 @@ def analyze(args) -> int:
     return 0
 
 
+# -- reproduce ----------------------------------------------------------------------
+
+
+def reproduce(args) -> int:
+    from . import reproduce as experiments
+    from .offline import writable_dir
+
+    if args.list or args.name is None:
+        width = max(map(len, experiments.EXPERIMENTS))
+        for name, summary in experiments.available().items():
+            print(f"{name:<{width}}  {summary}")
+        if args.name is None and not args.list:
+            print("\nrun one with: spectral-edge reproduce NAME [--quick | --full] [--seeds ...] [--device ...] [--out DIR]")
+        return 0
+    if args.name not in experiments.available():
+        args.parser.error(f"no experiment {args.name!r}; choose one of {', '.join(experiments.available())}")
+    mode = "quick" if args.quick else "full" if args.full else "default"
+    out = args.out or os.path.join("runs", f"reproduce-{args.name}" + ("" if mode == "default" else f"-{mode}"))
+    try:
+        writable_dir(out)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = experiments.Settings(mode=mode, seeds=args.seeds, device=args.device, out=out, progress=not args.quiet)
+    print(f"spectral-edge reproduce {args.name} ({mode}) on {args.device}: writing {os.path.abspath(out)}")
+    results = experiments.run(args.name, settings)
+    print()
+    for c in results["claims"]:
+        print(f"[{c['verdict']}] {c['claim']}\n    paper: {c['paper']}\n    ours:  {c['ours']}")
+    print(f"\nresults: {os.path.abspath(os.path.join(out, 'results.md'))} (and results.json)")
+    print(f"wall time: {results['wall_s'] / 60:.1f} min")
+    return 0
+
+
 # -- bench ---------------------------------------------------------------------------
 
 
@@ -290,6 +328,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "hyperparameters, a training config): only for files you trust")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=analyze, parser=a)
+
+    r = sub.add_parser("reproduce", help="one of the paper's experiments, with its claims table (--list names them)",
+                       description="Run one of the paper's experiments and write DIR/results.json and results.md: "
+                                   "each claim of the paper it tests, the paper's figure beside ours, and a verdict.")
+    r.add_argument("name", nargs="?", metavar="NAME", help="the experiment (see --list)")
+    r.add_argument("--list", action="store_true", help="name the experiments, one line each")
+    size = r.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a smoke run of a minute or two")
+    size.add_argument("--full", action="store_true", help="the paper's full sweep (a GPU where needed)")
+    r.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="seeds to run (default: the mode's own)")
+    r.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    r.add_argument("--threads", type=at_least(0), default=1,
+                   help="torch CPU threads (default: 1, the small models gain nothing from more; 0 keeps torch's choice)")
+    r.add_argument("--out", default=None, help="output directory (default: runs/reproduce-NAME[-quick|-full])")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=reproduce, parser=r)
 
     b = sub.add_parser("bench", help="time the engine's backends (options: spectral-edge bench --help)",
                        add_help=False)
