@@ -100,3 +100,16 @@ def assert_dots_close(got: torch.Tensor, want: torch.Tensor, tol: torch.Tensor, 
     err = (got.cpu() - want.cpu()).abs()
     bad = err > tol.cpu()
     assert not bad.any(), f"{what}: max error {err.max():.3e}, worst ratio {(err / tol.cpu()).max():.2f} of tolerance"
+
+
+class TinyRegressor(torch.nn.Module):
+    """A Hugging Face-style model (returns a dict with ``loss``) small enough
+    for a Trainer test: one Linear(4, 1) under a mean-squared error."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(4, 1)
+
+    def forward(self, x, labels=None):
+        out = self.net(x)
+        return {"loss": torch.nn.functional.mse_loss(out, labels), "logits": out}

@@ -418,16 +418,8 @@ def test_wandb_beside_a_trainer_reporting_to_wandb_keeps_every_record(tmp_path, 
     pytest.importorskip("accelerate", reason="accelerate (the Trainer needs it) is not installed")
     import torch
 
+    from helpers import TinyRegressor
     from spectral_edge_fast.integrations.huggingface import SpectralEdgeCallback
-
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = torch.nn.Linear(4, 1)
-
-        def forward(self, x, labels=None):
-            out = self.net(x)
-            return {"loss": torch.nn.functional.mse_loss(out, labels), "logits": out}
 
     x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
     data = [{"x": row, "labels": row.sum(0, keepdim=True)} for row in x]
@@ -436,7 +428,7 @@ def test_wandb_beside_a_trainer_reporting_to_wandb_keeps_every_record(tmp_path, 
     args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=30, per_device_train_batch_size=8,
                                           learning_rate=1e-2, logging_steps=4, eval_strategy="steps", eval_steps=10,
                                           save_strategy="no", report_to=["wandb"], use_cpu=True, disable_tqdm=True)
-    transformers.Trainer(model=Tiny(), args=args, train_dataset=data, eval_dataset=data, callbacks=[callback]).train()
+    transformers.Trainer(model=TinyRegressor(), args=args, train_dataset=data, eval_dataset=data, callbacks=[callback]).train()
     run = wandb_offline.run
     run_dir = os.path.dirname(run.dir)
     run.finish()

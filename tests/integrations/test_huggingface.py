@@ -8,17 +8,8 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="transformers (pip install transformers) is not installed")
 
+from helpers import TinyRegressor as Tiny  # noqa: E402
 from spectral_edge_fast.integrations.huggingface import SpectralEdgeCallback  # noqa: E402
-
-
-class Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Linear(4, 1)
-
-    def forward(self, x, labels=None):
-        out = self.net(x)
-        return {"loss": torch.nn.functional.mse_loss(out, labels), "logits": out}
 
 
 class Data(torch.utils.data.Dataset):
