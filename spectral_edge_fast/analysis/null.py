@@ -159,7 +159,9 @@ class BBP(Result):
 
 
 def bbp(spectrum: Spectrum, P: int, noise_std=None, lr=None, batch_size=None) -> BBP:
-    """BBP diagnostics of ``spectrum`` for ``P`` parameters.
+    """BBP diagnostics of ``spectrum`` for ``P`` parameters. ``spectrum``: a
+    ``Spectrum``, or a window's singular values in descending order (a
+    monitor record's ``sigmas``).
 
     The noise std is ``noise_std`` when given, else the paper's Adam estimate
     ``nu = lr / sqrt(batch_size)``.
@@ -174,10 +176,11 @@ def bbp(spectrum: Spectrum, P: int, noise_std=None, lr=None, batch_size=None) ->
         noise_std = check_scalar(lr, "lr") / math.sqrt(check_scalar(batch_size, "batch_size", 1.0))
     nu = check_scalar(noise_std, "noise_std")
     P = int(check_scalar(P, "P", 1.0))
-    W = spectrum.n
+    sigmas = np.asarray(getattr(spectrum, "sigmas", spectrum), dtype=np.float64)
+    W = sigmas.size
     sigma_noise = nu * (math.sqrt(P) + math.sqrt(W))
     d_crit = nu * (P * max(W - 1, 0)) ** 0.25
-    sigma_min = float(spectrum.sigmas[-1]) if W else math.nan
+    sigma_min = float(sigmas[-1]) if W else math.nan
     defined = W > 0 and d_crit > 0
     return BBP(
         P=P,
@@ -187,8 +190,8 @@ def bbp(spectrum: Spectrum, P: int, noise_std=None, lr=None, batch_size=None) ->
         d_crit=d_crit,
         sigma_min=sigma_min,
         sigma_min_over_d_crit=sigma_min / d_crit if defined else math.nan,
-        n_above_noise=int(np.count_nonzero(spectrum.sigmas > sigma_noise)),
-        n_above_d_crit=int(np.count_nonzero(spectrum.sigmas > d_crit)),
+        n_above_noise=int(np.count_nonzero(sigmas > sigma_noise)),
+        n_above_d_crit=int(np.count_nonzero(sigmas > d_crit)),
         status="ok" if defined else "undefined",
         reason="" if defined else f"d_crit = 0 or no rows (W={W}, noise_std={nu:g}): sigma_min / d_crit undefined",
     )

@@ -78,6 +78,8 @@ def test_bbp_formulas():
     assert b.sigma_min_over_d_crit == pytest.approx(3.0 / b.d_crit)
     assert (b.n_above_noise, b.n_above_d_crit) == (1, 4)
     assert bbp(s, 10_000, lr=1e-3, batch_size=64).noise_std == pytest.approx(1e-3 / 8)
+    # a monitor record's sigmas give the same diagnostics as the spectrum
+    assert bbp(list(s.sigmas), P=10_000, noise_std=0.1).to_dict() == b.to_dict()
 
 
 def test_bbp_undefined_and_errors():
