@@ -7,8 +7,11 @@ from spectral_edge_fast.workloads.grokking import (
     GrokkingConfig,
     GrokkingRun,
     ModularTransformer,
+    MuonAdamW,
     grok_step,
     make_dataset,
+    make_multitask_dataset,
+    newton_schulz,
 )
 
 
@@ -100,3 +103,109 @@ def test_grok_step_is_the_first_evaluation_at_the_threshold():
     metrics = [{"step": 100, "test_acc": 0.2}, {"step": 200, "test_acc": 0.96}, {"step": 300, "test_acc": 1.0}]
     assert grok_step(metrics) == 200
     assert grok_step(metrics[:1]) is None
+
+
+def test_grok_step_reads_the_key_asked_for():
+    metrics = [{"step": 100, "test_acc_mul": 0.97, "test_acc_add": 0.1}, {"step": 200, "test_acc_add": 0.95}]
+    assert grok_step(metrics, key="test_acc_mul") == 100 and grok_step(metrics, key="test_acc_add") == 200
+    assert grok_step(metrics) is None
+
+
+def test_config_refuses_unknown_optimizers_and_repeated_tasks():
+    with pytest.raises(ValueError, match="optimizer must be one of adamw, muon"):
+        GrokkingConfig(optimizer="sgd")
+    with pytest.raises(ValueError, match="twice"):
+        GrokkingConfig(task="add,add")
+    with pytest.raises(ValueError, match="unknown task 'div'"):
+        GrokkingConfig(task="add,div")
+
+
+def test_multitask_model_prefixes_a_task_token_and_reports_each_task():
+    p = 11
+    tx, ty, vx, vy = make_multitask_dataset(("add", "mul"), p, 0.5, seed=3)
+    add, mul = make_dataset("add", p, 0.5, 3), make_dataset("mul", p, 0.5, 3)
+    assert torch.equal(tx[:, 1:], torch.cat([add[0], mul[0]])) and torch.equal(ty, torch.cat([add[1], mul[1]]))
+    assert tx[:, 0].tolist() == [p] * len(add[0]) + [p + 1] * len(mul[0])
+    assert torch.equal(vx[:, 1:], torch.cat([add[2], mul[2]]))
+    run = GrokkingRun(_small(task="add,mul"))
+    m = run.evaluate()
+    for split in ("train", "test"):
+        for task in ("add", "mul"):
+            assert 0.0 <= m[f"{split}_acc_{task}"] <= 1.0 and m[f"{split}_loss_{task}"] > 0
+        n_add = len(add[0]) if split == "train" else len(add[2])
+        n_mul = len(mul[0]) if split == "train" else len(mul[2])
+        whole = (n_add * m[f"{split}_loss_add"] + n_mul * m[f"{split}_loss_mul"]) / (n_add + n_mul)
+        assert m[f"{split}_loss"] == pytest.approx(whole, rel=1e-9)
+    # each example is read by its own task's head
+    x = tx[:4].clone()
+    out = run.model(x)
+    z = run.model.ln(run.model.encoder(run.model.tok_emb(x) + run.model.pos_emb)[:, 0])
+    torch.testing.assert_close(out, run.model.heads[0](z))
+    n = sum(q.numel() for q in ModularTransformer(97, n_tasks=3).parameters())
+    assert 310_000 < n < 320_000  # the paper's 3-task model: 315K
+
+
+def test_muon_trains_the_hidden_matrices_and_adamw_the_rest():
+    run = GrokkingRun(_small(optimizer="muon"))
+    muon, rest = run.optimizer.param_groups
+    names = {id(q): n for n, q in run.model.named_parameters()}
+    hidden = sorted(names[id(q)] for q in muon["params"])
+    assert muon["muon"] and not rest["muon"] and hidden and all(n.startswith("encoder.layers.") for n in hidden)
+    assert {n.rsplit(".", 1)[-1] for n in hidden} == {"in_proj_weight", "weight"}
+    assert all(q.ndim == 2 for q in muon["params"])
+    assert {names[id(q)] for q in rest["params"]} == set(names.values()) - set(hidden)
+    # the AdamW part's decay per step, lr * weight decay, by default
+    assert muon["lr"] * muon["weight_decay"] == pytest.approx(rest["lr"] * rest["weight_decay"])
+    losses = [run.train_step().item() for _ in range(3)]
+    b = GrokkingRun(_small(optimizer="muon"))
+    b.train_step()
+    c = GrokkingRun(_small(optimizer="muon"))
+    c.load_state_dict(b.state_dict())
+    assert [c.train_step().item() for _ in range(2)] == losses[1:]
+
+
+def _twin_steps(make_ours, make_torch, shape, steps=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w0 = torch.randn(shape, generator=g, dtype=torch.float64).float()
+    grads = [torch.randn(shape, generator=g) for _ in range(steps)]
+    out = []
+    for make in (make_ours, make_torch):
+        w = torch.nn.Parameter(w0.clone())
+        opt = make([w])
+        for grad in grads:
+            w.grad = grad.clone()
+            opt.step()
+        out.append(w.detach())
+    return w0, out
+
+
+@pytest.mark.parametrize("shape", [(12, 5), (5, 12)])
+def test_muon_steps_as_torch_muon(shape):
+    kw = dict(lr=0.02, weight_decay=0.1, momentum=0.95)
+    # with torch's bfloat16 iteration the two are the same algorithm
+    w0, (ours, theirs) = _twin_steps(lambda ps: MuonAdamW([{"params": ps, "muon": True}], ns_dtype=torch.bfloat16, **kw),
+                                     lambda ps: torch.optim.Muon(ps, **kw), shape)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    # in float32 it departs from torch's by bfloat16 rounding only: 3 steps of lr * sqrt(rows/cols) * O(2^-8)
+    _, (ours32, _) = _twin_steps(lambda ps: MuonAdamW([{"params": ps, "muon": True}], **kw),
+                                 lambda ps: torch.optim.Muon(ps, **kw), shape)
+    scale = 3 * kw["lr"] * max(1.0, shape[0] / shape[1]) ** 0.5
+    assert (ours32 - theirs).abs().max() < scale * 2 ** -6
+    assert (ours32 - ours).abs().max() > 0  # the float32 path is a different computation
+
+
+def test_newton_schulz_in_float32_follows_float64():
+    g = torch.randn(24, 9, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    want = newton_schulz(g, dtype=torch.float64)
+    got = newton_schulz(g.float())
+    # five steps of a polynomial of degree 5 in a matrix of norm <= 1.5: float32 rounding grows by < 100x
+    assert (got.double() - want).abs().max() < 100 * 24 * 2 ** -24
+    s = torch.linalg.svdvals(want)
+    assert 0.6 < s.min() and s.max() < 1.3  # "US'V^T, S' ~ Uniform(0.5, 1.5)"
+
+
+def test_adamw_groups_step_as_torch_adamw():
+    kw = dict(lr=1e-3, betas=(0.9, 0.98), weight_decay=1.0)
+    _, (ours, theirs) = _twin_steps(lambda ps: MuonAdamW(ps, **kw), lambda ps: torch.optim.AdamW(ps, **kw), (7, 3),
+                                    steps=5)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
