@@ -45,6 +45,8 @@ def make_rows(kind, rng, G=4, T=140, P=300):
         rows[:, 1::2] = rows[:, 0:-1:2]
     elif kind == "rank_one":
         rows = np.repeat(rng.standard_normal((G, 1, P)), T, axis=1) * rng.uniform(0.5, 2.0, (G, T, 1))
+    elif kind == "dynamic_range":  # update norms spread over e^16: the window's scale changes as rows leave
+        rows = rng.standard_normal((G, T, P)) * np.exp(rng.uniform(-8, 8, (G, T, 1)))
     else:
         raise AssertionError(kind)
     return rows
@@ -72,6 +74,30 @@ def test_tracker_matches_lapack_over_a_stream(kind):
     assert slides > 100
     assert tracker.solved == 2 * G  # the first slide only
     assert tracker.updated == (slides - 1) * G
+
+
+@needs_solver
+@pytest.mark.parametrize("kind", ["dense", "rank_deficient", "filling", "tied", "duplicates", "rank_one",
+                                  "dynamic_range"])
+def test_tracker_over_a_long_stream(kind):
+    """360 slides at W = 32, never refreshed: the error stays at the rounding
+    of one slide (no drift). Where the window's scale falls by up to e^16 as
+    large rows leave, the update carries the rounding of the old, larger
+    scale: bounded by a few units of it, and the probe sends the few
+    updates it spoils to LAPACK."""
+    rng = np.random.default_rng(1)
+    n, G = 32, 8
+    tracker = EigenTracker(refresh_every=10**9)
+    worst = 0.0
+    for E in stream(make_rows(kind, rng, G=G, T=n + 362, P=8 if kind == "rank_deficient" else 300), n):
+        previous, current = tracker.step(E)
+        err, res, orth = units(E[:, 1:, 1:], current.values, current.vectors)
+        worst = max(worst, err.max(), res.max(), orth.max())
+    updates = tracker.updated + tracker.solved - 2 * G  # the group-slides after the first
+    if kind == "dynamic_range":
+        assert worst <= 64.0 and tracker.updated >= 0.95 * updates, (worst, tracker.updated, updates)
+    else:
+        assert worst <= 16.0 and tracker.updated == updates, (worst, tracker.updated, updates)
 
 
 @needs_solver
