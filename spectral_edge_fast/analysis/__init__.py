@@ -1,6 +1,7 @@
 """Spectral diagnostics of the window's Gram matrices (docs/math.md).
 
-NumPy, float64, no torch: every function takes the small matrices and
+NumPy, float64, no torch (except ``curvature.py``, which runs the model for
+Hessian-vector products): every function takes the small matrices and
 vectors the engine reads back (Gram ``G``, extended Gram, projections ``p = X y``)
 and returns a frozen dataclass whose ``to_dict()`` is plain, JSON-ready Python.
 Two optional compiled modules (plain C++, ``csrc/analysis``) speed up the
@@ -55,8 +56,10 @@ from .decomposition import (
     projections,
 )
 from .events import CollapseOrder, Event, EventStream, LeadLag, ThreePhase, collapse_order, events, lead_lag, three_phase
+from .curvature import Curvatures, adam_preconditioner, direction_curvatures, window_directions
 from .eigen import Eigen, eigen_batch
 from .flow import EigenFlow, delta_c_fro, eigen_flow
+from .gapflow import Fit, GapFlow, RepulsionFit, gap_flow, gap_rate, level_repulsion, prediction_fit
 from .null import BBP, NullMaxRatio, bbp, null_max_ratio, ratio_p_value
 from .spectrum import Spectrum, spectrum
 from .stability import (
@@ -75,36 +78,46 @@ __all__ = [
     "Adiabatic",
     "BBP",
     "CollapseOrder",
+    "Curvatures",
     "Eigen",
     "EigenFlow",
     "EigenTracker",
     "Event",
     "EventStream",
+    "Fit",
     "FirstOrderSplit",
+    "GapFlow",
     "LeadLag",
     "LossDecomposition",
     "NullMaxRatio",
     "Overlaps",
     "Projections",
+    "RepulsionFit",
     "SlideBatch",
     "Spectrum",
     "SpectrumBatch",
     "Stability",
     "ThreePhase",
     "WeightSpectrum",
+    "adam_preconditioner",
     "adiabatic",
     "analyze_slides",
     "bbp",
     "collapse_order",
     "delta_c_fro",
+    "direction_curvatures",
     "eigen_batch",
     "eigen_flow",
     "events",
     "first_order_split",
+    "gap_flow",
+    "gap_rate",
     "half_window_overlaps",
     "lead_lag",
+    "level_repulsion",
     "loss_decomposition",
     "null_max_ratio",
+    "prediction_fit",
     "projections",
     "ratio_p_value",
     "slide_eigen",
@@ -113,5 +126,6 @@ __all__ = [
     "stability",
     "three_phase",
     "weight_spectrum",
+    "window_directions",
     "window_overlaps",
 ]
