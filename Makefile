@@ -38,8 +38,11 @@ endif
 test: build check-cuda
 	SEF_REQUIRE_BACKENDS=cpp,triton $(PY) -m pytest -q tests
 
+# The default benchmark set (about 10 minutes on a quiet 2-core CPU) into benchmarks/results/*.json, then
+# benchmarks/RESULTS.md and the README's tables from them. NumPy's BLAS on one thread: the analysis's matrices are tiny.
 bench: build
-	$(PY) benchmarks/bench_gram.py
+	OPENBLAS_NUM_THREADS=1 $(PY) -m spectral_edge_fast.cli bench --out benchmarks/results
+	$(PY) benchmarks/results_table.py
 
 # docs/reproduction.md's tables, from the committed results of the default runs
 reproduction-docs: $(STAMP)

@@ -4,7 +4,8 @@
 # (every kernel test then also runs on the GPU against the float64
 # reference), time the engine, and (stage "train") the monitor's overhead on
 # a GPT-2 124M training run. Logs and JSON go to $OUT (default
-# benchmarks/results/gpu); copy the JSON to benchmarks/results/ to commit it.
+# benchmarks/results/gpu); copy the JSON to benchmarks/results/ and run
+# benchmarks/results_table.py to commit it.
 #
 #   bash benchmarks/gpu_session.sh            # build + tests + benchmark
 #   STAGES="bench" bash benchmarks/gpu_session.sh
@@ -36,9 +37,9 @@ if [[ $STAGES == *test* ]]; then
 fi
 if [[ $STAGES == *bench* ]]; then
   echo "== engine benchmark"
-  timeout ${BENCH_TIMEOUT:-300} $PY benchmarks/bench_gram.py --device cuda --gpt2 --storage fp32 bf16 \
-    --out "$OUT/gram_cuda.json" >"$OUT/bench_gram.log" 2>&1 || status=1
-  tail -60 "$OUT/bench_gram.log"
+  timeout ${BENCH_TIMEOUT:-600} $PY -m spectral_edge_fast.cli bench --device cuda --only step gram \
+    --out "$OUT" >"$OUT/bench.log" 2>&1 || status=1
+  tail -60 "$OUT/bench.log"
 fi
 if [[ $STAGES == *train* ]]; then
   echo "== training overhead"

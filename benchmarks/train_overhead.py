@@ -15,8 +15,6 @@ the monitor logged. Writes JSON with the device and the commit.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pathlib
 import statistics
 import sys
@@ -30,7 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from spectral_edge_fast import SpectralMonitor  # noqa: E402
-from spectral_edge_fast.bench import device_name, git_commit  # noqa: E402
+from spectral_edge_fast.bench import device_name, git_commit, write_result  # noqa: E402
 
 
 def stdlib_bytes(limit: int) -> torch.Tensor:
@@ -148,9 +146,7 @@ def _main(args) -> int:
     print(f"overhead {overhead:+.2f}% ({mon.get('backend')} backend, {base['params'] / 1e6:.1f}M parameters)")
     for rec in mon.get("records", []):
         print(f"  step {rec['step']:>5}: k* = {rec['k_star']}, R = {rec['R']}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_result(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

@@ -4,7 +4,8 @@
                             decay, monitored live; write the report; summarise
     spectral-edge analyze   the same records and report from a directory of
                             checkpoints
-    spectral-edge bench     time the engine's backends against the naive code
+    spectral-edge bench     time the engine's step, sef.gram against x @ x.T, and
+                            the analysis
     spectral-edge reproduce one of the paper's experiments (--list names them),
                             with its claims table: the paper's figures beside ours
 
@@ -243,29 +244,10 @@ def reproduce(args) -> int:
 # -- bench ---------------------------------------------------------------------------
 
 
-def fitting_sizes(candidates: List[int], W: int, free: Optional[int]) -> List[int]:
-    """The sizes ``P`` whose benchmark fits in half the free memory: the naive
-    baseline keeps ``W`` rows and a concatenated copy, the backends a ring of
-    ``W`` rows and a snapshot: about ``(2 W + 6) * P * 4`` bytes at once. When
-    none fits, the largest that does."""
-    if free is None:
-        return candidates
-    per_number = (2 * W + 6) * 4
-    fit = [P for P in candidates if P * per_number <= free // 2]
-    return fit or [int(free // 2 // per_number)]
-
-
 def bench(argv: List[str]) -> int:
-    from . import bench as engine_bench
-    from .window import free_bytes
+    from . import bench as harness
 
-    args = engine_bench.parse_args(argv, prog="spectral-edge bench")
-    if args.P is None:
-        device = torch.device(args.device)
-        defaults = [1e7, 1e8, 5e8] if device.type == "cuda" else [4e7]
-        sizes = fitting_sizes([int(p) for p in defaults], max(args.W or [16]), free_bytes(device))
-        argv = list(argv) + ["--P"] + [f"{p:.0f}" for p in sizes]
-    return engine_bench.main(argv, prog="spectral-edge bench")
+    return harness.main(argv, prog="spectral-edge bench")
 
 
 # -- entry point ---------------------------------------------------------------------
@@ -345,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=reproduce, parser=r)
 
-    b = sub.add_parser("bench", help="time the engine's backends (options: spectral-edge bench --help)",
+    b = sub.add_parser("bench", help="time the step, sef.gram and the analysis (options: spectral-edge bench --help)",
                        add_help=False)
     b.set_defaults(func=None)
     return ap

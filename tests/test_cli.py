@@ -7,8 +7,7 @@ import sys
 import pytest
 import torch
 
-import spectral_edge_fast.bench as engine_bench
-from spectral_edge_fast.cli import describe_events, fitting_sizes, main
+from spectral_edge_fast.cli import describe_events, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,27 +88,6 @@ def test_analyze_names_a_bad_file_and_can_skip_it(tmp_path, capsys):
     assert "skipping" in printed and "model_300.pt" in printed and "skipped 1 of 6" in printed
     assert main(["analyze", str(tmp_path / "nowhere"), "--quiet"]) == 1
     assert "not a directory" in capsys.readouterr().err
-
-
-def test_bench_sizes_the_problem_to_the_memory(monkeypatch):
-    assert fitting_sizes([10**7, 10**8], W=16, free=None) == [10**7, 10**8]
-    assert fitting_sizes([10**7, 10**8], W=16, free=2 * 38 * 4 * 10**7) == [10**7]
-    assert fitting_sizes([10**8], W=16, free=2 * 38 * 4 * 10**6) == [10**6]
-    seen = []
-    monkeypatch.setattr(engine_bench, "main", lambda argv, prog=None: seen.append(argv) or 0)
-    assert main(["bench", "--W", "8", "--repeats", "1"]) == 0
-    argv = seen[0]
-    assert argv[:4] == ["--W", "8", "--repeats", "1"] and argv[4] == "--P" and float(argv[5]) > 0
-    assert main(["bench", "--", "--P", "1e5"]) == 0 and seen[1] == ["--P", "1e5"]
-
-
-def test_bench_runs_the_engine_benchmark(capsys, monkeypatch):
-    monkeypatch.setattr(engine_bench, "last_level_cache", lambda device: 64 << 20)
-    assert main(["bench", "--P", "2e4", "--repeats", "2", "--backends", "torch"]) == 0
-    table = capsys.readouterr().out
-    assert "naive_torch" in table and "torch_incremental" in table
-    assert table.count("of copy bw") == 1 and table.count("naive_torch") == 1  # the table once
-    assert "fit in the 64 MB last-level cache" in table  # 1.6 MB a step: the rate is not memory's
 
 
 def test_module_entry_point():

@@ -53,7 +53,7 @@ OPTIONS = [
 
 def planted_rows(rng, n, P):
     """n + 1 updates with three planted directions over isotropic noise, as
-    ``stream_grams`` in benchmarks/bench_analysis.py builds them."""
+    ``stream_grams`` in spectral_edge_fast/bench/analysis.py builds them."""
     basis = np.linalg.qr(rng.standard_normal((P, 3)))[0].T
     signal = rng.standard_normal((n + 1, 3)) * np.array([6.0, 3.0, 1.5]) @ basis
     return signal + rng.standard_normal((n + 1, P)) / np.sqrt(P)

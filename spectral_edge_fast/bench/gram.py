@@ -1,0 +1,79 @@
+"""The drop-in ``sef.gram(x)`` against ``x @ x.T`` of the same dtype: the
+median time, the GB/s of the bytes read (``W * P * itemsize``) and their
+fraction of the measured copy bandwidth, the GFLOP/s of the products the
+symmetric result needs (``2 * W (W + 1) / 2 * P``, the same count for both)
+and their fraction of the measured fp32 rate of ``torch.mm``, the speedup of
+``sef.gram`` over ``x @ x.T``, and the relative error of both against
+float64 (Frobenius norm)."""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+
+from . import DTYPES, cache_note, fits, machine, timed
+
+
+def reference(x: torch.Tensor, block: int = 1 << 20) -> torch.Tensor:
+    """x x^T in float64, a block of columns at a time (bounded memory)."""
+    out = torch.zeros(x.shape[0], x.shape[0], dtype=torch.float64, device=x.device)
+    for s in range(0, x.shape[1], block):
+        b = x[:, s : s + block].double()
+        out += b @ b.T
+    return out
+
+
+def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float(torch.linalg.norm(got.double() - want) / torch.linalg.norm(want))
+
+
+def bench_case(W: int, P: int, dtype: str, device: torch.device, repeats: int, info: Dict) -> List[Dict]:
+    """Two rows, ``sef.gram`` then ``x @ x.T`` (or one ``skipped`` row when
+    x and its float64 blocks do not fit in free memory)."""
+    from .. import gram
+
+    base = dict(W=W, P=P, dtype=dtype)
+    item = DTYPES[dtype].itemsize
+    why = fits(device, W * P * item + W * min(P, 1 << 20) * 8 * 2)
+    if why:
+        return [dict(base, op=op, skipped=why) for op in ("sef.gram", "x @ x.T")]
+    gen = torch.Generator(device=device).manual_seed(W * 7 + P)
+    x = torch.empty(W, P, dtype=DTYPES[dtype], device=device)
+    for i in range(W):  # row by row: no float32 copy of a bf16 x
+        x[i].copy_(torch.randn(P, generator=gen, device=device))
+    want = reference(x)
+    nbytes, flops = W * P * item, W * (W + 1) * P
+    rows = []
+    for op, fn in (("sef.gram", lambda: gram(x)), ("x @ x.T", lambda: x @ x.T)):
+        r = dict(base, op=op, **timed(fn, device, repeats))
+        r.update(gbps=nbytes / r["ms"] / 1e6, copy_fraction=nbytes / r["ms"] * 1e3 / (info["copy_bandwidth_gbps"] * 1e9),
+                 gflops=flops / r["ms"] / 1e6, fma_fraction=flops / r["ms"] / 1e6 / info["fma_rate_gflops"],
+                 rel_error=rel_error(fn(), want))
+        note = cache_note(nbytes, r["copy_fraction"], info["last_level_cache_bytes"])
+        if note:
+            r["cache_note"] = note
+        rows.append(r)
+    rows[0]["speedup"] = rows[1]["ms"] / rows[0]["ms"]
+    return rows
+
+
+def run(device: torch.device, config: Dict) -> Dict:
+    info = machine(device, config["rates"])
+    print(f"gram: {info['device']}, {info['threads']} threads; copy bandwidth {info['copy_bandwidth_gbps']:.1f} GB/s; "
+          f"fp32 rate (torch.mm {config['rates']['fma_n']}^2) {info['fma_rate_gflops']:.1f} GFLOP/s; "
+          f"1-minute load {info['load_1min']}", flush=True)
+    print(f"{'op':9} {'dtype':5} {'W':>4} {'P':>9} {'ms':>9} {'GB/s':>6} {'copy':>5} {'GFLOP/s':>8} {'fma':>5} "
+          f"{'rel err':>8} speedup")
+    rows = []
+    for P in config["P"]:
+        for W in config["W"]:
+            for dtype in config["dtypes"]:
+                for r in bench_case(W, P, dtype, device, config["repeats"], info):
+                    if "skipped" in r:
+                        print(f"{r['op']:9} {dtype:5} {W:>4} {P:>9.0e} skipped: {r['skipped']}")
+                    else:
+                        print(f"{r['op']:9} {dtype:5} {W:>4} {P:>9.0e} {r['ms']:>9.2f} {r['gbps']:>6.2f} "
+                              f"{r['copy_fraction']:>5.0%} {r['gflops']:>8.1f} {r['fma_fraction']:>5.0%} "
+                              f"{r['rel_error']:>8.1e} {r.get('speedup', float('nan')):.2f}", flush=True)
+                    rows.append(r)
+    return dict(machine=info, settings=config, results=rows)
