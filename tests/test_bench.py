@@ -169,6 +169,14 @@ def test_overrides_and_the_command_line(monkeypatch):
     assert seen["step"]["dtypes"] == ["fp32", "bf16"] and seen["gram"]["P"] == [30000]
 
 
+def test_a_result_is_named_by_where_it_ran(monkeypatch, tmp_path):
+    """The analysis runs on the host: with --device cuda its file is still analysis_cpu.json."""
+    where = {"step": "cuda", "analysis": "cpu"}
+    monkeypatch.setattr(harness, "run", lambda name, args: dict(machine=dict(device_type=where[name]), wall_s=1.0))
+    assert harness.main(["--only", "step", "analysis", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["analysis_cpu.json", "step_cuda.json"]
+
+
 # -- the committed results and the pages generated from them ---------------------------------------------------
 
 

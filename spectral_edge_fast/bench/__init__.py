@@ -310,11 +310,10 @@ def run(name: str, args) -> Dict:
 
 def main(argv=None, prog=None) -> int:
     args = parse_args(argv, prog)
-    device = torch.device(args.device)
     for name in args.only:
         result = run(name, args)
-        if args.out:
-            path = os.path.join(args.out, f"{name}_{device.type}.json")
+        if args.out:  # named by where it ran: the analysis runs on the host whatever --device says
+            path = os.path.join(args.out, f"{name}_{result['machine']['device_type']}.json")
             write_result(path, result)
             print(f"wrote {path} ({result['wall_s']:.0f} s)\n", flush=True)
     return 0
