@@ -161,12 +161,14 @@ def test_overrides_and_the_command_line(monkeypatch):
     seen = {}
     monkeypatch.setattr(step, "run", lambda device, config: seen.setdefault("step", config) and dict(machine={}))
     monkeypatch.setattr(gram, "run", lambda device, config: seen.setdefault("gram", config) and dict(machine={}))
-    args = harness.parse_args(["--only", "step", "gram", "--P", "3e4", "--W", "5", "--repeats", "1"])
-    assert harness.command_line(args) == "spectral-edge bench --only step gram --P 30000 --W 5 --repeats 1"
+    args = harness.parse_args(["--only", "step", "gram", "--P", "3e4", "--W", "5", "--repeats", "1", "--backends", "torch"])
+    assert harness.command_line(args) == ("spectral-edge bench --only step gram --P 30000 --W 5 --backends torch "
+                                          "--repeats 1")
     for name in args.only:
         assert harness.run(name, args)["command"] == harness.command_line(args)
     assert seen["step"]["P"] == [30000] and seen["step"]["W"] == [5] and seen["step"]["repeats"] == 1
-    assert seen["step"]["dtypes"] == ["fp32", "bf16"] and seen["gram"]["P"] == [30000]
+    assert seen["step"]["dtypes"] == ["fp32", "bf16"] and seen["step"]["backends"] == ["torch"]
+    assert seen["gram"]["P"] == [30000] and "backends" not in seen["gram"]
 
 
 def test_a_result_is_named_by_where_it_ran(monkeypatch, tmp_path):

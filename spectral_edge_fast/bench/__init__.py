@@ -49,7 +49,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DEFAULTS = {
     "default": {
         "step": dict(P=([4e7], [1e7, 1e8, 5e8]), W=([16], [8, 16, 64]), dtypes=["fp32", "bf16"], tensors=100,
-                     gpt2=(False, True), sketch=4096, repeats=9, host_calls=3000),
+                     gpt2=(False, True), sketch=4096, repeats=9, host_calls=3000,
+                     backends=["torch", "cpp", "cuda", "triton"]),
         "gram": dict(P=[1e6, 1e7], W=[2, 4, 8, 16, 32, 64, 128], dtypes=["fp32", "bf16"], repeats=5),
         "analysis": dict(groups=64, window=64, params=4096, slides=200, repeats=30),
         # the copy (bytes read) and the torch.mm (n x n) that measure the machine's rates
@@ -57,7 +58,7 @@ DEFAULTS = {
     },
     "quick": {
         "step": dict(P=([2e4], [2e4]), W=([4], [4]), dtypes=["fp32", "bf16"], tensors=10, gpt2=(False, False),
-                     sketch=64, repeats=2, host_calls=20),
+                     sketch=64, repeats=2, host_calls=20, backends=["torch", "cpp", "cuda", "triton"]),
         "gram": dict(P=[2e4], W=[2, 8], dtypes=["fp32", "bf16"], repeats=2),
         "analysis": dict(groups=4, window=8, params=64, slides=12, repeats=2),
         "rates": dict(copy_bytes=1 << 24, fma_n=256),
@@ -265,9 +266,13 @@ def parse_args(argv=None, prog=None):
     ap.add_argument("--W", type=at_least(2), nargs="+", default=None, help="window sizes of step and gram")
     ap.add_argument("--dtypes", nargs="+", default=None, choices=sorted(DTYPES),
                     help="the step's ring and gram's x (default: fp32 bf16)")
-    ap.add_argument("--backends", nargs="+", default=["torch", "cpp", "cuda", "triton"], help="the step's backends")
+    ap.add_argument("--backends", nargs="+", default=None, help="the step's backends (default: every available one)")
     ap.add_argument("--repeats", type=at_least(1), default=None, help="timed calls per case (default: per benchmark)")
     return ap.parse_args(argv)
+
+
+# the options that override DEFAULTS, in the benchmarks that have them
+OVERRIDES = ("P", "W", "dtypes", "backends", "repeats")
 
 
 def command_line(args) -> str:
@@ -277,7 +282,7 @@ def command_line(args) -> str:
         parts += ["--only", *args.only]
     parts += ["--quick"] if args.quick else []
     parts += ["--device", args.device] if torch.device(args.device).type != "cpu" else []
-    for flag in ("P", "W", "dtypes", "repeats"):
+    for flag in OVERRIDES:
         value = getattr(args, flag)
         if value is not None:
             parts += [f"--{flag}", *map(str, value if isinstance(value, list) else [value])]
@@ -291,13 +296,11 @@ def run(name: str, args) -> Dict:
     device = torch.device(args.device)
     mode = "quick" if args.quick else "default"
     config = settings(name, mode, device)
-    for key in ("P", "W", "dtypes", "repeats"):
+    for key in OVERRIDES:
         if getattr(args, key) is not None and key in config:
             config[key] = getattr(args, key)
     if "P" in config:
         config["P"] = [int(p) for p in config["P"]]
-    if name == "step":
-        config["backends"] = args.backends
     if name != "analysis":
         config["rates"] = DEFAULTS[mode]["rates"]
     t0 = time.perf_counter()
