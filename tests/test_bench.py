@@ -22,9 +22,9 @@ EPS32 = float(np.finfo(np.float32).eps)
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    """``spectral-edge bench --quick --out DIR``: its JSON files by benchmark."""
+    """``spectral-edge bench --quick --device cpu --out DIR``: its JSON files by benchmark."""
     out = tmp_path_factory.mktemp("bench")
-    assert main(["bench", "--quick", "--out", str(out)]) == 0
+    assert main(["bench", "--quick", "--device", "cpu", "--out", str(out)]) == 0
     return {name: json.loads((out / f"{name}_cpu.json").read_text()) for name in harness.BENCHMARKS}
 
 
