@@ -231,3 +231,29 @@ def first_order_split(
         status=status,
         reason=reason,
     )
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1, tied values sharing the mean of their ranks."""
+    ranks = np.empty(x.size)
+    ranks[np.argsort(x, kind="stable")] = np.arange(x.size)
+    _, tie, counts = np.unique(x, return_inverse=True, return_counts=True)
+    return (np.bincount(tie, weights=ranks) / counts)[tie]
+
+
+def spearman(x, y) -> float:
+    """Spearman's rank correlation of ``x`` and ``y`` over the pairs where
+    both are finite (ties share their mean rank): how well a per-direction
+    prediction orders the measured effects. NaN with fewer than three such
+    pairs or a constant sample.
+
+    Raises:
+        ValueError: ``x`` and ``y`` not 1-D of equal length.
+    """
+    from .events import _pearson
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"x and y must be 1-D of equal length, got {x.shape} and {y.shape}")
+    ok = np.isfinite(x) & np.isfinite(y)
+    return _pearson(_average_ranks(x[ok]), _average_ranks(y[ok]))

@@ -105,3 +105,18 @@ def test_first_order_split_newest_row_is_in_span(make_window):
     partial = first_order_split(G, p, G[-1])
     assert partial.status == "partial" and math.isnan(partial.remainder)
     assert partial.in_span == pytest.approx(p[-1], rel=1e-10)
+
+
+def test_spearman_ranks_with_ties_against_hand_values():
+    from spectral_edge_fast.analysis.decomposition import spearman
+
+    x = np.array([1.0, 2.0, 2.0, 3.0, 10.0])
+    assert spearman(x, np.exp(x)) == pytest.approx(1.0)  # any increasing map
+    assert spearman(x, -x**3) == pytest.approx(-1.0)
+    # ties share their mean rank: x ranks 0, 1.5, 1.5, 3, 4
+    y = np.array([0.5, 0.1, 0.7, 0.9, 0.8])  # ranks 1, 0, 2, 4, 3
+    assert spearman(x, y) == pytest.approx(np.corrcoef([0, 1.5, 1.5, 3, 4], [1, 0, 2, 4, 3])[0, 1])
+    assert spearman(np.append(x, np.nan), np.append(y, 5.0)) == pytest.approx(spearman(x, y))  # non-finite pairs left out
+    assert math.isnan(spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="equal length"):
+        spearman([1.0, 2.0], [1.0])
