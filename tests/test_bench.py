@@ -171,6 +171,12 @@ def test_overrides_and_the_command_line(monkeypatch):
     assert seen["gram"]["P"] == [30000] and "backends" not in seen["gram"]
 
 
+def test_an_unknown_backend_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--backends", "cppp"])
+    assert exit_.value.code == 2 and "--backends: invalid choice: 'cppp'" in capsys.readouterr().err
+
+
 def test_a_result_is_named_by_where_it_ran(monkeypatch, tmp_path):
     """The analysis runs on the host: with --device cuda its file is still analysis_cpu.json."""
     where = {"step": "cuda", "analysis": "cpu"}

@@ -251,6 +251,7 @@ def write_result(path: str, result: Dict) -> None:
 
 def parse_args(argv=None, prog=None):
     from ..cli import at_least, device_arg
+    from ..kernels import _MODULES
 
     ap = argparse.ArgumentParser(
         prog=prog, description="Time the engine's step, sef.gram against x @ x.T, and the analysis; write one "
@@ -266,7 +267,8 @@ def parse_args(argv=None, prog=None):
     ap.add_argument("--W", type=at_least(2), nargs="+", default=None, help="window sizes of step and gram")
     ap.add_argument("--dtypes", nargs="+", default=None, choices=sorted(DTYPES),
                     help="the step's ring and gram's x (default: fp32 bf16)")
-    ap.add_argument("--backends", nargs="+", default=None, help="the step's backends (default: every available one)")
+    ap.add_argument("--backends", nargs="+", default=None, choices=sorted(_MODULES), metavar="NAME",
+                    help="the step's backends (default: torch cpp cuda triton, those available)")
     ap.add_argument("--repeats", type=at_least(1), default=None, help="timed calls per case (default: per benchmark)")
     return ap.parse_args(argv)
 

@@ -212,6 +212,10 @@ def run(device: torch.device, config: Dict) -> Dict:
         sizes = gpt2_124m_sizes()
         layouts.append((sum(sizes), sizes))
     sketch = config["sketch"] if sketch_available() else None
+    status = {b: backend_status(b, device) for b in config["backends"]}
+    for name, (ok, why) in status.items():
+        if not ok:
+            print(f"step: backend {name} not timed: {why}", flush=True)
     rows: List[Dict] = []
     for P, sizes in layouts:
         for W in config["W"]:
@@ -231,4 +235,4 @@ def run(device: torch.device, config: Dict) -> Dict:
         print(f"host: {r['what']:5s} {r['tensors']} tensors ({r['backend']}): {r['us_median']:.1f} us/call median")
     config = dict(config, P=Ps, sketch=sketch)
     return dict(machine=info, settings=config, results=rows, host=host,
-                backends={b: backend_status(b, device)[1] or "available" for b in config["backends"]})
+                backends={name: why or "available" for name, (ok, why) in status.items()})
