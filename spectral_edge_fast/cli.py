@@ -182,7 +182,7 @@ def analyze(args) -> int:
 
     try:
         monitor = analyze_checkpoints(args.ckpt_dir, out=args.out, window=args.window, every=args.every,
-                                      groups=GROUPS[args.groups], on_error=args.on_error, lr=args.lr,
+                                      groups=GROUPS[args.groups], sketch=args.sketch, on_error=args.on_error, lr=args.lr,
                                       allow_pickle=args.allow_pickle, include=args.include, exclude=args.exclude,
                                       overwrite=args.overwrite, progress=not args.quiet)
     except (CheckpointError, OSError, ValueError) as exc:
@@ -256,6 +256,9 @@ def bench(argv: List[str]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .workloads.grokking import TASKS
+    a.add_argument("--sketch", type=at_least(2), default=None, metavar="M",
+                   help="sketch mode: keep each group's update as a sketch of M numbers, memory independent of the "
+                        "model's size, Grams estimated (default: exact)")
 
     ap = argparse.ArgumentParser(prog="spectral-edge", description=DESCRIPTION,
                                  epilog="`spectral-edge COMMAND --help` describes a command's options.")

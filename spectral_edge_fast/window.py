@@ -24,10 +24,11 @@ from .distributed import (
     rank_and_world,
     sum_replicated,
 )
-from .config import WindowOptions, resolve
+from .config import SKETCH_M, WindowOptions, resolve
 from .kernels import get_backend
 from .kernels.ops import check_step
 from .layout import ParamLayout
+from .sketch import MAX_PARTS, SketchPlan, group_numels, sketch_summary
 
 ROW_ALIGN = 64
 
@@ -80,6 +81,19 @@ def window_bytes(
     }
 
 
+def sketch_bytes(size: int, scratch: int, groups: int, window: int, storage_dtype: torch.dtype) -> Dict[str, int]:
+    """Bytes of each buffer of a sketch-mode window whose rows hold ``size``
+    numbers (the groups' buckets): no part depends on P."""
+    return {
+        "ring": window * _padded(size) * storage_dtype.itemsize,
+        "snapshot": size * 8,  # S theta at the last update, float64
+        "gram": groups * window * window * 8,
+        "left": groups * (window + 1) * 8,
+        "take": window * window * 4,
+        "scratch": size * (8 + 4) + scratch * 8,  # the new S theta, the float32 row, the kernel's part buckets
+    }
+
+
 def chronological_slots(count: int, window: int) -> List[int]:
     """Ring slots of the filled rows, oldest first (update k sits at k % W)."""
     start = count % window if count > window else 0
@@ -90,8 +104,10 @@ class GramState:
     """A host copy of a window's small state: every Gram the analysis needs,
     as float64 NumPy arrays, oldest row first."""
 
-    def __init__(self, gram: np.ndarray, left: np.ndarray, count: int, window: int, groups: List[str]):
+    def __init__(self, gram: np.ndarray, left: np.ndarray, count: int, window: int, groups: List[str],
+                 sketch: Optional[tuple] = None):
         self._gram = gram  # [G, W, W], slot order
+        self.sketch = sketch  # sketch mode: (m, 1/m_g per group, 0 where a group is kept exactly)
         self._left = left  # [G, W+1]: the leaving row's old Gram row, then a.b
         self.count = count
         self.window = window
@@ -154,12 +170,23 @@ class GramState:
         """Mask of the window's rows (oldest first) whose update was finite."""
         return np.isfinite(np.diagonal(self.gram()))
 
+    def sketch_error(self) -> Optional[dict]:
+        """In sketch mode, the record's ``sketch`` entry (``m``, the groups
+        kept exactly, ``rel_err``: the estimated standard error of the Gram's
+        entries relative to the Gram, in Frobenius norm); None otherwise."""
+        if self.sketch is None:
+            return None
+        m, inv_m = self.sketch
+        order = self.order
+        return sketch_summary(self._gram[:, order][:, :, order], inv_m, m)
+
 
 class GramReadback:
     """Device-to-host copies started without waiting; ``wait()`` finishes them."""
 
-    def __init__(self, gram: torch.Tensor, left: torch.Tensor, count: int, window: int, groups: List[str]):
-        self._meta = (count, window, groups)
+    def __init__(self, gram: torch.Tensor, left: torch.Tensor, count: int, window: int, groups: List[str],
+                 sketch: Optional[tuple] = None):
+        self._meta = (count, window, groups, sketch)
         if gram.device.type == "cuda":
             self._gram = torch.empty(gram.shape, dtype=gram.dtype, pin_memory=True)
             self._left = torch.empty(left.shape, dtype=left.dtype, pin_memory=True)
@@ -201,9 +228,15 @@ class GramWindow:
             ``torch.bfloat16`` (the snapshot always stays at parameter
             precision). With bf16, every Gram is that of the rows as stored.
         backend: "auto" or a name from :func:`spectral_edge_fast.backends`.
+        sketch: None, or ``m``: sketch mode (docs/engine.md#sketch-mode),
+            each group's update kept as its signed bucket sketch in ``R^m``
+            (a group of at most ``m`` numbers exactly), so memory does not
+            depend on P; every Gram is then an unbiased estimate, and
+            :meth:`combine` raises.
         process_group: a torch.distributed group over which the parameters
             are sharded (DTensor) or replicated (DDP: each rank then stores
-            1/world of the ring); partial inner products are SUM-reduced.
+            1/world of the ring); partial inner products are SUM-reduced
+            (in sketch mode, the partial sketches: each rank holds the ring).
 
     The snapshot is taken at construction: the first :meth:`step` after the
     first optimizer step forms the first update. ``options`` holds the
@@ -220,11 +253,25 @@ class GramWindow:
         self.device = self.layout.device
         self.backend = get_backend(self.options.backend, self.device)
         # Once, before any buffer: ranks built differently all raise here instead of hanging in a slide.
-        agree_on_setup({"window": window, "every": every, "storage_dtype": str(storage_dtype)}, self.layout, process_group)
+        self.sketch = self.options.sketch
+        agree_on_setup({"window": window, "every": every, "storage_dtype": str(storage_dtype), "sketch": self.sketch},
+                       self.layout, process_group)
+        self._plan = SketchPlan(self.layout, self.options.groups, self.sketch) if self.sketch else None
         self._check_memory()
-        P, G = self.layout.numel, len(self.layout.groups)
+        G = len(self.layout.groups)
+        if self._plan is None:
+            P = self.layout.numel
+            self._snapshot = torch.empty(P, dtype=self.layout.snapshot_dtype, device=self.device)
+            self._bounds = self.layout.bounds
+        else:  # rows of sketches: the snapshot is S theta, float64 so that S theta_t - S theta_{t-s} cancels exactly
+            P = self._plan.size
+            self._snapshot = torch.zeros(P, dtype=torch.float64, device=self.device)
+            self._sketched = torch.zeros(P, dtype=torch.float64, device=self.device)
+            self._row = torch.zeros(P, dtype=torch.float32, device=self.device)
+            self._scratch = torch.zeros(self._plan.scratch, dtype=torch.float64, device=self.device)
+            self._segs = self._plan.segs.to(self.device) if self.device.type == "cuda" else self._plan.segs
+            self._bounds = self._plan.bounds
         self._ring = torch.zeros((window, _padded(P)), dtype=storage_dtype, device=self.device)[:, :P]
-        self._snapshot = torch.empty(P, dtype=self.layout.snapshot_dtype, device=self.device)
         self._gram = torch.zeros((G, window, window), dtype=torch.float64, device=self.device)
         self._left = torch.zeros((G, window + 1), dtype=torch.float64, device=self.device)
         # What _apply needs, made once (each indexing op costs host time every
@@ -263,6 +310,9 @@ class GramWindow:
         return sum(self._bytes().values())
 
     def _bytes(self) -> Dict[str, int]:
+        if self._plan is not None:
+            return sketch_bytes(self._plan.size, self._plan.scratch, len(self.layout.groups), self.window,
+                                self.storage_dtype)
         return window_bytes(self.layout.numel, len(self.layout.groups), self.window, self.storage_dtype,
                             self.layout.snapshot_dtype)
 
@@ -273,6 +323,12 @@ class GramWindow:
             return
         P, W, G = self.layout.numel, self.window, len(self.layout.groups)
         ring = "bf16" if self.storage_dtype == torch.bfloat16 else "fp32"
+        if self._plan is not None:
+            raise MemoryError(
+                f"sketch mode at W={W} with sketch={self.sketch} over {G} groups needs {_gb(need)} "
+                f"({_gb(parts['ring'])} of ring in {ring}) but only {_gb(free)} is free on {self.device}; "
+                "use a smaller sketch, a smaller window or fewer groups"
+            )
         gram, rest = parts["gram"] + parts["left"] + parts["take"], parts["snapshot"] + parts["scratch"]
         if gram >= max(parts["ring"], rest):
             advice = f"the {G} Gram(s) of W x W float64 dominate: use a smaller window"
@@ -282,6 +338,11 @@ class GramWindow:
             advice += "a smaller window, fewer parameters, or shard the ring over a process_group"
         else:
             advice = "the snapshot dominates: monitor fewer parameters, or shard them over a process_group"
+        if gram < max(parts["ring"], rest):  # P-sized parts dominate: sketch mode holds none
+            sizes = group_numels(self.layout, self.options.groups)
+            sketched = sketch_bytes(sum(min(n, SKETCH_M) for n in sizes), MAX_PARTS * SKETCH_M, G, W, self.storage_dtype)
+            advice += (f"; or sketch mode, sketch={SKETCH_M}, which needs {_gb(sum(sketched.values()))} at any P "
+                       "(its Grams are estimates: docs/engine.md#sketch-mode)")
         raise MemoryError(
             f"P={P:.3g} at W={W} needs {_gb(need)} ({_gb(parts['ring'])} of ring in {ring}, "
             f"{_gb(gram)} of Gram for {G} groups with its indices, {_gb(rest)} "
@@ -298,8 +359,16 @@ class GramWindow:
         self._gram.zero_()
         self._left.zero_()
         views = self.layout.views()
-        if views:
+        if self._plan is not None:
+            self._snapshot.copy_(self._sketch(views, self._segs))
+        elif views:
             self._snapshot.copy_(torch.cat(views))
+
+    def _sketch(self, views: Sequence[torch.Tensor], segs: torch.Tensor) -> torch.Tensor:
+        """``S theta`` of the whole model into ``self._sketched``: this
+        process's partial sketch, SUM-reduced over the group."""
+        self.backend.sketch(views, segs, self._plan.groups, self._sketched, self._scratch)
+        return all_reduce_sum(self._sketched, self.process_group)
 
     # Never traced: its host counters and the layout's storage check would
     # make a compiled caller recompile every step; it runs eagerly between
@@ -313,6 +382,12 @@ class GramWindow:
             return False
         slot = self.count % self.window
         views = self.layout.views()
+        if self._plan is not None:
+            new = self._sketch(views, self._segs)
+            torch.sub(new, self._snapshot, out=self._row)
+            self._snapshot.copy_(new)
+            self._apply(self.backend.slide(self._ring, self._row, slot, self._bounds), slot, reduce=False)
+            return True
         if views is not self._checked_views:  # a new list (construction, followed parameters): check it once
             check_step(views, self._snapshot, self._ring, slot, self.layout.bounds)
             self._checked_views = views
@@ -330,11 +405,17 @@ class GramWindow:
         else:
             row = self.layout.flatten([update] if isinstance(update, torch.Tensor) else update)
         slot = self.count % self.window
+        if self._plan is not None:
+            row = self._sketch([row], self._plan.flat_segs).float()
+            self._apply(self.backend.slide(self._ring, row, slot, self._bounds), slot, reduce=False)
+            return
         self._apply(self.backend.slide(self._ring, row, slot, self.layout.bounds), slot)
 
-    def _apply(self, partials: torch.Tensor, slot: int) -> None:
-        """Fold one slide's ``[G, W+1]`` inner products into the device Gram."""
-        partials = all_reduce_sum(partials, self.process_group)
+    def _apply(self, partials: torch.Tensor, slot: int, reduce: bool = True) -> None:
+        """Fold one slide's ``[G, W+1]`` inner products into the device Gram
+        (``reduce``: partial products of this rank's numbers, SUM-reduced)."""
+        if reduce:
+            partials = all_reduce_sum(partials, self.process_group)
         rows, cols, take, left_row, left_ab = self._folds
         left_row.copy_(rows[slot])
         left_ab.copy_(partials.select(1, slot))
@@ -348,7 +429,8 @@ class GramWindow:
         """Start copying the small state to the host; ``.wait()`` gives a
         :class:`GramState`. On a GPU the copies are non-blocking into pinned
         memory, so a monitor can start one and read it steps later."""
-        return GramReadback(self._gram, self._left, self.count, self.window, self.groups)
+        sketch = None if self._plan is None else (self.sketch, self._plan.scaled())
+        return GramReadback(self._gram, self._left, self.count, self.window, self.groups, sketch)
 
     def state(self) -> GramState:
         return self.readback().wait()
@@ -373,19 +455,39 @@ class GramWindow:
     def project(self, tensors: Sequence[torch.Tensor], per_group: bool = False):
         """``p = X y`` for ``y`` given as tensors shaped like the parameters
         (a gradient, say): length-n float64 array, oldest first, or
-        ``{group: array}`` with ``per_group``."""
-        partials = all_reduce_or_raise(
-            lambda: self.backend.project(self._ring, self.layout.flatten(tensors), self.layout.bounds),
-            (len(self.layout.groups), self.window), self.device, self.process_group, "project()",
-        )
+        ``{group: array}`` with ``per_group``. In sketch mode, ``(S X)(S y)``:
+        ``y`` is sketched like the updates."""
+        if self._plan is not None:
+            sy = all_reduce_or_raise(
+                lambda: self._sketch_flat(self.layout.flatten(tensors, dtype=torch.float64)),
+                (self._plan.size,), self.device, self.process_group, "project()",
+            )
+            partials = self.backend.project(self._ring, sy.float(), self._bounds)
+        else:
+            partials = all_reduce_or_raise(
+                lambda: self.backend.project(self._ring, self.layout.flatten(tensors), self.layout.bounds),
+                (len(self.layout.groups), self.window), self.device, self.process_group, "project()",
+            )
         p = partials.cpu().numpy()[:, self._order()]
         if per_group:
             return {name: p[g].copy() for g, name in enumerate(self.layout.groups)}
         return p.sum(axis=0)
 
+    def _sketch_flat(self, flat: torch.Tensor) -> torch.Tensor:
+        """This process's partial sketch of a flat vector of its numbers."""
+        out = torch.zeros(self._plan.size, dtype=torch.float64, device=self.device)
+        self.backend.sketch([flat], self._plan.flat_segs, self._plan.groups, out, self._scratch)
+        return out
+
     def combine(self, coeffs) -> List[torch.Tensor]:
         """``X^T c`` for ``c`` (length n, oldest first), as float32 tensors
-        shaped like the parameters (local shards for DTensor parameters)."""
+        shaped like the parameters (local shards for DTensor parameters).
+        Exact mode only: a sketch-mode window does not keep the rows."""
+        if self._plan is not None:
+            raise ValueError(
+                f"combine() needs the window's rows in full, but this window keeps their sketches (sketch={self.sketch}); "
+                "build the GramWindow with sketch=None to combine its rows"
+            )
         c = np.asarray(coeffs, dtype=np.float64).reshape(-1)
         agree_on_coefficients(c, self.window, self.device, self.process_group)
         if c.shape[0] != self.n:
@@ -404,6 +506,7 @@ class GramWindow:
             "window": self.window,
             "every": self.every,
             "storage_dtype": str(self.storage_dtype),
+            "sketch": self.sketch,
             "groups": self.groups,
             "bounds": list(self.layout.bounds),
             "rank": self.layout.rank,
@@ -447,6 +550,7 @@ class GramWindow:
             ("window", self.window),
             ("every", self.every),
             ("storage_dtype", str(self.storage_dtype)),
+            ("sketch", self.sketch),
             ("groups", self.groups),
             ("bounds", list(self.layout.bounds)),
         ):

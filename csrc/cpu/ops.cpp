@@ -48,6 +48,11 @@ struct Cpu {
 
 }  // namespace
 
-void bind_cpu(pybind11::module_ m) { bind<Cpu>(m); }
+void bind_sketch_cpu(pybind11::module_ m);  // cpu/sketch_op.cpp
+
+void bind_cpu(pybind11::module_ m) {
+  bind<Cpu>(m);
+  bind_sketch_cpu(m);
+}
 
 }  // namespace sef

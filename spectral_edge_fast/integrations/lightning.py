@@ -13,7 +13,7 @@ each training epoch's end, each value once. Each finished analysis's summary
 trainer's global step, and the logger's name and version become the report's
 ``run_name``. The monitor travels in Lightning checkpoints (under a
 ``state_key`` made of ``window``, ``every``, ``analyze_every``, ``groups``
-and ``storage_dtype``, so callbacks that differ in one of them coexist), and writes the
+and ``storage_dtype``, and ``sketch`` when set, so callbacks that differ in one of them coexist), and writes the
 report at the end of training. The checkpoint holds the monitor's small state by
 default (counters, recent records, events: the window refills after a
 resume); ``exact_resume=True`` adds the window's ring and snapshot, ``W + 1``
@@ -88,8 +88,9 @@ class SpectralEdgeCallback(pl.Callback):
         # The settings that change the records, not log_dir: a resumed run may write elsewhere.
         o = self.options
         groups = getattr(o.groups, "__qualname__", o.groups) if callable(o.groups) else o.groups
+        sketch = {} if o.sketch is None else {"sketch": o.sketch}  # exact mode keeps the keys saved before sketch mode
         return self._generate_state_key(window=o.window, every=o.every, analyze_every=o.analyze_every, groups=groups,
-                                        storage_dtype=str(o.storage_dtype).replace("torch.", ""))
+                                        storage_dtype=str(o.storage_dtype).replace("torch.", ""), **sketch)
 
     def on_train_start(self, trainer, pl_module) -> None:
         log_dir = self.options.log_dir or os.path.join(trainer.log_dir or trainer.default_root_dir, "spectral-edge")

@@ -33,6 +33,10 @@ Ops (all results float64 on the ring's device)
 * ``combine(ring, coeffs) -> [P] float32``: ``ring^T coeffs``.
 * ``gram(x) -> [W, W]``: ``x x^T`` for ``x`` of shape ``[W, P]``.
 
+Sketch mode adds ``sketch(views, segs, groups, out, scratch)``: ``out = S
+cat(views)`` in float64 (:mod:`.sketch`); backends without a kernel of their
+own run its torch implementation.
+
 Accumulation: products in float32 over chunks of at most a few 10^4
 elements, chunk partials summed in float64, in a fixed order (no atomics), so
 the same inputs give the same bits on every run.
@@ -109,6 +113,14 @@ class Backend:
     def gram(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.spectral_edge_fast.gram(self.key, x)
 
+    def sketch(self, views: Sequence[torch.Tensor], segs: torch.Tensor, groups: torch.Tensor, out: torch.Tensor,
+               scratch: torch.Tensor) -> None:
+        """``out = S cat(views)`` in float64, the signed bucket sketch of the
+        tables ``segs`` and ``groups`` (:mod:`.sketch`); ``scratch`` holds the
+        C++ kernel's part buckets. Called directly by the window (never traced)."""
+        with torch.no_grad():
+            self._sketch(list(views), segs, groups, out, scratch)
+
     # -- implementations, called by the ops on checked arguments ----------------------------
     def _gather(self, params, snapshot, out) -> None:
         raise NotImplementedError
@@ -129,6 +141,11 @@ class Backend:
 
     def _gram(self, x) -> torch.Tensor:
         raise NotImplementedError
+
+    def _sketch(self, views, segs, groups, out, scratch) -> None:
+        from .sketch import sketch_torch
+
+        sketch_torch(views, segs, groups, out)
 
 
 def _load(name: str):

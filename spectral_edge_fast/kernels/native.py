@@ -96,6 +96,12 @@ class NativeBackend(Backend):
     def _gram(self, x):
         return self._kernels().gram(x)
 
+    def _sketch(self, views, segs, groups, out, scratch):
+        if self._device_type == "cpu":
+            _C.cpu.sketch(views, segs, groups, out, scratch)
+        else:  # no CUDA kernel yet: the torch implementation
+            super()._sketch(views, segs, groups, out, scratch)
+
 
 def make_backend(name: str) -> NativeBackend:
     if name not in ("cpp", "cuda"):

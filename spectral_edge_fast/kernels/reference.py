@@ -2,6 +2,7 @@
 against these. Slow and memory-hungry on purpose: clarity over speed."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from . import Backend
@@ -41,6 +42,32 @@ class ReferenceBackend(Backend):
     def _gram(self, x):
         x = x.double()
         return x @ x.T
+
+    def _sketch(self, views, segs, groups, out, scratch):
+        S = sketch_matrix(segs, groups, [v.numel() for v in views], out.numel())
+        out.copy_(S.to(out.device) @ _flat(views).to(out.device))
+
+
+def sketch_matrix(segs, groups, sizes, rows) -> torch.Tensor:
+    """The sketch as an explicit float64 ``[rows, sum(sizes)]`` matrix, one
+    column per element of the views (of ``sizes``) in order: ``S[bucket, i]
+    = sign`` from the hash, or 1 in the coordinate's own bucket for an
+    identity group. For small inputs: it is dense."""
+    from .sketch import buckets_and_signs
+
+    offsets = np.concatenate(([0], np.cumsum(sizes)))
+    S = np.zeros((rows, int(offsets[-1])))
+    table = groups.tolist()
+    for view, start, length, key, coord, group in segs.tolist():
+        base, m, identity = table[group][:3]
+        cols = offsets[view] + start + np.arange(length)
+        coords = np.arange(coord, coord + length, dtype=np.uint64)
+        if identity:
+            S[base + coords.astype(np.int64), cols] = 1.0
+        else:
+            bucket, sign = buckets_and_signs(key, coords, m)
+            S[base + bucket.astype(np.int64), cols] = sign
+    return torch.from_numpy(S)
 
 
 def make_backend(name):

@@ -1,0 +1,47 @@
+// sketch: the signed bucket sketch S theta of the parameters, in float64.
+#pragma once
+
+#include "kernels/common.h"
+
+namespace sef {
+
+// One run of a segment table (int64 [n, 6]): `length` elements of view `view`
+// from `start`, whose coordinates are `coord`, `coord + 1`, ... (the flat
+// index in the full, unsharded tensor; for an identity group, the index in the
+// group's full concatenation), hashed with the tensor's `key`.
+struct SketchSeg {
+  int64_t view, start, length, key, coord, group;
+};
+static_assert(sizeof(SketchSeg) == 6 * sizeof(int64_t), "a segment row is six int64");
+
+// One group (int64 [G, 7]): its m buckets at `out` in the output, its segment
+// rows [seg_begin, seg_end), its local `numel`, whether coordinates are the
+// buckets themselves (`identity`: the group has at most m numbers), and the
+// `parts` its elements are split into, each summed into its own buckets, then
+// the parts added in order: the same bits for any number of threads.
+struct SketchGroup {
+  int64_t out, m, identity, seg_begin, seg_end, numel, parts;
+};
+static_assert(sizeof(SketchGroup) == 7 * sizeof(int64_t), "a group row is seven int64");
+
+// The counter-based hash of coordinate c of the tensor with key `key`: bucket
+// (x * m) >> 32 from its high bits, sign from its low bit. Written once for
+// host and device; spectral_edge_fast/kernels/sketch.py mirrors it.
+SEF_HD uint32_t sketch_hash(uint64_t key, uint64_t c) {
+  uint32_t x = (uint32_t(c) ^ uint32_t(key)) + uint32_t(c >> 32) * 0x9E3779B9u + uint32_t(key >> 32);
+  x ^= x >> 16;
+  x *= 0x85EBCA6Bu;
+  x ^= x >> 13;
+  x *= 0xC2B2AE35u;
+  x ^= x >> 16;
+  return x;
+}
+
+SEF_HD uint32_t sketch_bucket(uint32_t h, int64_t m) { return uint32_t((uint64_t(h) * uint64_t(m)) >> 32); }
+
+// out[g.out : g.out + g.m] = S theta over each group, every bucket written.
+// scratch holds at least max(parts * m) doubles over groups with parts > 1.
+void sketch_cpu(const VecRef* views, const SketchSeg* segs, const SketchGroup* groups, int64_t n_groups, double* out,
+                double* scratch, int threads);
+
+}  // namespace sef

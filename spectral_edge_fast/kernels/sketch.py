@@ -1,0 +1,80 @@
+"""The signed bucket sketch ``S theta`` (docs/engine.md#sketch-mode): its hash
+and the torch implementation every backend without a kernel of its own runs.
+
+Tables (built once per layout by :class:`spectral_edge_fast.sketch.SketchPlan`):
+
+* ``segs``, int64 ``[n, 6]``: ``(view, start, length, key, coord, group)``,
+  ``length`` elements of ``views[view]`` from ``start`` whose coordinates are
+  ``coord, coord + 1, ...``, hashed with the tensor's ``key``.
+* ``groups``, int64 ``[G, 7]``: ``(out, m, identity, seg_begin, seg_end,
+  numel, parts)``: group ``g`` writes ``out[out : out + m]`` from segment
+  rows ``seg_begin:seg_end`` holding ``numel`` elements; an identity group
+  puts coordinate ``c`` in bucket ``c`` with sign +1; ``parts`` is how many
+  pieces the C++ kernel sums separately before adding them in order.
+
+Coordinate ``c`` of a hashed group goes to bucket ``(h * m) >> 32`` with sign
+``-1`` if ``h`` is odd, for ``h = sketch_hash(key, c)`` (csrc/kernels/sketch.h).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+MASK32 = 0xFFFFFFFF
+CHUNK = 1 << 20  # elements hashed at once by the torch implementation
+
+
+def _mul32(x, c: int):
+    return (x * c) & MASK32
+
+
+def sketch_hash(key: int, coord):
+    """The 32-bit hash of coordinates ``coord`` (an int64 torch tensor or a
+    uint64 NumPy array) of the tensor with 64-bit ``key``: what
+    ``sef::sketch_hash`` computes, in int64 arithmetic kept to 32 bits."""
+    key &= (1 << 64) - 1
+    lo, hi = key & MASK32, key >> 32
+    if isinstance(coord, np.ndarray):
+        coord = coord.astype(np.uint64)
+        x = ((coord & np.uint64(MASK32)) ^ np.uint64(lo)) + (((coord >> np.uint64(32)) * np.uint64(0x9E3779B9)) & np.uint64(MASK32))
+        x = (x + np.uint64(hi)) & np.uint64(MASK32)
+        x ^= x >> np.uint64(16)
+        x = (x * np.uint64(0x85EBCA6B)) & np.uint64(MASK32)
+        x ^= x >> np.uint64(13)
+        x = (x * np.uint64(0xC2B2AE35)) & np.uint64(MASK32)
+        return x ^ (x >> np.uint64(16))
+    x = (((coord & MASK32) ^ lo) + _mul32(coord >> 32, 0x9E3779B9) + hi) & MASK32
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = _mul32(x, 0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def buckets_and_signs(key: int, coord, m: int):
+    """Bucket and sign (+1 or -1) of each coordinate of a hashed group."""
+    h = sketch_hash(key, coord)
+    if isinstance(h, np.ndarray):
+        return (h * np.uint64(m)) >> np.uint64(32), 1 - 2 * (h & np.uint64(1)).astype(np.int64)
+    return (h * m) >> 32, 1 - 2 * (h & 1)
+
+
+def sketch_torch(views: Sequence[torch.Tensor], segs: torch.Tensor, groups: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = S theta`` in float64 with torch ops on the views' device,
+    ``CHUNK`` elements at a time (nothing P-sized is made)."""
+    out.zero_()
+    device = out.device
+    g_rows = groups.tolist()
+    for view, start, length, key, coord, group in segs.tolist():
+        base, m, identity = g_rows[group][0], g_rows[group][1], g_rows[group][2]
+        for s in range(0, length, CHUNK):
+            n = min(CHUNK, length - s)
+            x = views[view][start + s : start + s + n].double()
+            c = torch.arange(coord + s, coord + s + n, dtype=torch.int64, device=device)
+            if identity:
+                out.index_add_(0, c + base, x)
+            else:
+                bucket, sign = buckets_and_signs(key, c, m)
+                out.index_add_(0, bucket + base, x * sign)
