@@ -256,9 +256,6 @@ def bench(argv: List[str]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .workloads.grokking import TASKS
-    a.add_argument("--sketch", type=at_least(2), default=None, metavar="M",
-                   help="sketch mode: keep each group's update as a sketch of M numbers, memory independent of the "
-                        "model's size, Grams estimated (default: exact)")
 
     ap = argparse.ArgumentParser(prog="spectral-edge", description=DESCRIPTION,
                                  epilog="`spectral-edge COMMAND --help` describes a command's options.")
@@ -296,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--window", type=at_least(2), default=16, help="updates in the window, W (default: 16)")
     a.add_argument("--every", type=at_least(1), default=1, help="an update spans this many checkpoints (default: 1)")
     a.add_argument("--groups", default="auto", choices=sorted(GROUPS), help="per-group Grams (default: auto)")
+    a.add_argument("--sketch", type=at_least(2), default=None, metavar="M",
+                   help="sketch mode: keep each group's update as a sketch of M numbers, memory independent of the "
+                        "model's size, Grams estimated (default: exact)")
     a.add_argument("--include", action="append", metavar="PATTERN",
                    help="analyse only tensors whose names match this glob (repeatable; default: all)")
     a.add_argument("--exclude", action="append", metavar="PATTERN",

@@ -23,11 +23,11 @@ STORAGE_DTYPES = (torch.float32, torch.bfloat16)
 # Analyses over which the adiabatic parameter's running median is taken (the
 # least `history` a monitor keeps).
 A_MEDIAN_SPAN = 50
-
 # Buckets per group of sketch mode that the accuracy study supports
 # (docs/engine.md#sketch-mode), and the most the hash can address.
 SKETCH_M = 1 << 16
 SKETCH_MAX = 1 << 30
+
 
 def integer(name: str, value, least: int) -> int:
     """``value`` as a plain int: any integer type (``np.int64`` too), not a
@@ -52,19 +52,19 @@ class WindowOptions:
             their own), "tensor", None (one group) or a callable name -> group.
         storage_dtype: the ring's dtype, ``torch.float32`` or ``torch.bfloat16``.
         backend: "auto" or a name from :func:`spectral_edge_fast.backends`.
-    """
         sketch: None (exact: the ring holds the updates) or ``m``, from 2 to
             ``2**30``: the ring holds each group's update sketched to ``m``
             numbers (docs/engine.md#sketch-mode; ``SKETCH_M`` is the size
             the documentation recommends).
+    """
 
     window: int = 16
     every: int = 1
     groups: GroupSpec = "auto"
     storage_dtype: torch.dtype = torch.float32
     backend: str = "auto"
-
     sketch: Optional[int] = None
+
     def __post_init__(self):
         object.__setattr__(self, "window", integer("window", self.window, 2))
         object.__setattr__(self, "every", integer("every", self.every, 1))
@@ -74,11 +74,11 @@ class WindowOptions:
         # Availability depends on the device: GramWindow checks it.
         if not (isinstance(self.backend, str) and (self.backend == "auto" or self.backend in _MODULES)):
             raise ValueError(f"backend must be 'auto' or one of {sorted(_MODULES)}, got {self.backend!r}")
-
         if self.sketch is not None:
             object.__setattr__(self, "sketch", integer("sketch", self.sketch, 2))
             if self.sketch > SKETCH_MAX:
                 raise ValueError(f"sketch must be an integer from 2 to 2**30 (or None), got {self.sketch}")
+
 
 @dataclass(frozen=True)
 class MonitorOptions(WindowOptions):

@@ -216,6 +216,7 @@ class SpectralMonitor:
             "groups": w.groups,
             "numel": w.numel,
             "storage_dtype": str(w.storage_dtype).replace("torch.", ""),
+            "sketch": w.sketch,
             "backend": w.backend.name,
             "info": self._info,
         }
@@ -277,7 +278,6 @@ class SpectralMonitor:
         through ``analyze_slides`` as one stack with an ``EigenTracker``, which
         updates the last record's decompositions instead of eigensolving;
         otherwise ``analyze_slides`` eigensolves the global window's two and
-            "sketch": w.sketch,
         ``spectrum_batch`` gives the groups' spectra from eigenvalues alone.
         The global window's full results come from the per-group functions
         given those decompositions."""
@@ -327,6 +327,8 @@ class SpectralMonitor:
             record["groups"] = self._group_summaries(state.groups, groups, ext)
         if self._decomposition is not None:
             record["decomposition"], self._decomposition = self._decomposition, None
+        if state.sketch is not None:
+            record["sketch"] = state.sketch_error()
         return record
 
     @staticmethod
@@ -399,8 +401,6 @@ class SpectralMonitor:
     # -- gradients and metrics -----------------------------------------------
     def observe_gradients(self, split: str = "train", grads=None) -> np.ndarray:
         """Project a gradient onto the window, ``p = X g``, for the loss
-        if state.sketch is not None:
-            record["sketch"] = state.sketch_error()
         decomposition (docs/math.md#loss-decomposition). Call it after a backward pass (the
         gradients are read from the parameters' ``.grad``, or pass ``grads``
         shaped like the parameters). Once both a "train" and a "val" gradient

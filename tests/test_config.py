@@ -23,8 +23,7 @@ def _model():
 def _values(tmp_path) -> dict:
     """A value other than the default for every option."""
     values = dict(window=3, every=2, groups="tensor", storage_dtype=torch.bfloat16, backend="torch", sketch=64,
-                  analyze_every=3, history=60, sinks=(), log_dir=str(tmp_path / "log"), probes=("0.weight",),
-                  gap_open_above=2.0, gap_close_below="null", k_star_margin=1.5)
+                  analyze_every=3, history=60, sinks=(), log_dir=str(tmp_path / "log"))
     defaults = MonitorOptions()
     assert set(values) == {f.name for f in dataclasses.fields(MonitorOptions)}, "give the new option a value here"
     assert all(values[k] != getattr(defaults, k) for k in values)
@@ -102,9 +101,9 @@ BAD = [
     ("groups", "blocks", "groups must be 'auto', 'tensor', None or a callable name -> group, got 'blocks'"),
     ("storage_dtype", torch.float16, "storage_dtype must be torch.float32 or torch.bfloat16, got torch.float16"),
     ("backend", "fastest", "backend must be 'auto' or one of ["),
+    ("sketch", 1, "sketch must be an integer >= 2, got 1"),
     ("analyze_every", 0, "analyze_every must be an integer >= 1, got 0"),
     ("history", 10, "history must be an integer >= 50, got 10"),
-    ("sketch", 1, "sketch must be an integer >= 2, got 1"),
 ]
 
 
