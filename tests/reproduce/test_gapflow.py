@@ -42,4 +42,5 @@ def test_quick_run(tmp_path):
         measured = [row["measured"] for row in rows]
         assert run["fits"]["predicted"] == prediction_fit([row["predicted"] for row in rows], measured).to_dict()
     claims = [c["claim"] for c in r["claims"]]
-    assert sum("Theorem 14.2" in c for c in claims) == 2 and sum("Corollary 11.5" in c for c in claims) == 2
+    assert sum("Theorem 14.2" in c for c in claims) == 4 and sum("Corollary 11.5" in c for c in claims) == 2
+    assert "grokking" in r["summary"] and "LM" in r["summary"]
