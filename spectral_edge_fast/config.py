@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import operator
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
 
+from .analysis.events import K_STAR_MARGIN, OPEN_ABOVE
 from .kernels import _MODULES
 from .layout import GroupSpec, _group_fn
 
@@ -91,18 +92,64 @@ class MonitorOptions(WindowOptions):
             for all of them.
         sinks: sink names or :class:`~spectral_edge_fast.sinks.Sink` objects.
         log_dir: directory of the run's files (None: a new default one).
+        probes: weight-matrix probes logged at each analysis: None,
+            "attention" (every attention module's ``W_Q`` and score
+            operator), or fnmatch patterns of 2-D parameter names (a string
+            or a list, which may hold "attention" too).
+        gap_open_above, gap_close_below: the gap events' thresholds on ``R``
+            (open while ``R >= gap_open_above``, collapsed while ``R <
+            gap_close_below``; None: ``1 + (gap_open_above - 1) / 2``), or
+            "null": the 0.99 (opening) and 0.5 (collapse) quantiles of the
+            null distribution of ``R`` at the run's ``W`` and ``P``.
+        k_star_margin: a record's ``k*`` is decisive when the ratio at
+            ``k*`` exceeds the runner-up's by at least this factor
+            (``k_margin >= k_star_margin``); only decisive positions make
+            ``k*`` shifts (1.0: every defined ``k*``).
     """
 
     analyze_every: int = 10
     history: Optional[int] = 1000
     sinks: object = ("jsonl",)
     log_dir: Optional[str] = None
+    probes: Union[None, str, Tuple[str, ...]] = None
+    gap_open_above: Union[float, str] = OPEN_ABOVE
+    gap_close_below: Union[None, float, str] = None
+    k_star_margin: float = K_STAR_MARGIN
 
     def __post_init__(self):
         super().__post_init__()
         object.__setattr__(self, "analyze_every", integer("analyze_every", self.analyze_every, 1))
         if self.history is not None:
             object.__setattr__(self, "history", integer("history", self.history, A_MEDIAN_SPAN))
+        probes = self.probes
+        if probes is not None:
+            probes = (probes,) if isinstance(probes, str) else tuple(probes) if isinstance(probes, (list, tuple)) else ()
+            if not probes or not all(isinstance(p, str) and p for p in probes):
+                raise ValueError("probes must be None, 'attention' or fnmatch patterns of 2-D parameter names, "
+                                 f"got {self.probes!r}")
+            object.__setattr__(self, "probes", probes)
+        for name in ("gap_open_above", "gap_close_below"):
+            value, x = getattr(self, name), _real(getattr(self, name))
+            if not (value == "null" or (value is None and name == "gap_close_below") or (x is not None and x > 1)):
+                raise ValueError(f"{name} must be a number > 1 or 'null'{' or None' * (name == 'gap_close_below')}"
+                                 f", got {value!r}")
+            if x is not None:
+                object.__setattr__(self, name, x)
+        if all(isinstance(getattr(self, n), float) for n in ("gap_open_above", "gap_close_below")) \
+                and self.gap_close_below > self.gap_open_above:
+            raise ValueError(f"gap_close_below must be <= gap_open_above, got {self.gap_close_below} > "
+                             f"{self.gap_open_above}")
+        margin = _real(self.k_star_margin)
+        if margin is None or not margin >= 1:
+            raise ValueError(f"k_star_margin must be a number >= 1, got {self.k_star_margin!r}")
+        object.__setattr__(self, "k_star_margin", margin)
+
+
+def _real(value) -> Optional[float]:
+    """``value`` as a float when it is a real number (not a bool or a string)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    return float(value)
 
 
 def resolve(cls, options: Optional[WindowOptions], overrides: dict, where: str):

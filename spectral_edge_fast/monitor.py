@@ -44,19 +44,27 @@ from .analysis import (
     window_overlaps,
 )
 from .analysis.events import EventStream
+from .analysis.null import gap_thresholds, null_max_ratio
+from .analysis.spectrum import k_margin
+from .analysis.weights import probe_plan, probe_results
 from .analysis._common import ENGINE_EPS  # the records' zero tolerance unit (the analysis default), for callers
 from .analysis._common import slide_norm
 from . import config
 from .config import MonitorOptions, resolve
 from .distributed import is_writer
+from .layout import _group_fn, _local, strip_wrappers
 from .sinks import Sink, default_log_dir, make_sinks
 from .window import GramState, GramWindow
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 # The run-long median of R in summary() is that of R rounded to this many
 # significant digits: counts of the rounded values stay bounded where a list
 # of every value would grow with the run.
 R_MEDIAN_DIGITS = 4
+# Draws of the null distribution of R behind a record's R_pvalue and "null"
+# gap thresholds: one sample per (W, P), cached, about 0.2 s at W = 16 and 2 s
+# at W = 64; p-values down to 1 / 5001.
+NULL_SAMPLES = 5000
 
 
 def _lr_of(param_groups) -> Any:
@@ -117,6 +125,48 @@ def _stepping(optimizer):
     return optimizer
 
 
+def _head_counts(model: torch.nn.Module) -> Dict[str, int]:
+    """Module name (without wrapper prefixes) -> its number of attention heads:
+    ``num_heads`` (``nn.MultiheadAttention``) or ``config.num_attention_heads``
+    (Hugging Face)."""
+    out = {}
+    for name, module in model.named_modules():
+        heads = getattr(module, "num_heads", getattr(getattr(module, "config", None), "num_attention_heads", None))
+        if isinstance(heads, int):
+            out[name] = out[strip_wrappers(name)] = heads
+    return out
+
+
+class _ProbeReader:
+    """The weights that the probes read (docs/math.md#weight-probes): copied
+    to the host at each analysis step, on a GPU without waiting (into pinned
+    memory, before the Gram's readback, whose event then covers them), and
+    analysed with the record."""
+
+    def __init__(self, layout, probes, model):
+        heads = _head_counts(model) if isinstance(model, torch.nn.Module) else None
+        self.plan = probe_plan(probes, dict(zip(layout.names, layout.full_shapes)), heads)
+        self._layout, self._buffers = layout, None
+        self._index = [layout.names.index(name) for name in self.plan.params]
+        for i in self._index:
+            if _local(layout.params[i])[1]:
+                raise ValueError(f"probes: parameter {layout.names[i]!r} is sharded across ranks (a DTensor with a "
+                                 "Shard placement); its spectrum needs the whole matrix, which the monitor does not "
+                                 "gather: leave it out of probes, or gather it yourself and call weight_spectrum")
+
+    def start(self) -> None:
+        params = [_local(self._layout.params[i])[0].detach() for i in self._index]
+        if self._buffers is None:
+            pin = params[0].device.type == "cuda"
+            self._buffers = [torch.empty(p.shape, dtype=p.dtype, pin_memory=pin) for p in params]
+        for buffer, p in zip(self._buffers, params):
+            buffer.copy_(p, non_blocking=True)
+
+    def results(self) -> tuple:
+        """``(probes, attention)`` of the weights copied last."""
+        return probe_results(self.plan, {n: b.double().numpy() for n, b in zip(self.plan.params, self._buffers)})
+
+
 class SpectralMonitor:
     """Live spectral-edge diagnostics of a training run.
 
@@ -150,6 +200,16 @@ class SpectralMonitor:
             that the adiabatic median reads), or None to keep all of them
             (memory then grows with the run). The sinks receive every record, and
             :meth:`summary` describes the whole run either way.
+        probes: weight-matrix probes logged in each record (``"probes"``,
+            ``"attention"``; docs/math.md#weight-probes): None, "attention"
+            (every attention module: ``nn.MultiheadAttention``'s fused
+            ``in_proj_weight``, or ``q_proj``/``k_proj`` weights), or fnmatch
+            patterns of 2-D parameter names; a pattern that matches nothing,
+            or a sharded parameter, raises here.
+        gap_open_above, gap_close_below, k_star_margin: the event rule
+            (docs/math.md#events): the gap thresholds on ``R`` (numbers, or
+            "null" for quantiles of the null at the run's ``W`` and ``P``)
+            and the margin a ``k*`` needs to count in a shift.
         process_group: the group over which parameters are sharded or
             replicated, passed to :class:`GramWindow`.
 
@@ -174,6 +234,7 @@ class SpectralMonitor:
         self.options = options = resolve(MonitorOptions, options, overrides, "SpectralMonitor")
         self.history_limit = options.history
         self.window = GramWindow(model_or_params, options, process_group=process_group)
+        self._probes = _ProbeReader(self.window.layout, options.probes, model_or_params) if options.probes else None
         self.analyze_every = options.analyze_every
         sinks, log_dir = options.sinks, options.log_dir
         self.optimizer = optimizer
@@ -218,6 +279,8 @@ class SpectralMonitor:
             "storage_dtype": str(w.storage_dtype).replace("torch.", ""),
             "sketch": w.sketch,
             "backend": w.backend.name,
+            "probes": None if self.options.probes is None else list(self.options.probes),
+            "events": {k: getattr(self.options, k) for k in ("gap_open_above", "gap_close_below", "k_star_margin")},
             "info": self._info,
         }
 
@@ -253,6 +316,8 @@ class SpectralMonitor:
                 self._finish()
             if lr is None and self.optimizer is not None:
                 lr = _lr_of(self.optimizer.param_groups)
+            if self._probes is not None:
+                self._probes.start()
             self._pending = (self.window.readback(), label, lr)
 
     def flush(self) -> None:
@@ -266,7 +331,12 @@ class SpectralMonitor:
     def _finish(self) -> None:
         readback, step, lr = self._pending
         self._pending = None
-        self._record(self.analyze(readback.wait(), step=step, lr=_as_float(lr)))
+        record = self.analyze(readback.wait(), step=step, lr=_as_float(lr))
+        if self._probes is not None:
+            record["probes"], attention = self._probes.results()
+            if attention:
+                record["attention"] = attention
+        self._record(record)
 
     # -- analysis -----------------------------------------------------------
     def analyze(self, state: GramState, step: int, lr: Optional[float] = None) -> dict:
@@ -306,6 +376,8 @@ class SpectralMonitor:
             "lr": lr,
             "k_star": spec.k_star,
             "R": _nan_to_none(spec.gap_ratio),
+            "k_margin": _nan_to_none(spec.k_margin),
+            "R_pvalue": self._R_pvalue(spec),
             "gap": _nan_to_none(spec.gap),
             "sigmas": spec.sigmas.tolist(),
             "alpha": np.asarray(stab.alpha).tolist(),
@@ -331,6 +403,15 @@ class SpectralMonitor:
             record["sketch"] = state.sketch_error()
         return record
 
+    def _R_pvalue(self, spec) -> Optional[float]:
+        """The p-value of R under the null at the run's W and P, for a full
+        window of full rank (the null's shape); None otherwise (a filling or
+        rank-deficient window, an undefined R)."""
+        W, P = self.window.window, self.window.numel
+        if spec.n != W or spec.n_positive != min(W, P) or math.isnan(spec.gap_ratio):
+            return None
+        return null_max_ratio(W, P, NULL_SAMPLES).p_value(spec.gap_ratio)
+
     @staticmethod
     def _group_summaries(names: List[str], spectra, ext: np.ndarray) -> Dict[str, dict]:
         """Per-group summaries: ``ext`` = [global, groups...], ``spectra`` (a
@@ -346,6 +427,7 @@ class SpectralMonitor:
             out[name] = {
                 "k_star": int(spectra.k_star[g]) or None,
                 "R": _nan_to_none(float(spectra.gap_ratio[g])),
+                "k_margin": _nan_to_none(k_margin(spectra.sigmas[g], int(spectra.k_star[g]) or None)),
                 "gap": _nan_to_none(float(spectra.gap[g])),
                 "sigma_1": _nan_to_none(float(spectra.sigmas[g, 0])),  # NaN: no finite row
                 "share": float(traces[i + 1]) / total if total > 0 else None,
@@ -388,15 +470,27 @@ class SpectralMonitor:
         confirmed it; ``step`` dates its start), the model's first."""
         record = self._history[-1]
         series = [(None, {"step": record["step"], **record["spectrum"]})]
-        series += [(name, {"step": record["step"], "gap_ratio": g["R"], "k_star": g["k_star"]})
-                   for name, g in record.get("groups", {}).items()]
+        series += [(name, {"step": record["step"], "gap_ratio": g["R"], "k_star": g["k_star"],
+                           "k_margin": g.get("k_margin")}) for name, g in record.get("groups", {}).items()]
         new = []
         for group, values in series:
-            stream = self._event_streams.get(group) or self._event_streams.setdefault(group, EventStream())
+            stream = self._event_streams.get(group) or self._event_streams.setdefault(group, self._event_stream(group))
             for event in stream.push(values):
                 e = {k: v for k, v in event.to_dict().items() if k != "index"}
                 new.append(e if group is None else {**e, "group": group})
         return new
+
+    def _event_stream(self, group: Optional[str]) -> EventStream:
+        """A detector with the options' rule, "null" thresholds taken at the
+        window's W and the numel of the model (group None) or the group."""
+        o, P = self.options, self.window.numel
+        if group is not None and "null" in (o.gap_open_above, o.gap_close_below):
+            layout, group_of = self.window.layout, _group_fn(o.groups)
+            P = sum(math.prod(s) for n, s in zip(layout.names, layout.full_shapes) if str(group_of(n)) == group)
+            P = max(P, 2)  # a one-number group has rank one and no defined R: any threshold will do
+        open_above, close_below = gap_thresholds(o.gap_open_above, o.gap_close_below, self.window.window, P,
+                                                 NULL_SAMPLES)
+        return EventStream(open_above, close_below, k_star_margin=o.k_star_margin)
 
     # -- gradients and metrics -----------------------------------------------
     def observe_gradients(self, split: str = "train", grads=None) -> np.ndarray:
@@ -609,7 +703,7 @@ class SpectralMonitor:
         self._R_max = None if state["R_max"] is None else tuple(state["R_max"])
         self._event_streams = {}
         for group, stream_state in state["event_streams"]:
-            self._event_streams[group] = stream = EventStream()
+            self._event_streams[group] = stream = self._event_stream(group)
             stream.load_state_dict(stream_state)
         self._trim(self._history, self.metrics, self._events)
         self._info = dict(state["info"])

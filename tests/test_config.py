@@ -13,6 +13,7 @@ from spectral_edge_fast.monitor import _lr_of
 from spectral_edge_fast.offline import _optimizer_lr
 
 WINDOW_FIELDS = [f.name for f in dataclasses.fields(WindowOptions)]
+ANALYSIS_FIELDS = ("probes", "gap_open_above", "gap_close_below", "k_star_margin")
 
 
 def _model():
@@ -23,7 +24,8 @@ def _model():
 def _values(tmp_path) -> dict:
     """A value other than the default for every option."""
     values = dict(window=3, every=2, groups="tensor", storage_dtype=torch.bfloat16, backend="torch", sketch=64,
-                  analyze_every=3, history=60, sinks=(), log_dir=str(tmp_path / "log"))
+                  analyze_every=3, history=60, sinks=(), log_dir=str(tmp_path / "log"), probes=("0.weight",),
+                  gap_open_above=2.0, gap_close_below="null", k_star_margin=1.5)
     defaults = MonitorOptions()
     assert set(values) == {f.name for f in dataclasses.fields(MonitorOptions)}, "give the new option a value here"
     assert all(values[k] != getattr(defaults, k) for k in values)
@@ -81,8 +83,9 @@ def test_every_option_is_taken_by_every_entry_point_and_reaches_the_window(entry
     assert (win.window, win.every, win.storage_dtype, win.backend.name) == (3, 2, torch.bfloat16, "torch")
     assert len(win.groups) == 4  # groups="tensor": one per tensor
     if isinstance(options, MonitorOptions):
-        expected = dict(kw, analyze_every=2, sinks=("jsonl", "csv"), log_dir=str(tmp_path / "off"), history=1000) \
-            if entry == "analyze_checkpoints" else kw
+        analysis = {name: getattr(MonitorOptions(), name) for name in ANALYSIS_FIELDS}
+        expected = dict(kw, analyze_every=2, sinks=("jsonl", "csv"), log_dir=str(tmp_path / "off"), history=1000,
+                        **analysis) if entry == "analyze_checkpoints" else kw
         assert all(getattr(options, f.name) == expected[f.name] for f in dataclasses.fields(MonitorOptions))
 
 
@@ -104,6 +107,10 @@ BAD = [
     ("sketch", 1, "sketch must be an integer >= 2, got 1"),
     ("analyze_every", 0, "analyze_every must be an integer >= 1, got 0"),
     ("history", 10, "history must be an integer >= 50, got 10"),
+    ("probes", [3], "probes must be None, 'attention' or fnmatch patterns of 2-D parameter names, got [3]"),
+    ("gap_open_above", 1.0, "gap_open_above must be a number > 1 or 'null', got 1.0"),
+    ("gap_close_below", "nul", "gap_close_below must be a number > 1 or 'null' or None, got 'nul'"),
+    ("k_star_margin", 0.5, "k_star_margin must be a number >= 1, got 0.5"),
 ]
 
 

@@ -444,8 +444,9 @@ def test_loading_the_wrong_kind_of_state_says_which(tmp_path):
     with pytest.raises(ValueError, match=r"SpectralMonitor state.*monitor\.load_state_dict") as info:
         mon.window.load_state_dict(mon.state_dict())
     assert len(str(info.value)) < 300 and "tensor" not in str(info.value)
-    with pytest.raises(ValueError, match=r"version 2 is not 3: it comes from another version"):
-        mon.load_state_dict({**mon.state_dict(), "version": 2})
+    old = monitor_module.STATE_VERSION - 1
+    with pytest.raises(ValueError, match=rf"version {old} is not {old + 1}: it comes from another version"):
+        mon.load_state_dict({**mon.state_dict(), "version": old})
 
 
 def _state_bytes(mon, **kwargs) -> int:
@@ -648,8 +649,9 @@ def _batch_events(records, upto):
     """The events the batch functions find in records[:upto] (the reference)."""
     recs = records[:upto]
     found = {(e.kind, e.step, None): e for e in events([{"step": r["step"], **r["spectrum"]} for r in recs])}
-    per_group = {g: [{"step": r["step"], "gap_ratio": r["groups"][g]["R"], "k_star": r["groups"][g]["k_star"]}
-                     for r in recs] for g in (recs[-1]["groups"] if recs else ())}
+    per_group = {g: [{"step": r["step"], "gap_ratio": r["groups"][g]["R"], "k_star": r["groups"][g]["k_star"],
+                      "k_margin": r["groups"][g].get("k_margin")} for r in recs]
+                 for g in (recs[-1]["groups"] if recs else ())}
     for g, evs in collapse_order(per_group).events.items():
         found.update({(e.kind, e.step, g): e for e in evs})
     return found
@@ -751,3 +753,72 @@ def test_resumed_events_are_those_of_an_uninterrupted_run(tmp_path, exact):
         _feed(resumed, recs[cut:])
         assert [r["events"] for r in resumed.history] == [r["events"] for r in full.history[-50:]]
         assert resumed.summary()["events_total"] == len(full.events())
+
+
+class _Attention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.attn(x, x, x)[0].mean(1))
+
+
+def test_probes_are_the_weights_of_the_analysed_step(tmp_path):
+    """Each record's probes are the singular values (numpy.linalg.svd) and the
+    attention operator's eigenvalues (numpy.linalg.eig) of the weights at the
+    record's step, not at the later step where the analysis finishes; they
+    reach the sinks."""
+    torch.manual_seed(0)
+    model = _Attention()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    mon = SpectralMonitor(model, opt, window=3, analyze_every=4, probes=["attention", "head.*"],
+                          sinks=("jsonl", "csv"), log_dir=str(tmp_path))
+    weights = {}
+    gen = torch.Generator().manual_seed(0)
+    for step in range(1, 17):
+        loss = model(torch.randn(4, 5, 8, generator=gen)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        weights[step] = {n: p.detach().double().numpy().copy() for n, p in model.named_parameters()}
+    mon.close()
+    assert [r["step"] for r in mon.history] == [4, 8, 12, 16]
+    for record in mon.history:
+        w = weights[record["step"]]
+        q, k = w["attn.in_proj_weight"][:8], w["attn.in_proj_weight"][8:16]
+        assert set(record["probes"]) == {"attn.in_proj_weight:q", "head.weight"}
+        for key, mat in (("attn.in_proj_weight:q", q), ("head.weight", w["head.weight"])):
+            s = np.linalg.svd(mat, compute_uv=False)
+            got = record["probes"][key]
+            np.testing.assert_allclose(got["sigma"], s[:8], rtol=1e-12)
+            assert got["sigma_12"] == pytest.approx(s[0] / s[1], rel=1e-12)
+            assert got["sigma_23"] == pytest.approx(s[1] / s[2], rel=1e-12)
+            assert got["g23"] == pytest.approx(s[1] ** 2 - s[2] ** 2, rel=1e-12)
+        lam = np.linalg.eig(q.T @ k)[0]
+        moduli = np.sort(np.abs(lam[lam.imag >= 0]))[::-1]  # a conjugate pair is one mode
+        att = record["attention"]["attn"]
+        np.testing.assert_allclose(att["lambda_abs"], moduli[:8], rtol=1e-9)
+        assert att["ratio_12"] == pytest.approx(moduli[0] / moduli[1], rel=1e-9)
+        assert att["ratio_23"] == pytest.approx(moduli[1] / moduli[2], rel=1e-9)
+        for h, head in enumerate(att["heads"]):
+            rows = slice(4 * h, 4 * h + 4)
+            lam = np.linalg.eig(q[rows].T @ k[rows])[0]
+            m = np.sort(np.abs(lam[lam.imag >= 0]))[::-1]
+            m = m[m > 1e-9 * m[0]]  # rank <= 4: the zero eigenvalues left out
+            assert head["ratio_12"] == (pytest.approx(m[0] / m[1], rel=1e-8) if m.size > 1 else None)
+        assert len(att["heads"]) == 2
+    written = [json.loads(line) for line in (tmp_path / "spectral.jsonl").read_text().splitlines()]
+    assert [r["probes"] for r in written] == [r["probes"] for r in mon.history]
+    with open(tmp_path / "spectral.csv") as f:
+        assert {"probes/head.weight/sigma_12", "attention/attn/ratio_12"} <= set(next(csv.reader(f)))
+
+
+def test_probes_that_match_nothing_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"probes pattern 'blocks\.\*' matches no 2-D monitored parameter"):
+        SpectralMonitor(_model(), sinks=(), probes="blocks.*")
+    with pytest.raises(ValueError, match="probes='attention' found no attention weights"):
+        SpectralMonitor(_model(), sinks=(), probes="attention")
+    with pytest.raises(ValueError, match="probes must be None, 'attention' or fnmatch patterns"):
+        SpectralMonitor(_model(), sinks=(), probes=[3])

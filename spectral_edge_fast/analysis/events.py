@@ -8,6 +8,8 @@ each a mapping as ``Spectrum.to_dict()`` gives it plus ``"step"``:
 * ``"step"``: int (missing: the record's position);
 * ``"gap_ratio"``: float, None or NaN when undefined;
 * ``"k_star"``: int or None when undefined;
+* ``"k_margin"``: float, how decisive ``k_star`` is (``Spectrum.k_margin``;
+  missing: decisive);
 * ``"nonfinite_rows"``: list of row indices (optional, default empty).
 
 Records whose value is undefined are skipped by the detector of that value
@@ -57,6 +59,11 @@ def _step(record: Mapping, index: int) -> int:
 
 
 _KEEP = object()  # a value that confirms the current state (the hysteresis band)
+# Default rule: open at R >= 1.5 (collapsed below 1.25), and a k* decisive when
+# its ratio beats the runner-up's by 10% (a flat spectrum's wandering k* stays
+# within about 2% of its runner-up; docs/math.md#k-shift).
+OPEN_ABOVE = 1.5
+K_STAR_MARGIN = 1.1
 
 
 def _persistent_changes(values: Iterable[Tuple[int, Any]], persist: int):
@@ -80,12 +87,26 @@ def _persistent_changes(values: Iterable[Tuple[int, Any]], persist: int):
             state, candidate, run = value, None, 0
 
 
-def _gap_rule(open_above: float, close_below: Optional[float], persist: int) -> float:
+def _gap_rule(open_above: float, close_below: Optional[float], persist: int, k_star_margin: float) -> float:
     """The checked ``close_below`` (its default from ``open_above``)."""
     close_below = 1.0 + 0.5 * (open_above - 1.0) if close_below is None else close_below
     if persist < 1 or close_below > open_above:
         raise ValueError(f"need persist >= 1 and close_below <= open_above, got {persist}, {close_below}, {open_above}")
+    if not k_star_margin >= 1.0:
+        raise ValueError(f"k_star_margin must be >= 1, got {k_star_margin}")
     return close_below
+
+
+def _k_level(record: Mapping, k_star_margin: float):
+    """The record's ``k*`` for the shift detector: None when undefined,
+    ``_KEEP`` when not decisive (its margin below ``k_star_margin``: the
+    current position stands and a pending run is broken), else the int."""
+    k, margin = record.get("k_star"), record.get("k_margin")
+    if k is None:
+        return None
+    if margin is not None and not float(margin) >= k_star_margin:
+        return _KEEP
+    return int(k)
 
 
 def _gap_level(r: float, open_above: float, close_below: float):
@@ -96,15 +117,16 @@ def _gap_level(r: float, open_above: float, close_below: float):
 
 def events(
     records: Sequence[Mapping],
-    open_above: float = 1.5,
+    open_above: float = OPEN_ABOVE,
     close_below: Optional[float] = None,
     persist: int = 3,
+    k_star_margin: float = K_STAR_MARGIN,
 ) -> List[Event]:
     """Gap collapses, gap openings, ``k*`` shifts and non-finite rows.
 
     ``records``: in time order, mappings as ``Spectrum.to_dict()`` plus
-    ``"step"``; the keys read are ``step``, ``gap_ratio``, ``k_star`` and
-    ``nonfinite_rows`` (see the module docstring).
+    ``"step"``; the keys read are ``step``, ``gap_ratio``, ``k_star``,
+    ``k_margin`` and ``nonfinite_rows`` (see the module docstring).
 
     The gap is *open* while ``R >= open_above`` and *collapsed* while
     ``R < close_below`` (default ``1 + (open_above - 1) / 2``); values in
@@ -112,16 +134,24 @@ def events(
     counts once it holds for ``persist`` consecutive records, so blips
     shorter than that are ignored; the event is dated at the first record of
     the run. The first state reached is the initial state, not an event.
-    For a threshold tied to the null, use e.g.
-    ``open_above = null_max_ratio(W, P).quantile(0.99)``.
+    For thresholds tied to the null, see ``null.gap_thresholds``.
+
+    A ``k*`` is *decisive* when its ``k_margin`` (the ratio at ``k*`` over
+    the runner-up's) is at least ``k_star_margin``. A ``k_star_shift`` is a
+    new decisive ``k*`` that holds for ``persist`` consecutive records; a
+    record whose ``k*`` is not decisive keeps the current position and breaks
+    a pending run, so the wandering ``k*`` of a flat spectrum makes no
+    shifts. ``k_star_margin = 1`` counts every defined ``k*`` (records
+    without ``k_margin`` count as decisive).
 
     A ``"nonfinite_rows"`` event marks the first record of each run of
     records that carry non-finite rows.
 
     Raises:
-        ValueError: ``persist < 1`` or ``close_below > open_above``.
+        ValueError: ``persist < 1``, ``close_below > open_above`` or
+            ``k_star_margin < 1``.
     """
-    close_below = _gap_rule(open_above, close_below, persist)
+    close_below = _gap_rule(open_above, close_below, persist, k_star_margin)
     steps = [_step(r, i) for i, r in enumerate(records)]
     found: List[Event] = []
     ratios = [_ratio(r) for r in records]
@@ -131,7 +161,7 @@ def events(
             kind = "gap_collapse" if new == "closed" else "gap_opening"
             found.append(Event(kind, steps[start], start, ratios[start]))
 
-    ks = ((i, None if r.get("k_star") is None else int(r["k_star"])) for i, r in enumerate(records))
+    ks = ((i, _k_level(r, k_star_margin)) for i, r in enumerate(records))
     for start, old, new in _persistent_changes(ks, persist):
         if old is not None:
             found.append(Event("k_star_shift", steps[start], start, new, old))
@@ -162,9 +192,10 @@ class EventStream:
         ValueError: as ``events``.
     """
 
-    def __init__(self, open_above: float = 1.5, close_below: Optional[float] = None, persist: int = 3):
-        self.close_below = _gap_rule(open_above, close_below, persist)
-        self.open_above, self.persist = open_above, persist
+    def __init__(self, open_above: float = OPEN_ABOVE, close_below: Optional[float] = None, persist: int = 3,
+                 k_star_margin: float = K_STAR_MARGIN):
+        self.close_below = _gap_rule(open_above, close_below, persist, k_star_margin)
+        self.open_above, self.persist, self.k_star_margin = open_above, persist, k_star_margin
         self.count = 0  # records pushed: the next record's index
         # Each run detector of _persistent_changes: its settled state, the
         # pending candidate, its run length and start [index, step, value].
@@ -201,8 +232,7 @@ class EventStream:
         if settled is not None and settled[1] is not None:
             (i, s, r), new = settled[0], self._gap["state"]
             found.append(Event("gap_collapse" if new == "closed" else "gap_opening", s, i, r))
-        k = record.get("k_star")
-        settled = self._settle(self._k, None if k is None else int(k), [index, step, None])
+        settled = self._settle(self._k, _k_level(record, self.k_star_margin), [index, step, None])
         if settled is not None and settled[1] is not None:
             (i, s, _), old = settled[0], settled[1]
             found.append(Event("k_star_shift", s, i, self._k["state"], old))
@@ -216,7 +246,10 @@ class EventStream:
     def state_dict(self) -> dict:
         """The stream's state: plain data, a few entries."""
         return {"count": self.count, "gap": dict(self._gap), "k_star": dict(self._k), "bad": self._bad,
-                "rule": [self.open_above, self.close_below, self.persist]}
+                "rule": self._rule()}
+
+    def _rule(self) -> list:
+        return [self.open_above, self.close_below, self.persist, self.k_star_margin]
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state`` (from :meth:`state_dict` of a stream with
@@ -225,10 +258,10 @@ class EventStream:
         Raises:
             ValueError: the state was saved under other thresholds.
         """
-        rule = [self.open_above, self.close_below, self.persist]
+        rule = self._rule()
         if list(state["rule"]) != rule:
-            raise ValueError(f"event stream state saved with open_above, close_below, persist = {list(state['rule'])}, "
-                             f"this stream has {rule}: make the stream with the saved thresholds")
+            raise ValueError(f"event stream state saved with open_above, close_below, persist, k_star_margin = "
+                             f"{list(state['rule'])}, this stream has {rule}: make the stream with the saved thresholds")
         self.count, self._bad = int(state["count"]), bool(state["bad"])
         self._gap, self._k = dict(state["gap"]), dict(state["k_star"])
 
@@ -431,9 +464,10 @@ class CollapseOrder(Result):
 
 def collapse_order(
     group_records: Mapping[str, Sequence[Mapping]],
-    open_above: float = 1.5,
+    open_above: float = OPEN_ABOVE,
     close_below: Optional[float] = None,
     persist: int = 3,
+    k_star_margin: float = K_STAR_MARGIN,
 ) -> CollapseOrder:
     """Order in which the groups' gaps collapse; ``group_records`` maps each
     group name to its records (see the module docstring), the thresholds are
@@ -441,7 +475,7 @@ def collapse_order(
     first, last_k, last_r, found = {}, {}, {}, {}
     for name, records in group_records.items():
         name = str(name)
-        found[name] = tuple(events(records, open_above, close_below, persist))
+        found[name] = tuple(events(records, open_above, close_below, persist, k_star_margin))
         first[name] = next((e.step for e in found[name] if e.kind == "gap_collapse"), None)
         last_k[name] = next((int(r["k_star"]) for r in reversed(records) if r.get("k_star") is not None), None)
         last_r[name] = next((x for x in map(_ratio, reversed(records)) if not math.isnan(x)), math.nan)

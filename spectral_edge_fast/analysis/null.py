@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -128,6 +129,22 @@ def ratio_p_value(R: float, W: int, P: int, n_samples: int = 20000, seed: int = 
     """p-value of an observed gap ratio ``R`` under the isotropic null; see
     ``NullMaxRatio.p_value`` (NaN for a NaN ``R``)."""
     return null_max_ratio(W, P, n_samples, seed).p_value(float(R))
+
+
+# The quantiles of the null that "null" gap thresholds take: open above the
+# 0.99 quantile (a ratio noise rarely reaches), collapsed below the median (a
+# ratio no larger than a noise window's typical maximum).
+NULL_OPEN_QUANTILE, NULL_CLOSE_QUANTILE = 0.99, 0.5
+
+
+def gap_thresholds(open_above, close_below, W: int, P: int, n_samples: int = 20000) -> Tuple[float, Optional[float]]:
+    """The gap events' ``(open_above, close_below)`` with a ``"null"`` one
+    replaced by the ``NULL_OPEN_QUANTILE`` (opening) or ``NULL_CLOSE_QUANTILE``
+    (collapse) quantile of ``null_max_ratio(W, P, n_samples)``; numbers and
+    None pass through."""
+    null = null_max_ratio(W, P, n_samples) if "null" in (open_above, close_below) else None
+    return (null.quantile(NULL_OPEN_QUANTILE) if open_above == "null" else open_above,
+            null.quantile(NULL_CLOSE_QUANTILE) if close_below == "null" else close_below)
 
 
 @dataclass(frozen=True, eq=False)

@@ -39,6 +39,9 @@ class Spectrum(Result):
         n_positive: number of eigenvalues ``> tol``.
         k_star: ``argmax_{j, lambda_{j+1} > tol} sigma_j / sigma_{j+1}``.
         gap_ratio: ``R = sigma_{k*} / sigma_{k*+1}``.
+        k_margin: how decisive ``k*`` is: ``R`` over the largest ratio at
+            another position (the runner-up; 1 when there is none), see
+            ``k_margin``.
         gap: ``sigma_{k*} - sigma_{k*+1}``.
         eig_gap: ``lambda_{k*} - lambda_{k*+1}``.
         edge_ratio: ``sigma_{k*+1} / sigma_{k*+2}`` (the edge one further out).
@@ -67,6 +70,7 @@ class Spectrum(Result):
     n_positive: int
     k_star: Optional[int]
     gap_ratio: float
+    k_margin: float
     gap: float
     eig_gap: float
     edge_ratio: float
@@ -88,6 +92,21 @@ class Spectrum(Result):
 
 
 _STATUS_ORDER = ("undefined", "tied", "nonfinite_rows", "partial")
+
+
+def k_margin(sigmas, k_star: Optional[int]) -> float:
+    """``sigma_{k*} / sigma_{k*+1}`` over the largest ``sigma_j / sigma_{j+1}``
+    at another position ``j`` (1 when ``k*`` is the only position), over the
+    positive ``sigmas`` (descending; zeros and NaN padding are left out).
+    Near 1 the gap is no clearer than its runner-up (a flat spectrum, whose
+    ``k*`` wanders); NaN when ``k_star`` is None."""
+    s = np.asarray(sigmas, dtype=np.float64)
+    s = s[np.isfinite(s) & (s > 0)]
+    if k_star is None or not 1 <= k_star < s.size:
+        return math.nan
+    ratios = s[:-1] / s[1:]
+    others = np.delete(ratios, k_star - 1)
+    return float(ratios[k_star - 1] / others.max(initial=1.0))
 
 
 def spectrum(G, q: float = 0.95, *, eps: float = ENGINE_EPS, vectors: bool = True, eigen=None) -> Spectrum:
@@ -186,6 +205,7 @@ def spectrum(G, q: float = 0.95, *, eps: float = ENGINE_EPS, vectors: bool = Tru
         n_positive=m,
         k_star=k_star,
         gap_ratio=gap_ratio,
+        k_margin=k_margin(sig[:m], k_star),
         gap=gap,
         eig_gap=eig_gap,
         edge_ratio=edge_ratio,

@@ -62,7 +62,12 @@ def test_events_from_spectrum_records(make_window):
         X = make_window(rng, sigmas, 500)
         recs.append({**spectrum(X @ X.T).to_dict(), "step": 10 * t})
     found = events(recs)
-    assert kinds(found) == [("gap_collapse", 50), ("k_star_shift", 50)]
+    # The collapsed spectrum is flat (ratios 1.125, 1.067, 1.071): its k* = 1
+    # beats the runner-up by 5%, no decisive position, no shift; every
+    # defined k* counting, the flat spectrum's k* is a shift.
+    assert recs[-1]["k_star"] == 1 and 1.0 < recs[-1]["k_margin"] < 1.1
+    assert kinds(found) == [("gap_collapse", 50)]
+    assert kinds(events(recs, k_star_margin=1.0)) == [("gap_collapse", 50), ("k_star_shift", 50)]
 
 
 def rise_plateau_collapse(seed, n_rise=100, n_plateau=100, n_collapse=100, tail=50):
