@@ -269,7 +269,6 @@ class GramWindow:
             self._sketched = torch.zeros(P, dtype=torch.float64, device=self.device)
             self._row = torch.zeros(P, dtype=torch.float32, device=self.device)
             self._scratch = torch.zeros(self._plan.scratch, dtype=torch.float64, device=self.device)
-            self._segs = self._plan.segs.to(self.device) if self.device.type == "cuda" else self._plan.segs
             self._bounds = self._plan.bounds
         self._ring = torch.zeros((window, _padded(P)), dtype=storage_dtype, device=self.device)[:, :P]
         self._gram = torch.zeros((G, window, window), dtype=torch.float64, device=self.device)
@@ -306,7 +305,8 @@ class GramWindow:
         snapshot, the ``[G, W, W]`` Gram, the leaving row, the ``[W, W]``
         int32 slide indices and the step's float32 scratch row
         (:func:`window_bytes`, which the constructor checks against free
-        memory)."""
+        memory); in sketch mode, the buffers of :func:`sketch_bytes`, none of
+        them P-sized."""
         return sum(self._bytes().values())
 
     def _bytes(self) -> Dict[str, int]:
@@ -360,7 +360,7 @@ class GramWindow:
         self._left.zero_()
         views = self.layout.views()
         if self._plan is not None:
-            self._snapshot.copy_(self._sketch(views, self._segs))
+            self._snapshot.copy_(self._sketch(views, self._plan.segs))
         elif views:
             self._snapshot.copy_(torch.cat(views))
 
@@ -383,7 +383,7 @@ class GramWindow:
         slot = self.count % self.window
         views = self.layout.views()
         if self._plan is not None:
-            new = self._sketch(views, self._segs)
+            new = self._sketch(views, self._plan.segs)
             torch.sub(new, self._snapshot, out=self._row)
             self._snapshot.copy_(new)
             self._apply(self.backend.slide(self._ring, self._row, slot, self._bounds), slot, reduce=False)

@@ -174,7 +174,7 @@ def test_monitor_record_carries_the_sketch_error(tmp_path):
 
 # -- sharded = unsharded -----------------------------------------------------------------
 
-pytestmark_dist = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
+needs_dist = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
 
 
 def _sharded_worker(rank, world, store_path, out_dir):
@@ -215,7 +215,7 @@ def _sharded_worker(rank, world, store_path, out_dir):
     dist.destroy_process_group()
 
 
-@pytestmark_dist
+@needs_dist
 def test_sharded_sketch_equals_the_unsharded_one():
     from test_distributed import _spawn
 
@@ -225,3 +225,21 @@ def test_sharded_sketch_equals_the_unsharded_one():
         assert np.allclose(r["got"], r["want"], rtol=1e-5, atol=0), np.abs(r["got"] - r["want"]).max()
         assert np.allclose(r["proj"], r["proj_want"], rtol=1e-5, atol=1e-6)
     assert np.array_equal(results[0]["got"], results[1]["got"]), "ranks disagree"
+
+
+def test_analyze_command_takes_sketch(tmp_path, capsys):
+    import json
+
+    from spectral_edge_fast.cli import main
+    from test_cli import _checkpoints
+
+    ckpts = _checkpoints(tmp_path / "ckpts")
+    assert main(["analyze", str(ckpts), "--window", "3", "--groups", "none", "--sketch", "8",
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "out" / "spectral.jsonl").read_text().splitlines()]
+    assert records and all(r["sketch"]["m"] == 8 and r["sketch"]["exact_groups"] == 0 for r in records)
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["sketch"] == 8
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["analyze", str(ckpts), "--sketch", "1", "--quiet"])
+    assert exit_.value.code == 2 and "--sketch: must be an integer >= 2" in capsys.readouterr().err
