@@ -40,6 +40,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("plan", &sef::plan);
   m.def("built_with_cuda", &sef::built_with_cuda);
   m.def("cpu_isa", [] { return std::string(sef::cpu_isa()); });
+  m.def("gram_spans", &sef::gram_spans);  // the span count of gram's float64 partials, [spans, W * W]
   sef::bind_cpu(m.def_submodule("cpu"));
 #ifdef SEF_WITH_CUDA
   sef::bind_cuda(m.def_submodule("cuda"));

@@ -112,7 +112,7 @@ struct Ops {
     const MatRef m = check_ring(x, "gram", "x");
     check_rows(m.rows, K::kGramMaxRows, "gram");
     const typename K::Guard guard(x.device());
-    at::Tensor partials = at::empty({gram_spans(m.cols), m.rows * m.rows}, x.options().dtype(at::kDouble));
+    at::Tensor partials = at::empty({gram_spans(m.rows, m.cols), m.rows * m.rows}, x.options().dtype(at::kDouble));
     K::gram(m, partials.data_ptr<double>());
     return reduce(partials, nullptr, 1).view({m.rows, m.rows});
   }

@@ -147,8 +147,12 @@ constexpr int64_t kBlock512 = 4;
 template <class T>
 constexpr int64_t kCols512 = 64 / sizeof(T);
 
-template <class T, int MR, int NR>
+// DIAG: a diagonal block (a == b, MR == NR), whose products i > j mirror
+// products i < j and are skipped (a W = 16 Gram takes 136 products per column,
+// not 160); its g entries i > j are left alone.
+template <class T, int MR, int NR, bool DIAG = false>
 SEF_AVX512 void block_avx512(const T* a, const T* b, int64_t ld, int64_t n, double* g, int64_t w) {
+  static_assert(!DIAG || MR == NR, "a diagonal block is square");
   __m512 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
@@ -160,15 +164,15 @@ SEF_AVX512 void block_avx512(const T* a, const T* b, int64_t ld, int64_t n, doub
       bv[j] = _mm512_loadu_si512(b + j * ld + k);
     }
     for (int i = 0; i < MR; ++i) {
-      const __m512i av = _mm512_loadu_si512(a + i * ld + k);
-      for (int j = 0; j < NR; ++j) {
+      const __m512i av = DIAG ? bv[i] : _mm512_loadu_si512(a + i * ld + k);
+      for (int j = DIAG ? i : 0; j < NR; ++j) {
         if constexpr (std::is_same_v<T, bf16>) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)av, (__m512bh)bv[j]);
         else acc[i][j] = _mm512_fmadd_ps(_mm512_castsi512_ps(av), _mm512_castsi512_ps(bv[j]), acc[i][j]);
       }
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) {
+    for (int j = DIAG ? i : 0; j < NR; ++j) {
       // the maskz forms: the plain ones trip gcc 12's -Wuninitialized in its own header
       const __m512d v = _mm512_castps_pd(acc[i][j]);
       const __m256 lo = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xff, v, 0));
@@ -188,10 +192,16 @@ using BlockFn = void (*)(const float*, const float*, int64_t, int64_t, double*, 
     {fn<1, 1>, fn<1, 2>, fn<1, 3>}, {fn<2, 1>, fn<2, 2>, fn<2, 3>}, { fn<3, 1>, fn<3, 2>, fn<3, 3> } \
   }
 
-// All blocks I <= J of one part of a tile (columns rows `ld` apart, n8 of them).
-void tile_blocks(const float* x, int64_t ld, int64_t n8, int64_t w, double* g, const BlockFn (*table)[kBlock]) {
+// Row blocks I (of `block` rows) of band b out of `bands`: I = b, b + bands, ...
+// (round robin, so the bands of the triangle get about the same work).
+struct Band {
+  int64_t b, bands;
+};
+
+// All blocks I <= J, I in band `band`, of one part of a tile (columns rows `ld` apart, n8 of them).
+void tile_blocks(const float* x, int64_t ld, int64_t n8, int64_t w, double* g, const BlockFn (*table)[kBlock], Band band) {
   if (n8 == 0) return;
-  for (int64_t i = 0; i < w; i += kBlock)
+  for (int64_t i = band.b * kBlock; i < w; i += band.bands * kBlock)
     for (int64_t j = i; j < w; j += kBlock) {
       const int64_t mr = std::min(kBlock, w - i), nr = std::min(kBlock, w - j);
       table[mr - 1][nr - 1](x + i * ld, x + j * ld, ld, n8, g + i * w + j, w);
@@ -203,19 +213,22 @@ void tile_blocks(const float* x, int64_t ld, int64_t n8, int64_t w, double* g, c
 // place, the last n % kCols512 columns of a tile from `tail` (rows kCols512
 // apart, zero padded).
 template <class T>
-void gram_span_avx512(const T* x, int64_t ld, int64_t w, int64_t start, int64_t stop, double* g, T* tail) {
+void gram_span_avx512(const T* x, int64_t ld, int64_t w, int64_t start, int64_t stop, double* g, T* tail, Band band) {
   using Fn = void (*)(const T*, const T*, int64_t, int64_t, double*, int64_t);
 #define SEF_ROW(m) {block_avx512<T, m, 1>, block_avx512<T, m, 2>, block_avx512<T, m, 3>, block_avx512<T, m, 4>}
   static const Fn table[kBlock512][kBlock512] = {SEF_ROW(1), SEF_ROW(2), SEF_ROW(3), SEF_ROW(4)};
 #undef SEF_ROW
+  static const Fn diag[kBlock512] = {block_avx512<T, 1, 1, true>, block_avx512<T, 2, 2, true>, block_avx512<T, 3, 3, true>,
+                                     block_avx512<T, 4, 4, true>};
   constexpr int64_t step = kCols512<T>;
   const auto blocks = [&](const T* rows, int64_t row_ld, int64_t n) {
-    for (int64_t i = 0; i < w; i += kBlock512)
-      for (int64_t j = i; j < w; j += kBlock512)
-        table[std::min(kBlock512, w - i) - 1][std::min(kBlock512, w - j) - 1](rows + i * row_ld, rows + j * row_ld, row_ld,
-                                                                              n, g + i * w + j, w);
+    for (int64_t i = band.b * kBlock512; i < w; i += band.bands * kBlock512) {
+      const int64_t mr = std::min(kBlock512, w - i);
+      diag[mr - 1](rows + i * row_ld, rows + i * row_ld, row_ld, n, g + i * w + i, w);
+      for (int64_t j = i + kBlock512; j < w; j += kBlock512)
+        table[mr - 1][std::min(kBlock512, w - j) - 1](rows + i * row_ld, rows + j * row_ld, row_ld, n, g + i * w + j, w);
+    }
   };
-  std::fill(g, g + w * w, 0.0);
   const int64_t cols = tile_cols(w);
   for (; start < stop; start += cols) {
     const int64_t n = std::min(cols, stop - start), body = n / step * step;
@@ -226,14 +239,13 @@ void gram_span_avx512(const T* x, int64_t ld, int64_t w, int64_t start, int64_t 
       blocks(tail, step, step);
     }
   }
-  mirror_upper(g, w);
 }
 #endif
 
-// g (w x w) = the Gram of columns [start, stop) of x, tile by tile.
+// g (w x w) += the blocks of `band` of the Gram of columns [start, stop) of x, tile by tile.
 template <class R>
 void gram_span(const R* x, int64_t ld, int64_t w, int64_t start, int64_t stop, double* g, float* buf, float* tail,
-               bool avx2) {
+               bool avx2, Band band) {
   static const BlockFn generic[kBlock][kBlock] = SEF_BLOCK_TABLE(block_generic);
 #if SEF_X86
   static const BlockFn fused[kBlock][kBlock] = SEF_BLOCK_TABLE(block_avx2);
@@ -241,15 +253,13 @@ void gram_span(const R* x, int64_t ld, int64_t w, int64_t start, int64_t stop, d
 #else
   const BlockFn(*table)[kBlock] = generic;
 #endif
-  std::fill(g, g + w * w, 0.0);
   const int64_t cols = tile_cols(w);
   for (; start < stop; start += cols) {
     const int64_t n = std::min(cols, stop - start);
     const Tile t = load_tile(x + start, ld, w, n, buf, tail, avx2);
-    tile_blocks(t.body, t.ld, t.n8, w, g, table);
-    if (t.n8 < n) tile_blocks(t.tail, kLanesGram, kLanesGram, w, g, table);
+    tile_blocks(t.body, t.ld, t.n8, w, g, table, band);
+    if (t.n8 < n) tile_blocks(t.tail, kLanesGram, kLanesGram, w, g, table, band);
   }
-  mirror_upper(g, w);
 }
 
 }  // namespace
@@ -257,35 +267,48 @@ void gram_span(const R* x, int64_t ld, int64_t w, int64_t start, int64_t stop, d
 // Elements per thread below which more threads cost more (waking them) than they save.
 constexpr int64_t kGrain = 1 << 18;
 
+// Work units (span, band): when the spans are fewer than the threads (a large
+// W, whose partials are bounded), each span's row blocks are shared out in
+// bands. Each g row belongs to one band, and every product is summed in the
+// same order whatever the split, so the bits do not depend on it.
 void gram_cpu(MatRef x, double* partials, int threads) {
-  const int64_t spans = gram_spans(x.cols), w = x.rows;
+  const int64_t w = x.rows, spans = gram_spans(w, x.cols);
   threads = int(std::max<int64_t>(1, std::min<int64_t>(threads, w * x.cols / kGrain)));
   const bool avx2 = has_avx2_fma();
 #if SEF_X86
-  if (x.dtype == DType::BF16 ? has_avx512_bf16() : has_avx512()) {
-    visit_ring(x.dtype, [&](auto r) {
-      using R = decltype(r);
-#pragma omp parallel num_threads(threads)
-      {
-        std::vector<R> tail(w * kCols512<R>);
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t s = 0; s < spans; ++s)
-          gram_span_avx512(static_cast<const R*>(x.data), x.ld, w, s * x.cols / spans, (s + 1) * x.cols / spans,
-                           partials + s * w * w, tail.data());
-      }
-    });
-    return;
-  }
+  const bool avx512 = x.dtype == DType::BF16 ? has_avx512_bf16() : has_avx512();
+  const int64_t block = avx512 ? kBlock512 : kBlock;
+#else
+  const bool avx512 = false;
+  const int64_t block = kBlock;
 #endif
+  const int64_t row_blocks = (w + block - 1) / block;
+  const int64_t bands = std::clamp<int64_t>((threads + spans - 1) / std::max<int64_t>(spans, 1), 1, std::max<int64_t>(row_blocks, 1));
   visit_ring(x.dtype, [&](auto r) {
     using R = decltype(r);
+    const R* data = static_cast<const R*>(x.data);
 #pragma omp parallel num_threads(threads)
     {
-      std::vector<float> buf(std::is_same_v<R, float> ? 0 : w * kMaxTile), tail(w * kLanesGram);
+      std::vector<float> buf(avx512 || std::is_same_v<R, float> ? 0 : w * kMaxTile), tail(w * kLanesGram);
+#if SEF_X86
+      std::vector<R> tail512(avx512 ? w * kCols512<R> : 0);
+#endif
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t s = 0; s < spans; ++s)
-        gram_span(static_cast<const R*>(x.data), x.ld, w, s * x.cols / spans, (s + 1) * x.cols / spans,
-                  partials + s * w * w, buf.data(), tail.data(), avx2);
+      for (int64_t u = 0; u < spans * bands; ++u) {
+        const int64_t s = u / bands, start = s * x.cols / spans, stop = (s + 1) * x.cols / spans;
+        const Band band{u % bands, bands};
+        double* g = partials + s * w * w;
+        for (int64_t i = band.b * block; i < w; i += bands * block) std::fill(g + i * w, g + std::min(w, i + block) * w, 0.0);
+#if SEF_X86
+        if (avx512) {
+          gram_span_avx512(data, x.ld, w, start, stop, g, tail512.data(), band);
+          continue;
+        }
+#endif
+        gram_span(data, x.ld, w, start, stop, g, buf.data(), tail.data(), avx2, band);
+      }
+#pragma omp for schedule(static)
+      for (int64_t s = 0; s < spans; ++s) mirror_upper(partials + s * w * w, w);
     }
   });
 }

@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(kThreads) gram_kernel(const R* x, int rows, in
 }  // namespace cuda
 
 void gram_cuda(MatRef x, double* partials, cudaStream_t stream) {
-  const int64_t spans = gram_spans(x.cols);
+  const int64_t spans = gram_spans(x.rows, x.cols);
   if (spans == 0) return;
   visit_ring(x.dtype, [&](auto r) {
     using R = decltype(r);

@@ -56,10 +56,14 @@ def test_cpp_gram_odd_sizes(dtype, W, P):
     assert torch.equal(sef.gram(ints, backend="cpp"), ints.double() @ ints.double().T), "small integers exactly"
 
 
+# (37, 5 spans): threads share spans; (70, 8000): one span, whose row blocks
+# two threads share.
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_cpp_gram_same_bits_for_any_thread_count(dtype):
+@pytest.mark.parametrize("W,P", [(37, 5 * 8192 + 11), (70, 8000)])
+def test_cpp_gram_same_bits_for_any_thread_count(dtype, W, P):
     backend_or_skip("cpp")
-    x = torch.randn(37, 5 * 8192 + 11, generator=torch.Generator().manual_seed(5)).to(dtype)
+    x = torch.randn(W, P, generator=torch.Generator().manual_seed(5)).to(dtype)
+    tol = torch.stack([dot_tolerance(x, x[i], (0, P))[0] for i in range(W)])
     before = torch.get_num_threads()
     try:
         results = []
@@ -69,3 +73,32 @@ def test_cpp_gram_same_bits_for_any_thread_count(dtype):
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(results[0], r) for r in results[1:]), "gram bits depend on the thread count"
+    assert_dots_close(results[0], x.double() @ x.double().T, tol, f"cpp gram W={W} P={P}")
+
+
+PARTIALS_BOUND = 64 << 20  # bytes of float64 partials the cpp gram may hold (csrc/kernels/gram.h)
+
+
+@pytest.mark.parametrize("W", [1, 16, 128, 1000, 4096, 50000])
+@pytest.mark.parametrize("P", [1, 8193, 10**7, 10**10])
+def test_cpp_gram_partials_are_bounded(W, P):
+    backend_or_skip("cpp")
+    from spectral_edge_fast import _C
+
+    spans = _C.gram_spans(W, P)
+    assert 1 <= spans <= -(-P // 8192)
+    assert spans * W * W * 8 <= max(PARTIALS_BOUND, W * W * 8), f"W={W} P={P}: {spans} spans of {W}^2 doubles"
+
+
+def test_cpp_gram_allocates_the_bounded_partials():
+    backend_or_skip("cpp")
+    from torch.profiler import ProfilerActivity, profile
+
+    from spectral_edge_fast import _C
+
+    W, P = 40, 3 * 8192 + 5
+    x = torch.randn(W, P, generator=torch.Generator().manual_seed(3))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        sef.gram(x, backend="cpp")
+    largest = max(e.cpu_memory_usage for e in prof.events())
+    assert largest == _C.gram_spans(W, P) * W * W * 8, "the partials are the largest buffer gram allocates"
