@@ -22,20 +22,27 @@ def _group_dots(rows: torch.Tensor, vec: torch.Tensor, bounds) -> torch.Tensor:
     """``[G, R]`` float64: float32 mat-vec per chunk, float64 sum of chunks.
     On a GPU whole chunks go ``SUPER`` at a time through one batched product
     (one launch per chunk made a slide of P = 1e8 cost thousands of launches);
-    on the CPU one at a time, where the strided batch is slower than the loop."""
+    on the CPU one at a time, where the strided batch is slower than the loop.
+    ``vec`` is converted to float32 once, and rows of another dtype (a bf16
+    ring) into one float32 buffer reused for every chunk: converting each
+    chunk into a fresh tensor, and ``vec`` once per chunk, made the bf16 step
+    several times slower than the float32 one."""
     R = rows.shape[0]
     batch = 1 if rows.device.type == "cpu" else SUPER
+    vec = vec.float()
+    buf = None if rows.dtype == torch.float32 else torch.empty(R, batch * CHUNK, device=rows.device)
     out = torch.zeros(len(bounds) - 1, R, dtype=torch.float64, device=rows.device)
     for g, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
         s = start
         while s < stop:
             n = min((stop - s) // CHUNK, batch)
+            e = s + n * CHUNK if n else stop
+            block = rows[:, s:e] if buf is None else buf[:, : e - s].copy_(rows[:, s:e])
             if n == 0:
-                out[g] += (rows[:, s:stop].float() @ vec[s:stop].float()).double()
+                out[g] += (block @ vec[s:e]).double()
                 break
-            e = s + n * CHUNK
-            block = rows[:, s:e].float().unflatten(1, (n, CHUNK)).transpose(0, 1)  # [n, R, CHUNK], a view for float32
-            parts = torch.bmm(block, vec[s:e].float().view(n, CHUNK, 1))[..., 0]  # [n, R] float32 sums per chunk
+            block = block.unflatten(1, (n, CHUNK)).transpose(0, 1)  # [n, R, CHUNK], a view
+            parts = torch.bmm(block, vec[s:e].view(n, CHUNK, 1))[..., 0]  # [n, R] float32 sums per chunk
             out[g] += parts.double().sum(dim=0)
             s = e
     return out
@@ -52,8 +59,9 @@ class TorchBackend(Backend):
 
     def _slide(self, ring, row, slot, bounds):
         a = row.to(ring.dtype)
-        before = _group_dots(ring, a, bounds)
-        self_dot = _group_dots(a.unsqueeze(0), a, bounds)
+        a32 = a.float()  # the entering row as stored, converted once
+        before = _group_dots(ring, a32, bounds)
+        self_dot = _group_dots(a32.unsqueeze(0), a32, bounds)
         ring[slot].copy_(a)
         return torch.cat([before, self_dot], dim=1)
 

@@ -65,3 +65,30 @@ def test_step_exact_on_small_integers(backend):
     bounds = random_bounds(P, 3, gen)
     want = get_backend("reference").step(params, snapshot.clone(), ring.clone(), 1, bounds)
     assert torch.equal(be.step(params, snapshot, ring, 1, bounds), want)
+
+
+def test_torch_step_converts_a_bf16_ring_once():
+    """The torch fallback converts each bf16 ring element and the entering row
+    to float32 once per step (converting the row again per chunk and per dot
+    product made its bf16 step several times slower than its float32 one)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountConversions(TorchDispatchMode):
+        elements = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
+                src = args[1] if func is torch.ops.aten.copy_.default else args[0]
+                if src.dtype == torch.bfloat16 and out.dtype == torch.float32:
+                    self.elements += src.numel()
+            return out
+
+    W, sizes = 4, [70000, 3, 200001]
+    P = sum(sizes)
+    gen = torch.Generator().manual_seed(17)
+    params, snapshot = random_params(sizes, gen), torch.randn(P, generator=gen)
+    ring = torch.randn(W, P, generator=gen).to(torch.bfloat16)
+    with CountConversions() as count:
+        get_backend("torch").step_checked_once(params, snapshot, ring, 1, (0, 70002, P))
+    assert count.elements == (W + 1) * P, f"{count.elements} bf16 elements converted, {(W + 1) * P} needed"
