@@ -186,6 +186,10 @@ class SpectralMonitor:
         groups: per-group Grams: "auto" (one per block), "tensor", None (one
             group) or a callable name -> group.
         storage_dtype: the window's ring dtype (float32 or bfloat16).
+        sketch: None (exact), or ``m``: the window keeps each group's update
+            sketched to ``m`` numbers (docs/engine.md#sketch-mode); each
+            record then carries ``"sketch"``: ``m``, the groups kept exactly
+            and ``rel_err``, the estimated relative error of the Gram.
         backend: the window's backend, "auto" or a name from
             :func:`spectral_edge_fast.backends`.
         sinks: sink names ("jsonl", "csv", "tensorboard", "wandb") or

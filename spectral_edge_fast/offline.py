@@ -569,7 +569,7 @@ def analyze_checkpoints(
         options: a :class:`~spectral_edge_fast.config.WindowOptions` (or
             any options object: its window fields are taken); its fields
             (``window``, ``every``, ``groups``, ``storage_dtype``,
-            ``backend``) may also be given, or overridden, as keywords, as for
+            ``backend``, ``sketch``) may also be given, or overridden, as keywords, as for
             :class:`SpectralMonitor`; ``every`` counts checkpoints (an update
             spans ``every`` of them) and each slide is analysed.
         on_error: "raise" stops at the first checkpoint that cannot be

@@ -70,8 +70,8 @@ class SpectralEdgeCallback(TrainerCallback):
     Args: those of :class:`SpectralMonitor` (``options``, a
     :class:`~spectral_edge_fast.config.MonitorOptions`, and/or its fields as
     keywords: ``window``, ``every``, ``analyze_every``, ``groups``,
-    ``storage_dtype``, ``backend``, ``sinks``, ``log_dir``, ``history``; and
-    ``process_group``), ``report``: write the HTML report when
+    ``storage_dtype``, ``backend``, ``sketch``, ``sinks``, ``log_dir``,
+    ``history``; and ``process_group``), ``report``: write the HTML report when
     training ends, and ``exact_resume``: save the window too (see the
     module's docstring).
 

@@ -62,8 +62,8 @@ class SpectralEdgeCallback(pl.Callback):
     Args: those of :class:`SpectralMonitor` (``options``, a
     :class:`~spectral_edge_fast.config.MonitorOptions`, and/or its fields as
     keywords: ``window``, ``every``, ``analyze_every``, ``groups``,
-    ``storage_dtype``, ``backend``, ``sinks``, ``log_dir``, ``history``; and
-    ``process_group``), ``report``: write the HTML report when
+    ``storage_dtype``, ``backend``, ``sketch``, ``sinks``, ``log_dir``,
+    ``history``; and ``process_group``), ``report``: write the HTML report when
     training ends, and ``exact_resume``: checkpoint the window too (see the
     module's docstring). With several optimizers the first one is followed.
 
