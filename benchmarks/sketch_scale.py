@@ -3,7 +3,10 @@ tensors) tracked at W = 64, whose exact ring would need 256 GB.
 
 For one group and for ten (blocks of ten tensors): ms per step, bytes the
 window holds, the parameters' read rate (P * 4 bytes a step) in GB/s and as
-a fraction of the machine's copy bandwidth (spectral_edge_fast.bench).
+a fraction of the machine's copy bandwidth (spectral_edge_fast.bench). On a
+shared machine wall time measures the other processes too, so the CPU time
+of this process (all its threads) is reported beside it, for the step and
+for the copy: ``cpu_fraction_of_copy`` compares the two per CPU-second.
 
     nice -n 10 python benchmarks/sketch_scale.py [--threads N] [--P 1e9]
 
@@ -49,8 +52,16 @@ def main(argv=None) -> int:
         params.append((f"blocks.{i // 10}.t{i % 10}", t))
     P = n * args.tensors
     bandwidth = copy_bandwidth(cpu)
+    src = torch.ones(1 << 27)
+    dst = torch.empty_like(src)
+    c0 = time.process_time()
+    for _ in range(5):
+        dst.copy_(src)
+    copy_cpu = 2 * src.numel() * 4 * 5 / (time.process_time() - c0)  # bytes read + written per CPU-second
+    del src, dst
     result = {"benchmark": "sketch_scale", "command": " ".join(["python", *sys.argv]),
-              "machine": {**machine(cpu), "copy_bandwidth_gbps": bandwidth / 1e9}, "P": P, "tensors": args.tensors,
+              "machine": {**machine(cpu), "copy_bandwidth_gbps": bandwidth / 1e9, "copy_cpu_gbps": copy_cpu / 1e9},
+              "P": P, "tensors": args.tensors,
               "window": args.window, "sketch": args.sketch, "param_bytes": P * 4,
               "exact_bytes": sum(window_bytes(P, 1, args.window, torch.float32, torch.float32).values()),
               "results": []}
@@ -61,11 +72,14 @@ def main(argv=None) -> int:
             params[0][1][:1].add_(1e-3)  # a changing parameter: the updates are not all zero
             win.step()
 
+        c0 = time.process_time()
         t = timed(step, cpu, args.repeats)
+        cpu_s = (time.process_time() - c0) / (t["repeats"] + 1)  # the warm-up call included
         rate = P * 4 / (t["ms"] / 1e3)
         result["results"].append({"groups": label, "G": len(win.groups), "ms": t["ms"], "ms_min": t["ms_min"],
-                                  "repeats": t["repeats"], "bytes_held": win.memory_bytes(),
-                                  "read_gbps": rate / 1e9, "fraction_of_copy": rate / bandwidth})
+                                  "repeats": t["repeats"], "cpu_ms": cpu_s * 1e3, "bytes_held": win.memory_bytes(),
+                                  "read_gbps": rate / 1e9, "fraction_of_copy": rate / bandwidth,
+                                  "cpu_fraction_of_copy": P * 4 / cpu_s / copy_cpu})
         print(json.dumps(result["results"][-1]))
         del win
     result["wall_s"] = time.perf_counter() - t0

@@ -16,12 +16,14 @@ constexpr int64_t kBlock = 512;  // hashed in one vectorised pass, then added on
 // constant, so sketch_hash reduces to 32-bit lane operations. Per block,
 // the hashes and signed values first (a loop that vectorises), then the
 // scattered adds in element order. V is the value's type: float holds any
-// 16- or 32-bit parameter exactly, double a float64 one.
-template <class P>
+// 16- or 32-bit parameter exactly, double a float64 one. For m = 2^k the
+// bucket (h * m) >> 32 is h >> (32 - k), a cheaper lane operation (Pow2).
+template <bool Pow2, class P>
 SEF_CLONES void hash_words(const P* theta, int64_t n, uint64_t key, uint64_t coord, int64_t m, double* acc) {
   using V = std::conditional_t<std::is_same_v<P, double>, double, float>;
   const uint32_t lo = uint32_t(coord), key_lo = uint32_t(key);
   const uint32_t add = uint32_t(coord >> 32) * 0x9E3779B9u + uint32_t(key >> 32);
+  const int shift = Pow2 ? 32 - __builtin_ctzll(uint64_t(m)) : 0;
   uint32_t idx[kBlock];
   V val[kBlock];
   for (int64_t b = 0; b < n; b += kBlock) {
@@ -35,7 +37,7 @@ SEF_CLONES void hash_words(const P* theta, int64_t n, uint64_t key, uint64_t coo
       x *= 0xC2B2AE35u;
       x ^= x >> 16;
       const V v = load_as<V>(theta[b + k]);
-      idx[k] = sketch_bucket(x, m);
+      idx[k] = Pow2 ? uint32_t(uint64_t(x) >> shift) : sketch_bucket(x, m);
       val[k] = (x & 1u) ? -v : v;
     }
     for (int64_t k = 0; k < len; ++k) acc[idx[k]] += double(val[k]);
@@ -46,7 +48,8 @@ template <class P>
 void hash_run(const P* theta, int64_t n, uint64_t key, uint64_t coord, int64_t m, double* acc) {
   while (n > 0) {  // split where the coordinate's high word changes
     const int64_t len = std::min<int64_t>(n, int64_t((uint64_t(1) << 32) - (coord & 0xFFFFFFFFu)));
-    hash_words(theta, len, key, coord, m, acc);
+    if ((m & (m - 1)) == 0) hash_words<true>(theta, len, key, coord, m, acc);
+    else hash_words<false>(theta, len, key, coord, m, acc);
     theta += len, n -= len, coord += uint64_t(len);
   }
 }

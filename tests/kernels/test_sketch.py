@@ -37,9 +37,10 @@ def test_plan_splits_large_groups_and_keeps_small_ones_exact():
 @pytest.mark.parametrize("backend", ["cpp", "torch"] + [b for b in BACKENDS if "@cuda" in b])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64],
                          ids=["fp32", "bf16", "fp16", "fp64"])
-def test_sketch_matches_the_explicit_matrix(backend, dtype):
+@pytest.mark.parametrize("m", [M, 48], ids=["m64", "m48"])  # the C++ kernel shifts for a power of two, multiplies otherwise
+def test_sketch_matches_the_explicit_matrix(backend, dtype, m):
     be = backend_or_skip(backend)
-    layout, plan = _plan(dtype=dtype)
+    layout, plan = _plan(m=m, dtype=dtype)
     views = layout.views()
     S = sketch_matrix(plan.segs, plan.groups, [v.numel() for v in views], plan.size)
     theta = torch.cat([v.double() for v in views])
