@@ -355,7 +355,8 @@ def run(settings: Settings) -> dict:
                    **{k: p[k] for k in ("steps", "interval", "eval_every", "windows", "timepoints", "modes", "examples")}},
         "summary": (f"{TASKS.replace(',', ', ')} mod {p['config'].p} in one {r['n_params'] / 1e3:.0f}K-parameter model, "
                     f"weight decay 1.0, seed {seed}, parameters kept every {p['interval']} steps; {grok}, "
-                    f"training stopped at {r['steps']}. Timepoints at steps {', '.join(map(str, r['timepoint_steps']))}."),
+                    f"training stopped at {r['steps']} ({r['train_s'] / 60:.0f} min). Timepoints at steps "
+                    f"{', '.join(map(str, r['timepoint_steps']))}."),
         "claims": claims(r),
         "tables": tables(r),
         "runs": [r],

@@ -304,7 +304,8 @@ def run(settings: Settings) -> dict:
         "summary": (f"A {r0['n_params'] / 1e6:.2f}M-parameter GPT trained {first['steps']} steps on the bytes of the "
                     f"Python standard library, the monitor analysing a window of W = {first['window']} updates of "
                     f"{first['every']} steps every {first['analyze_every']} steps ({r0['windows']} windows), the "
-                    f"validation loss measured at each."),
+                    f"validation loss measured at each"
+                    + (f"; training took {r0['train_s'] / 60:.0f} min." if r0["train_s"] else ".")),
         "claims": claims(results),
         "tables": tables(results),
         "runs": results,

@@ -87,9 +87,11 @@ def test_measurements_match_a_direct_computation(quick):
         assert t["removal"][j] == pytest.approx(removed, abs=1e-6 * max(scale, 1e-3))
 
 
-def test_a_finished_run_is_read_back(quick):
+def test_a_finished_run_is_read_back(quick, monkeypatch):
     settings, results = quick
     assert causal.finished(settings, 42) is not None
+    monkeypatch.setattr(causal, "train", lambda *a: pytest.fail("a finished run was trained again"))
+    assert reproduce.run("causal", settings)["runs"][0]["windows"] == results["runs"][0]["windows"]
     other = reproduce.Settings(mode="quick", out=settings.out, seeds=[7], progress=False)
     assert causal.finished(other, 7) is None  # another seed's run is not there
     assert math.isfinite(results["runs"][0]["windows"]["4"]["mean_alpha"])
