@@ -822,3 +822,64 @@ def test_probes_that_match_nothing_are_refused(tmp_path):
         SpectralMonitor(_model(), sinks=(), probes="attention")
     with pytest.raises(ValueError, match="probes must be None, 'attention' or fnmatch patterns"):
         SpectralMonitor(_model(), sinks=(), probes=[3])
+
+
+def test_records_carry_k_margin_and_the_null_p_value_of_R(tmp_path):
+    """R_pvalue is the null's p-value at the run's W and P for a full window
+    of full rank, None while the window fills; k_margin is the spectrum's,
+    for the model and each group."""
+    from spectral_edge_fast.analysis import ratio_p_value, spectrum
+    from spectral_edge_fast.analysis.spectrum import k_margin
+
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = SpectralMonitor(model, opt, window=4, analyze_every=1, sinks=(), log_dir=str(tmp_path))
+    _train(model, opt, 8)
+    assert len(mon.history[-1]["groups"]) == 2
+    hist = mon.history
+    assert [r["R_pvalue"] for r in hist[:3]] == [None] * 3  # n = 1, 2, 3 < W
+    P = sum(p.numel() for p in model.parameters())
+    for r in hist[3:]:
+        assert r["spectrum"]["n_positive"] == 4
+        assert r["R_pvalue"] == ratio_p_value(r["R"], 4, P, n_samples=monitor_module.NULL_SAMPLES)
+        assert r["k_margin"] == r["spectrum"]["k_margin"] == k_margin(r["sigmas"], r["k_star"]) >= 1.0
+    for name, G in mon.window.group_grams().items():  # the last record's window
+        s, got = spectrum(G), hist[-1]["groups"][name]
+        assert got["k_star"] == s.k_star
+        # two eigensolvers' sigma ratios: within a few float32 roundings of the Gram (its eps)
+        assert got["k_margin"] == pytest.approx(s.k_margin, rel=1e-5)
+
+
+@pytest.mark.parametrize("options", [dict(gap_open_above=2.0, gap_close_below=1.1, k_star_margin=1.0),
+                                     dict(gap_open_above="null", gap_close_below="null", k_star_margin=1.3)])
+def test_the_event_rule_options_reach_every_detector(tmp_path, options):
+    """The model's and each group's events follow gap_open_above,
+    gap_close_below and k_star_margin; "null" takes the null's quantiles at the
+    window's W and the numel of the model or the group."""
+    from spectral_edge_fast.analysis import null_max_ratio
+
+    mon = SpectralMonitor(_model(), window=3, history=None, sinks=(), log_dir=str(tmp_path), **options)
+    recs = _series_records(2, 300, groups=("0", "2"))
+    for i, r in enumerate(recs):  # blocks of decisive and of indecisive k*
+        r["spectrum"]["k_margin"] = r["k_margin"] = 1.4 if i // 20 % 2 else 1.05
+        for g in r["groups"].values():
+            g["k_margin"] = 1.4 if i // 30 % 2 else 1.02
+    _feed(mon, recs)
+    streams = mon._event_streams
+    sizes = {"0": 12 * 24 + 24, "2": 24 * 3 + 3}
+    for group, P in [(None, 387)] + list(sizes.items()):
+        rule = streams[group]
+        if options["gap_open_above"] == "null":
+            null = null_max_ratio(3, P, monitor_module.NULL_SAMPLES)
+            assert (rule.open_above, rule.close_below) == (null.quantile(0.99), null.quantile(0.5))
+        else:
+            assert (rule.open_above, rule.close_below) == (2.0, 1.1)
+        assert rule.k_star_margin == options["k_star_margin"]
+    kw = {"open_above": streams[None].open_above, "close_below": streams[None].close_below,
+          "k_star_margin": options["k_star_margin"]}
+    want = [e.to_dict() for e in events([{"step": r["step"], **r["spectrum"]} for r in recs], **kw)]
+    order = lambda evs: sorted(evs, key=lambda e: (e["step"], e["kind"]))  # noqa: E731 (confirmation vs start order)
+    assert order([e for e in mon.events() if "group" not in e]) == \
+        order([{k: v for k, v in e.items() if k != "index"} for e in want])
+    assert any(e["kind"] == "k_star_shift" for e in want)
+    assert mon.meta["events"] == {k: options[k] for k in ("gap_open_above", "gap_close_below", "k_star_margin")}

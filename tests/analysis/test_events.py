@@ -154,9 +154,14 @@ def _random_series(rng, n):
     ks = [None if u < 0.1 else int(k) for k, u in zip(ks, rng.random(n))]
     steps = np.cumsum(rng.integers(0, 3, n))
     bad = np.repeat(rng.random(n // 5 + 1) < 0.3, 5)[:n]
+    # k* margins around the default 1.1 (on it, just below), absent or None (decisive)
+    margins = rng.choice([0, 1, 2, 3, 4, 5], size=n)
+    margin_values = [None, 1.0, 1.05, np.nextafter(1.1, 0), 1.1, 2.0]
     recs = []
     for i in range(n):
         rec = {"step": int(steps[i]), "gap_ratio": ratios[i], "k_star": ks[i]}
+        if margins[i] or rng.random() < 0.5:
+            rec["k_margin"] = margin_values[margins[i]]
         if bad[i]:
             rec["nonfinite_rows"] = [int(rng.integers(4))]
         elif rng.random() < 0.5:
@@ -188,7 +193,8 @@ def test_event_stream_reports_the_events_of_the_whole_series(persist):
     rng = np.random.default_rng(persist)
     for trial in range(60):
         recs = _random_series(rng, int(rng.choice([0, 1, 2, 3, 7, 40, 200, 700])))
-        kw = dict(persist=persist) if trial % 2 else dict(open_above=1.4, close_below=1.4, persist=persist)
+        kw = dict(persist=persist) if trial % 2 else dict(open_above=1.4, close_below=1.4, persist=persist,
+                                                          k_star_margin=1.0 if trial % 4 else 1.05)
         stream = EventStream(**kw)
         got = _streamed(stream, recs)
         assert _in_batch_order(got) == events(recs, **kw)
@@ -226,7 +232,26 @@ def test_event_stream_resumes_from_its_state():
             second = EventStream(persist=4)
             second.load_state_dict(json.loads(json.dumps(first.state_dict())))
             assert got + _streamed(second, recs[cut:]) == whole
-    with pytest.raises(ValueError, match="open_above, close_below, persist"):
+    with pytest.raises(ValueError, match="open_above, close_below, persist, k_star_margin"):
         EventStream(persist=3).load_state_dict(first.state_dict())
+    with pytest.raises(ValueError, match="open_above, close_below, persist, k_star_margin"):
+        EventStream(persist=4, k_star_margin=1.2).load_state_dict(first.state_dict())
     with pytest.raises(ValueError, match="persist"):
         EventStream(persist=0)
+    with pytest.raises(ValueError, match="k_star_margin must be >= 1"):
+        EventStream(k_star_margin=0.9)
+
+
+def test_a_shift_counts_between_decisive_positions_only():
+    """A flat spectrum's k* wanders (margins near 1): no shift; the state
+    holds through it, and a decisive new position that persists is a shift
+    from the last decisive one. An indecisive record breaks a pending run."""
+    ks = [1] * 5 + [9] * 3 + [13] * 3 + [7] * 3 + [12] * 3 + [15] * 4 + [1] * 4
+    margins = [3.0] * 5 + [1.02, 1.01, 1.05, 1.003, 1.08, 1.04] * 2 + [1.6] * 4 + [2.0] * 4
+    recs = [dict(r, k_margin=m) for r, m in zip(records([3.0] * len(ks), ks), margins)]
+    shifts = [(e.step, e.previous, e.value) for e in events(recs) if e.kind == "k_star_shift"]
+    assert shifts == [(170, 1, 15), (210, 15, 1)]
+    every = [(e.step, e.previous, e.value) for e in events(recs, k_star_margin=1.0) if e.kind == "k_star_shift"]
+    assert every == [(50, 1, 9), (80, 9, 13), (110, 13, 7), (140, 7, 12), (170, 12, 15), (210, 15, 1)]
+    recs[19]["k_margin"] = 1.01  # 15, 15, (15 indecisive), 15: no run of three
+    assert [e for e in events(recs) if e.kind == "k_star_shift"] == []
