@@ -184,7 +184,7 @@ def analyze(args) -> int:
         monitor = analyze_checkpoints(args.ckpt_dir, out=args.out, window=args.window, every=args.every,
                                       groups=GROUPS[args.groups], sketch=args.sketch, on_error=args.on_error, lr=args.lr,
                                       allow_pickle=args.allow_pickle, include=args.include, exclude=args.exclude,
-                                      overwrite=args.overwrite, progress=not args.quiet)
+                                      probes=args.probes, overwrite=args.overwrite, progress=not args.quiet)
     except (CheckpointError, OSError, ValueError) as exc:
         skippable = isinstance(exc, CheckpointError) and exc.path != args.ckpt_dir and args.on_error == "raise"
         print(f"error: {exc}" + (" (pass --on-error skip to leave such files out)" if skippable else ""),
@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="analyse only tensors whose names match this glob (repeatable; default: all)")
     a.add_argument("--exclude", action="append", metavar="PATTERN",
                    help="leave out tensors whose names match this glob (repeatable), e.g. '*.running_*'")
+    a.add_argument("--probes", action="append", metavar="PATTERN",
+                   help="log the singular values of the 2-D tensors whose names match this glob, or 'attention' for "
+                        "each attention layer's W_Q and W_Q^T W_K (repeatable; default: none)")
     a.add_argument("--out", default=None,
                    help="output directory (default: runs/analyze-<dir name>, numbered -2, -3... when taken)")
     a.add_argument("--overwrite", action="store_true", help="replace the results already in --out")

@@ -57,7 +57,7 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequenc
 
 import torch
 
-from .config import WindowOptions, resolve
+from .config import MonitorOptions, WindowOptions, resolve
 from .monitor import SpectralMonitor, _lr_of
 
 EXTENSIONS = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -566,12 +566,17 @@ def analyze_checkpoints(
             that name with ``-2``, ``-3``... when it already holds results.
             An explicit ``out`` holding results is refused unless
             ``overwrite``.
-        options: a :class:`~spectral_edge_fast.config.WindowOptions` (or
-            any options object: its window fields are taken); its fields
+        options: a :class:`~spectral_edge_fast.config.WindowOptions` or
+            ``MonitorOptions``; its fields may also be given, or overridden,
+            as keywords, as for :class:`SpectralMonitor`: the window's
             (``window``, ``every``, ``groups``, ``storage_dtype``,
-            ``backend``, ``sketch``) may also be given, or overridden, as keywords, as for
-            :class:`SpectralMonitor`; ``every`` counts checkpoints (an update
-            spans ``every`` of them) and each slide is analysed.
+            ``backend``, ``sketch``), ``history``, ``probes`` (computed from
+            each checkpoint's tensors; without the model, the attention
+            operators have no per-head entries) and the event rule
+            (``gap_open_above``, ``gap_close_below``, ``k_star_margin``).
+            ``every`` counts checkpoints (an update spans ``every`` of them)
+            and each slide is analysed, into ``out``: ``analyze_every`` and
+            ``log_dir`` are refused.
         on_error: "raise" stops at the first checkpoint that cannot be
             listed, read, or matched with the first (a
             :class:`CheckpointError` naming it); "skip" leaves it out, says so
@@ -589,7 +594,10 @@ def analyze_checkpoints(
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    options = resolve(WindowOptions, options, overrides, "analyze_checkpoints")
+    fixed = sorted({"analyze_every", "log_dir"} & set(overrides))
+    if fixed:
+        raise TypeError(f"analyze_checkpoints sets {', '.join(fixed)} itself (each slide is analysed, into out)")
+    options = resolve(MonitorOptions, options, overrides, "analyze_checkpoints")
     skipped: List[str] = []
 
     def fail(exc: CheckpointError) -> None:

@@ -521,3 +521,59 @@ def test_results_are_never_overwritten_unasked(tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("")
     with pytest.raises(OSError, match=r"afile"):
         analyze_checkpoints("exp1/ckpts", out="afile/out", window=3, progress=False)
+
+
+def _attention_checkpoints(tmp_path):
+    """Six checkpoints of an attention layer and a linear head; their tensors by step."""
+    torch.manual_seed(0)
+    attn, head = torch.nn.MultiheadAttention(6, 2), torch.nn.Linear(6, 4)
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    saved = {}
+    for step in range(6):
+        with torch.no_grad():
+            for p in [*attn.parameters(), *head.parameters()]:
+                p.add_(0.3 * torch.randn_like(p))
+        state = {f"attn.{n}": p.detach().clone() for n, p in attn.named_parameters()}
+        state.update({f"head.{n}": p.detach().clone() for n, p in head.named_parameters()})
+        torch.save(state, ckpts / f"ckpt_{step}.pt")
+        saved[step] = {n: t.double().numpy() for n, t in state.items()}
+    return ckpts, saved
+
+
+def test_probes_from_each_checkpoint(tmp_path):
+    """probes= (and the event rule) reach the offline monitor; each record's
+    probes are numpy.linalg.svd / eig of that checkpoint's tensors; without
+    the model there is no head count, so no per-head entries."""
+    ckpts, saved = _attention_checkpoints(tmp_path)
+    off = analyze_checkpoints(str(ckpts), out=str(tmp_path / "off"), window=3, progress=False,
+                              probes=["attention", "head.weight"], k_star_margin=1.0)
+    assert off.options.k_star_margin == 1.0 and [r["step"] for r in off.history] == [1, 2, 3, 4, 5]
+    for record in off.history:
+        w = saved[record["step"]]
+        q, k = w["attn.in_proj_weight"][:6], w["attn.in_proj_weight"][6:12]
+        for key, mat in (("attn.in_proj_weight:q", q), ("head.weight", w["head.weight"])):
+            s = np.linalg.svd(mat, compute_uv=False)
+            np.testing.assert_allclose(record["probes"][key]["sigma"], s[:8], rtol=1e-12)
+        lam = np.linalg.eig(q.T @ k)[0]
+        moduli = np.sort(np.abs(lam[lam.imag >= 0]))[::-1]
+        np.testing.assert_allclose(record["attention"]["attn"]["lambda_abs"], moduli[:8], rtol=1e-9)
+        assert record["attention"]["attn"]["heads"] == []
+    with pytest.raises(TypeError, match="analyze_checkpoints sets analyze_every itself"):
+        analyze_checkpoints(str(ckpts), out=str(tmp_path / "off2"), analyze_every=2, progress=False)
+    with pytest.raises(ValueError, match="probes pattern 'nothing' matches no 2-D monitored parameter"):
+        analyze_checkpoints(str(ckpts), out=str(tmp_path / "off3"), probes="nothing", progress=False)
+
+
+def test_probes_from_the_command_line(tmp_path, capsys):
+    from spectral_edge_fast.cli import main
+
+    ckpts, _ = _attention_checkpoints(tmp_path)
+    assert main(["analyze", str(ckpts), "--window", "3", "--probes", "attention", "--probes", "head.weight",
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    with open(tmp_path / "o" / "spectral.jsonl") as f:
+        record = json.loads(f.readlines()[-1])
+    assert set(record["probes"]) == {"attn.in_proj_weight:q", "head.weight"} and set(record["attention"]) == {"attn"}
+    capsys.readouterr()
+    assert main(["analyze", str(ckpts), "--probes", "nothing*", "--out", str(tmp_path / "p"), "--quiet"]) == 1
+    assert "error: probes pattern 'nothing*' matches no 2-D monitored parameter" in capsys.readouterr().err
