@@ -93,15 +93,17 @@ Tile load_tile(const R* x, int64_t ld, int64_t w, int64_t n, float* buf, float* 
 // g[i * w + j] += sum over n8 columns of a[i] * b[j], for the mr x nr block
 // whose rows start at a and b; 8 float32 lane sums, added in float64. Plain
 // C++ for CPUs without AVX2 + FMA (every other one takes block_avx2).
-template <int MR, int NR>
+// DIAG: a diagonal block (a == b, MR == NR): only the products i <= j, its g
+// entries i > j left alone (mirror_upper writes them).
+template <int MR, int NR, bool DIAG = false>
 void block_generic(const float* a, const float* b, int64_t ld, int64_t n8, double* g, int64_t w) {
   float acc[MR][NR][kLanesGram] = {};
   for (int64_t k = 0; k < n8; k += kLanesGram)
     for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j)
+      for (int j = DIAG ? i : 0; j < NR; ++j)
         for (int l = 0; l < kLanesGram; ++l) acc[i][j][l] += a[i * ld + k + l] * b[j * ld + k + l];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) {
+    for (int j = DIAG ? i : 0; j < NR; ++j) {
       double s = 0.0;
       for (int l = 0; l < kLanesGram; ++l) s += acc[i][j][l];
       g[i * w + j] += s;
@@ -111,7 +113,7 @@ void block_generic(const float* a, const float* b, int64_t ld, int64_t n8, doubl
 #if SEF_X86
 // The same sums with fused multiply-adds (so its bits differ from
 // block_generic's; a machine always takes the same one).
-template <int MR, int NR>
+template <int MR, int NR, bool DIAG = false>
 SEF_AVX2_FMA void block_avx2(const float* a, const float* b, int64_t ld, int64_t n8, double* g, int64_t w) {
   __m256 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
@@ -120,12 +122,12 @@ SEF_AVX2_FMA void block_avx2(const float* a, const float* b, int64_t ld, int64_t
     __m256 bv[NR];
     for (int j = 0; j < NR; ++j) bv[j] = _mm256_loadu_ps(b + j * ld + k);
     for (int i = 0; i < MR; ++i) {
-      const __m256 av = _mm256_loadu_ps(a + i * ld + k);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_fmadd_ps(av, bv[j], acc[i][j]);
+      const __m256 av = DIAG ? bv[i] : _mm256_loadu_ps(a + i * ld + k);
+      for (int j = DIAG ? i : 0; j < NR; ++j) acc[i][j] = _mm256_fmadd_ps(av, bv[j], acc[i][j]);
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) {
+    for (int j = DIAG ? i : 0; j < NR; ++j) {
       // lanes l and l + 4, then the four pairs in order, all in float64
       const __m256d s = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc[i][j])),
                                       _mm256_cvtps_pd(_mm256_extractf128_ps(acc[i][j], 1)));
@@ -147,22 +149,28 @@ constexpr int64_t kBlock512 = 4;
 template <class T>
 constexpr int64_t kCols512 = 64 / sizeof(T);
 
+// Rows of the next tile a block brings into L2 while it computes, one line per
+// row and step: the blocks of a tile share out its rows, so the tile after it
+// streams in from DRAM during the whole tile's work, not only its first block.
+template <class T>
+struct Prefetch {
+  const T* x;
+  int64_t ld, rows;
+};
+
 // DIAG: a diagonal block (a == b, MR == NR), whose products i > j mirror
 // products i < j and are skipped (a W = 16 Gram takes 136 products per column,
 // not 160); its g entries i > j are left alone.
 template <class T, int MR, int NR, bool DIAG = false>
-SEF_AVX512 void block_avx512(const T* a, const T* b, int64_t ld, int64_t n, double* g, int64_t w) {
+SEF_AVX512 void block_avx512(const T* a, const T* b, int64_t ld, int64_t n, double* g, int64_t w, Prefetch<T> pf) {
   static_assert(!DIAG || MR == NR, "a diagonal block is square");
   __m512 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
   for (int64_t k = 0; k < n; k += kCols512<T>) {
     __m512i bv[NR];
-    for (int j = 0; j < NR; ++j) {
-      // the rows' next lines from memory while this block computes (a tile's first block reads them from DRAM)
-      _mm_prefetch(reinterpret_cast<const char*>(b + j * ld + k) + 2048, _MM_HINT_T0);
-      bv[j] = _mm512_loadu_si512(b + j * ld + k);
-    }
+    for (int64_t r = 0; r < pf.rows; ++r) _mm_prefetch(reinterpret_cast<const char*>(pf.x + r * pf.ld + k), _MM_HINT_T1);
+    for (int j = 0; j < NR; ++j) bv[j] = _mm512_loadu_si512(b + j * ld + k);
     for (int i = 0; i < MR; ++i) {
       const __m512i av = DIAG ? bv[i] : _mm512_loadu_si512(a + i * ld + k);
       for (int j = DIAG ? i : 0; j < NR; ++j) {
@@ -191,6 +199,14 @@ using BlockFn = void (*)(const float*, const float*, int64_t, int64_t, double*, 
   {                                                                                               \
     {fn<1, 1>, fn<1, 2>, fn<1, 3>}, {fn<2, 1>, fn<2, 2>, fn<2, 3>}, { fn<3, 1>, fn<3, 2>, fn<3, 3> } \
   }
+#define SEF_DIAG_TABLE(fn) \
+  { fn<1, 1, true>, fn<2, 2, true>, fn<3, 3, true> }
+
+// A path's block kernels: table[mr - 1][nr - 1], and diag[m - 1] for the diagonal blocks.
+struct Blocks {
+  const BlockFn (*table)[kBlock];
+  const BlockFn* diag;
+};
 
 // Row blocks I (of `block` rows) of band b out of `bands`: I = b, b + bands, ...
 // (round robin, so the bands of the triangle get about the same work).
@@ -199,13 +215,14 @@ struct Band {
 };
 
 // All blocks I <= J, I in band `band`, of one part of a tile (columns rows `ld` apart, n8 of them).
-void tile_blocks(const float* x, int64_t ld, int64_t n8, int64_t w, double* g, const BlockFn (*table)[kBlock], Band band) {
+void tile_blocks(const float* x, int64_t ld, int64_t n8, int64_t w, double* g, Blocks fns, Band band) {
   if (n8 == 0) return;
-  for (int64_t i = band.b * kBlock; i < w; i += band.bands * kBlock)
-    for (int64_t j = i; j < w; j += kBlock) {
-      const int64_t mr = std::min(kBlock, w - i), nr = std::min(kBlock, w - j);
-      table[mr - 1][nr - 1](x + i * ld, x + j * ld, ld, n8, g + i * w + j, w);
-    }
+  for (int64_t i = band.b * kBlock; i < w; i += band.bands * kBlock) {
+    const int64_t mr = std::min(kBlock, w - i);
+    fns.diag[mr - 1](x + i * ld, x + i * ld, ld, n8, g + i * w + i, w);
+    for (int64_t j = i + kBlock; j < w; j += kBlock)
+      fns.table[mr - 1][std::min(kBlock, w - j) - 1](x + i * ld, x + j * ld, ld, n8, g + i * w + j, w);
+  }
 }
 
 #if SEF_X86
@@ -214,29 +231,37 @@ void tile_blocks(const float* x, int64_t ld, int64_t n8, int64_t w, double* g, c
 // apart, zero padded).
 template <class T>
 void gram_span_avx512(const T* x, int64_t ld, int64_t w, int64_t start, int64_t stop, double* g, T* tail, Band band) {
-  using Fn = void (*)(const T*, const T*, int64_t, int64_t, double*, int64_t);
+  using Fn = void (*)(const T*, const T*, int64_t, int64_t, double*, int64_t, Prefetch<T>);
 #define SEF_ROW(m) {block_avx512<T, m, 1>, block_avx512<T, m, 2>, block_avx512<T, m, 3>, block_avx512<T, m, 4>}
   static const Fn table[kBlock512][kBlock512] = {SEF_ROW(1), SEF_ROW(2), SEF_ROW(3), SEF_ROW(4)};
 #undef SEF_ROW
   static const Fn diag[kBlock512] = {block_avx512<T, 1, 1, true>, block_avx512<T, 2, 2, true>, block_avx512<T, 3, 3, true>,
                                      block_avx512<T, 4, 4, true>};
   constexpr int64_t step = kCols512<T>;
-  const auto blocks = [&](const T* rows, int64_t row_ld, int64_t n) {
+  int64_t count = 0;  // blocks of the band
+  for (int64_t i = band.b * kBlock512; i < w; i += band.bands * kBlock512) count += (w - i + kBlock512 - 1) / kBlock512;
+  // next: the next tile's columns of row 0 (nullptr: none); block q prefetches rows q, q + count, ...
+  const auto blocks = [&](const T* rows, int64_t row_ld, int64_t n, const T* next) {
+    int64_t q = 0;
+    const auto pf = [&]() {
+      const int64_t r = q++;
+      return Prefetch<T>{next ? next + r * row_ld : nullptr, count * row_ld, next && r < w ? (w - r + count - 1) / count : 0};
+    };
     for (int64_t i = band.b * kBlock512; i < w; i += band.bands * kBlock512) {
       const int64_t mr = std::min(kBlock512, w - i);
-      diag[mr - 1](rows + i * row_ld, rows + i * row_ld, row_ld, n, g + i * w + i, w);
+      diag[mr - 1](rows + i * row_ld, rows + i * row_ld, row_ld, n, g + i * w + i, w, pf());
       for (int64_t j = i + kBlock512; j < w; j += kBlock512)
-        table[mr - 1][std::min(kBlock512, w - j) - 1](rows + i * row_ld, rows + j * row_ld, row_ld, n, g + i * w + j, w);
+        table[mr - 1][std::min(kBlock512, w - j) - 1](rows + i * row_ld, rows + j * row_ld, row_ld, n, g + i * w + j, w, pf());
     }
   };
   const int64_t cols = tile_cols(w);
   for (; start < stop; start += cols) {
     const int64_t n = std::min(cols, stop - start), body = n / step * step;
-    if (body > 0) blocks(x + start, ld, body);
+    if (body > 0) blocks(x + start, ld, body, start + n < stop ? x + start + n : nullptr);
     if (body < n) {
       std::fill(tail, tail + w * step, T{0});
       for (int64_t i = 0; i < w; ++i) std::copy(x + i * ld + start + body, x + i * ld + start + n, tail + i * step);
-      blocks(tail, step, step);
+      blocks(tail, step, step, nullptr);
     }
   }
 }
@@ -247,18 +272,20 @@ template <class R>
 void gram_span(const R* x, int64_t ld, int64_t w, int64_t start, int64_t stop, double* g, float* buf, float* tail,
                bool avx2, Band band) {
   static const BlockFn generic[kBlock][kBlock] = SEF_BLOCK_TABLE(block_generic);
+  static const BlockFn generic_diag[kBlock] = SEF_DIAG_TABLE(block_generic);
 #if SEF_X86
   static const BlockFn fused[kBlock][kBlock] = SEF_BLOCK_TABLE(block_avx2);
-  const BlockFn(*table)[kBlock] = avx2 ? fused : generic;
+  static const BlockFn fused_diag[kBlock] = SEF_DIAG_TABLE(block_avx2);
+  const Blocks fns = avx2 ? Blocks{fused, fused_diag} : Blocks{generic, generic_diag};
 #else
-  const BlockFn(*table)[kBlock] = generic;
+  const Blocks fns{generic, generic_diag};
 #endif
   const int64_t cols = tile_cols(w);
   for (; start < stop; start += cols) {
     const int64_t n = std::min(cols, stop - start);
     const Tile t = load_tile(x + start, ld, w, n, buf, tail, avx2);
-    tile_blocks(t.body, t.ld, t.n8, w, g, table, band);
-    if (t.n8 < n) tile_blocks(t.tail, kLanesGram, kLanesGram, w, g, table, band);
+    tile_blocks(t.body, t.ld, t.n8, w, g, fns, band);
+    if (t.n8 < n) tile_blocks(t.tail, kLanesGram, kLanesGram, w, g, fns, band);
   }
 }
 
