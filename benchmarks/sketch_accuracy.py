@@ -92,7 +92,7 @@ def run_workload(name: str, ms, quick: bool) -> dict:
         out["results"].append({
             "m": m, "analyses": len(r),
             "exact_groups": int(sum(win._plan.identity)), "groups": len(win.groups),
-            "sigma_rel_median": sig.mean(axis=0).tolist() and np.median(sig, axis=0).tolist(),
+            "sigma_rel_median": np.median(sig, axis=0).tolist() if len(sig) else [],
             "sigma_rel_p90": np.quantile(sig, 0.9, axis=0).tolist() if len(sig) else [],
             "sigma1_rel_max": float(sig[:, 0].max()) if len(sig) else None,
             "decisive": len(decisive),
