@@ -408,10 +408,11 @@ class SpectralMonitor:
         return record
 
     def _R_pvalue(self, spec) -> Optional[float]:
-        """The p-value of R under the null at the run's W and P, for a full
-        window of full rank (the null's shape); None otherwise (a filling or
-        rank-deficient window, an undefined R)."""
-        W, P = self.window.window, self.window.numel
+        """The p-value of R under the null at the run's W and P (the
+        sketched row's length in sketch mode), for a full window of full rank
+        (the null's shape); None otherwise (a filling or rank-deficient
+        window, an undefined R)."""
+        W, P = self.window.window, sum(self.window.dims)
         if spec.n != W or spec.n_positive != min(W, P) or math.isnan(spec.gap_ratio):
             return None
         return null_max_ratio(W, P, NULL_SAMPLES).p_value(spec.gap_ratio)
@@ -486,11 +487,11 @@ class SpectralMonitor:
 
     def _event_stream(self, group: Optional[str]) -> EventStream:
         """A detector with the options' rule, "null" thresholds taken at the
-        window's W and the numel of the model (group None) or the group."""
-        o, P = self.options, self.window.numel
+        window's W and the row length (``GramWindow.dims``) of the model
+        (group None) or the group."""
+        o, P = self.options, sum(self.window.dims)
         if group is not None and "null" in (o.gap_open_above, o.gap_close_below):
-            layout, group_of = self.window.layout, _group_fn(o.groups)
-            P = sum(math.prod(s) for n, s in zip(layout.names, layout.full_shapes) if str(group_of(n)) == group)
+            P = self.window.dims[self.window.groups.index(group)]
             P = max(P, 2)  # a one-number group has rank one and no defined R: any threshold will do
         open_above, close_below = gap_thresholds(o.gap_open_above, o.gap_close_below, self.window.window, P,
                                                  NULL_SAMPLES)

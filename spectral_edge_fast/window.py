@@ -300,6 +300,15 @@ class GramWindow:
     def n(self) -> int:
         return min(self.count, self.window)
 
+    @property
+    def dims(self) -> List[int]:
+        """Each group's row length over all ranks, the dimension its Gram's
+        rows live in: its number of parameters, or in sketch mode
+        ``min(that, m)`` (what a null model of the spectrum is taken at)."""
+        if self._plan is not None:
+            return list(self._plan.group_m)
+        return group_numels(self.layout, self.options.groups)
+
     def memory_bytes(self) -> int:
         """Bytes this window needs on its device: the ring (rows padded), the
         snapshot, the ``[G, W, W]`` Gram, the leaving row, the ``[W, W]``

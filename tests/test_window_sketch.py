@@ -243,3 +243,28 @@ def test_analyze_command_takes_sketch(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["analyze", str(ckpts), "--sketch", "1", "--quiet"])
     assert exit_.value.code == 2 and "--sketch: must be an integer >= 2" in capsys.readouterr().err
+
+
+def test_the_null_of_R_is_taken_at_the_sketched_row_length(monkeypatch, tmp_path):
+    """Sketched rows of isotropic noise are isotropic noise in sum(dims)
+    numbers, not in P: the p-value of R and the "null" thresholds use that."""
+    import spectral_edge_fast.monitor as monitor_module
+
+    seen = []
+    real_null, real_thresholds = monitor_module.null_max_ratio, monitor_module.gap_thresholds
+    monkeypatch.setattr(monitor_module, "null_max_ratio", lambda W, P, n: seen.append(("p", P)) or real_null(W, P, 200))
+    monkeypatch.setattr(monitor_module, "gap_thresholds",
+                        lambda a, b, W, P, n: seen.append(("t", P)) or real_thresholds(a, b, W, P, 200))
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = SpectralMonitor(model, opt, window=3, sketch=16, groups="tensor", analyze_every=1, sinks=(),
+                          log_dir=str(tmp_path), gap_open_above="null")
+    assert mon.window.dims == [16, 16, 16, 5] and mon.window.numel == 594
+    for step in range(5):
+        model(torch.randn(8, 13, generator=torch.Generator().manual_seed(step))).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    mon.history
+    assert ("p", 53) in seen and ("t", 53) in seen and ("t", 16) in seen and ("t", 5) in seen
+    assert not [P for _, P in seen if P > 53], seen
+    assert GramWindow(model, groups="tensor").dims == [403, 31, 155, 5]
