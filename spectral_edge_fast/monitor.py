@@ -52,7 +52,7 @@ from .analysis._common import slide_norm
 from . import config
 from .config import MonitorOptions, resolve
 from .distributed import is_writer
-from .layout import _group_fn, _local, strip_wrappers
+from .layout import _local, strip_wrappers
 from .sinks import Sink, default_log_dir, make_sinks
 from .window import GramState, GramWindow
 
