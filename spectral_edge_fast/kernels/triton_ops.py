@@ -77,6 +77,7 @@ CHUNK = 1 << 15  # elements summed in float32 per program before the float64 sum
 # in flight); the interpreter pays per operation, not per element.
 _TILE = 1 << 14 if _INTERPRET else 2048
 _MAX_ROWS = 128  # one program holds all the rows of the ring in registers
+GRAM_PARTIAL_BYTES = 64 << 20  # the most float64 partials gram holds
 # Position = the code of a parameter dtype in the chunk table.
 _PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _TABLE_COLS = 5  # start, end, parameter dtype code, parameter address, parameter's flat start
@@ -215,25 +216,31 @@ def _combine_kernel(ring_ptr, coef_ptr, out_ptr, W, P, ring_stride, W_BLOCK: tl.
 
 
 @_jit
-def _gram_kernel(x_ptr, part_ptr, W, P, x_stride, chunk, R_BLOCK: tl.constexpr, BLOCK: tl.constexpr):
-    """Partial ``x x^T`` of one chunk of columns, for one pair of row blocks.
-    Products in float32 (IEEE, not TF32): the Gram is rare, and one float32
-    path is also the one the interpreter checks (its bfloat16 dot is wrong)."""
-    c = tl.program_id(0)
+def _gram_kernel(x_ptr, part_ptr, W, P, x_stride, chunk, per_span, R_BLOCK: tl.constexpr, BLOCK: tl.constexpr):
+    """Partial ``x x^T`` of one span of ``per_span`` chunks of columns, for one
+    pair of row blocks: float32 products summed per chunk, the chunks added in
+    float64 in order. Products in float32 (IEEE, not TF32): the Gram is rare,
+    and one float32 path is also the one the interpreter checks (its bfloat16
+    dot is wrong)."""
+    s = tl.program_id(0)
     ri = tl.program_id(1) * R_BLOCK + tl.arange(0, R_BLOCK)
     rj = tl.program_id(2) * R_BLOCK + tl.arange(0, R_BLOCK)
     xi = x_ptr + ri.to(tl.int64)[:, None] * x_stride
     xj = x_ptr + rj.to(tl.int64)[:, None] * x_stride
-    acc = tl.zeros([R_BLOCK, R_BLOCK], tl.float32)
-    start = c.to(tl.int64) * chunk
-    stop = tl.minimum(start + chunk, P)
-    for base in range(start, stop, BLOCK):
-        offs = base + tl.arange(0, BLOCK)
-        a = tl.load(xi + offs[None, :], mask=(ri < W)[:, None] & (offs < stop)[None, :], other=0.0)
-        b = tl.load(xj + offs[None, :], mask=(rj < W)[:, None] & (offs < stop)[None, :], other=0.0)
-        acc = tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)), acc, input_precision="ieee")
-    part = part_ptr + c.to(tl.int64) * W * W
-    tl.store(part + ri[:, None] * W + rj[None, :], acc, mask=(ri < W)[:, None] & (rj < W)[None, :])
+    total = tl.zeros([R_BLOCK, R_BLOCK], tl.float64)
+    first = s.to(tl.int64) * per_span
+    for c in range(first, first + per_span):
+        start = c * chunk
+        stop = tl.minimum(start + chunk, P)
+        acc = tl.zeros([R_BLOCK, R_BLOCK], tl.float32)
+        for base in range(start, stop, BLOCK):
+            offs = base + tl.arange(0, BLOCK)
+            a = tl.load(xi + offs[None, :], mask=(ri < W)[:, None] & (offs < stop)[None, :], other=0.0)
+            b = tl.load(xj + offs[None, :], mask=(rj < W)[:, None] & (offs < stop)[None, :], other=0.0)
+            acc = tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)), acc, input_precision="ieee")
+        total += acc.to(tl.float64)
+    part = part_ptr + s.to(tl.int64) * W * W
+    tl.store(part + ri[:, None] * W + rj[None, :], total, mask=(ri < W)[:, None] & (rj < W)[None, :])
 
 
 class _Chunks:
@@ -318,13 +325,14 @@ class TritonBackend(Backend):
             self._tables.move_to_end(key)
         return table
 
-    def _sum_chunks(self, part: torch.Tensor, chunks: _Chunks) -> torch.Tensor:
-        groups, n_cols = chunks.first.numel() - 1, part.shape[1]
+    def _sum_chunks(self, part: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        """``[G, n_cols]`` float64: group g sums the rows ``first[g]:first[g+1]`` of ``part``."""
+        groups, n_cols = first.numel() - 1, part.shape[1]
         out = torch.empty(groups, n_cols, dtype=torch.float64, device=part.device)
         col_block = min(64, triton.next_power_of_2(n_cols))
         if groups and n_cols:
             _sum_chunks_kernel[(groups, triton.cdiv(n_cols, col_block))](
-                part, chunks.first, out, n_cols, C_BLOCK=max(16, 2048 // col_block), COL_BLOCK=col_block, **_LAUNCH)
+                part, first, out, n_cols, C_BLOCK=max(16, 2048 // col_block), COL_BLOCK=col_block, **_LAUNCH)
         return out
 
     def _pass(self, chunks: _Chunks, src, snapshot, out, ring, slot=0, *, dots, write, codes=(-1,)):
@@ -354,19 +362,19 @@ class TritonBackend(Backend):
         _check_rows(ring.shape[0])
         chunks = self._chunks(bounds, ring.device)
         part = self._pass(chunks, row, row, row, ring, slot, dots=True, write=True)
-        return self._sum_chunks(part, chunks)
+        return self._sum_chunks(part, chunks.first)
 
     def _step(self, params, snapshot, ring, slot, bounds):
         _check_rows(ring.shape[0])
         chunks = self._chunks(bounds, ring.device, params)
         part = self._pass(chunks, snapshot, snapshot, snapshot, ring, slot, dots=True, write=True, codes=chunks.codes)
-        return self._sum_chunks(part, chunks)
+        return self._sum_chunks(part, chunks.first)
 
     def _project(self, ring, vec, bounds):
         _check_rows(ring.shape[0])
         chunks = self._chunks(bounds, ring.device)
         part = self._pass(chunks, vec, vec, vec, ring, dots=True, write=False)
-        return self._sum_chunks(part, chunks)
+        return self._sum_chunks(part, chunks.first)
 
     def _combine(self, ring, coeffs):
         rows, size = ring.shape
@@ -381,14 +389,20 @@ class TritonBackend(Backend):
 
     def _gram(self, x):
         rows, size = x.shape
-        chunks = self._chunks((0, size), x.device)
         r_block = min(64, max(16, triton.next_power_of_2(rows)))
         n_blocks = triton.cdiv(rows, r_block)
-        part = torch.empty(chunks.n, rows * rows, dtype=torch.float32, device=x.device)
-        if chunks.n and rows:
-            _gram_kernel[(chunks.n, n_blocks, n_blocks)](x, part, rows, size, x.stride(0), self.chunk,
-                                                         R_BLOCK=r_block, BLOCK=64, num_warps=4, **_LAUNCH)
-        return self._sum_chunks(part, chunks).view(rows, rows)
+        # Spans of whole chunks, as many as GRAM_PARTIAL_BYTES of float64
+        # partials hold (one if a single W x W Gram is larger): a longer x
+        # gets longer spans, not more partials.
+        n_chunks = triton.cdiv(size, self.chunk)
+        per_span = max(1, triton.cdiv(n_chunks, max(1, GRAM_PARTIAL_BYTES // (8 * rows * rows))))
+        spans = triton.cdiv(n_chunks, per_span)
+        part = torch.empty(spans, rows * rows, dtype=torch.float64, device=x.device)
+        if spans and rows:
+            _gram_kernel[(spans, n_blocks, n_blocks)](x, part, rows, size, x.stride(0), self.chunk, per_span,
+                                                      R_BLOCK=r_block, BLOCK=64, num_warps=4, **_LAUNCH)
+        first = torch.arange(2, device=x.device) * spans  # one group: spans [0, spans)
+        return self._sum_chunks(part, first).view(rows, rows)
 
 
 def make_backend(name):

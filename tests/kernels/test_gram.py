@@ -100,5 +100,24 @@ def test_cpp_gram_allocates_the_bounded_partials():
     x = torch.randn(W, P, generator=torch.Generator().manual_seed(3))
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         sef.gram(x, backend="cpp")
-    largest = max(e.cpu_memory_usage for e in prof.events())
+    largest = max(e.cpu_memory_usage for e in prof.events() if e.name == "aten::empty")
     assert largest == _C.gram_spans(W, P) * W * W * 8, "the partials are the largest buffer gram allocates"
+
+
+def test_triton_gram_partials_are_bounded(monkeypatch):
+    """With room for two W x W partials, 11 chunks go in two spans of 6 chunks
+    (float32 within a chunk, float64 across), exactly, in no more memory."""
+    backend_or_skip("triton")
+    from torch.profiler import ProfilerActivity, profile
+
+    from spectral_edge_fast.kernels import triton_ops
+
+    W, P = 5, 3001
+    bound = 2 * W * W * 8
+    monkeypatch.setattr(triton_ops, "GRAM_PARTIAL_BYTES", bound)
+    x = small_integers((W, P), torch.Generator().manual_seed(9))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        got = triton_ops.TritonBackend(chunk=300).gram(x)
+    assert torch.equal(got, x.double() @ x.double().T)
+    largest = max(e.cpu_memory_usage for e in prof.events() if e.name == "aten::empty")
+    assert largest <= bound, f"gram allocated {largest} bytes, the partials may take {bound}"

@@ -213,7 +213,7 @@ _COMPILE = textwrap.dedent("""
                 assert not dots or "ld.global.v4" in ptx, ("ring loads not vectorised", ring, rows, code, write)
         compile(T._combine_kernel, {"ring_ptr": "*" + ring, "coef_ptr": "*fp32", "out_ptr": "*fp32"},
                 dict(W_BLOCK=16, BLOCK=128), 8)
-        compile(T._gram_kernel, {"x_ptr": "*" + ring, "part_ptr": "*fp32"}, dict(R_BLOCK=64, BLOCK=64), 4)
+        compile(T._gram_kernel, {"x_ptr": "*" + ring, "part_ptr": "*fp64"}, dict(R_BLOCK=64, BLOCK=64), 4)
     compile(T._sum_chunks_kernel, {"part_ptr": "*fp32", "first_ptr": "*i64", "out_ptr": "*fp64"},
             dict(C_BLOCK=64, COL_BLOCK=32), 4)
 """)
