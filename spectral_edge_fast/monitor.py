@@ -44,7 +44,7 @@ from .analysis import (
     window_overlaps,
 )
 from .analysis.events import EventStream
-from .analysis.null import gap_thresholds, null_max_ratio
+from .analysis.null import MONITOR_SAMPLES, gap_thresholds, null_max_ratio
 from .analysis.spectrum import k_margin
 from .analysis.weights import probe_plan, probe_results
 from .analysis._common import ENGINE_EPS  # the records' zero tolerance unit (the analysis default), for callers
@@ -61,10 +61,6 @@ STATE_VERSION = 4
 # significant digits: counts of the rounded values stay bounded where a list
 # of every value would grow with the run.
 R_MEDIAN_DIGITS = 4
-# Draws of the null distribution of R behind a record's R_pvalue and "null"
-# gap thresholds: one sample per (W, P), cached, about 0.2 s at W = 16 and 2 s
-# at W = 64; p-values down to 1 / 5001.
-NULL_SAMPLES = 5000
 
 
 def _lr_of(param_groups) -> Any:
@@ -415,7 +411,7 @@ class SpectralMonitor:
         W, P = self.window.window, sum(self.window.dims)
         if spec.n != W or spec.n_positive != min(W, P) or math.isnan(spec.gap_ratio):
             return None
-        return null_max_ratio(W, P, NULL_SAMPLES).p_value(spec.gap_ratio)
+        return null_max_ratio(W, P, MONITOR_SAMPLES).p_value(spec.gap_ratio)
 
     @staticmethod
     def _group_summaries(names: List[str], spectra, ext: np.ndarray) -> Dict[str, dict]:
@@ -494,7 +490,7 @@ class SpectralMonitor:
             P = self.window.dims[self.window.groups.index(group)]
             P = max(P, 2)  # a one-number group has rank one and no defined R: any threshold will do
         open_above, close_below = gap_thresholds(o.gap_open_above, o.gap_close_below, self.window.window, P,
-                                                 NULL_SAMPLES)
+                                                 MONITOR_SAMPLES)
         return EventStream(open_above, close_below, k_star_margin=o.k_star_margin)
 
     # -- gradients and metrics -----------------------------------------------

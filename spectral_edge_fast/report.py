@@ -10,6 +10,10 @@
     training.png   the logged losses, accuracies, learning rate and gradient
                    norm, each kind on its own axis, each series over the
                    steps where it was logged (other metrics are listed, not drawn)
+    probes.png     the weight probes (a monitor's ``probes=``): sigma_1/sigma_2
+                   and sigma_2/sigma_3 of each probed weight, |lambda_1|/|lambda_2|
+                   and |lambda_2|/|lambda_3| of each attention operator and
+                   |lambda_1|/|lambda_2| of its heads
     report.html    all of the above, a guide to the quantities, the summary
                    and the events, in one file (images embedded, no other
                    file needed), titled with the run's name (:func:`run_name`)
@@ -38,15 +42,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .analysis.events import events as _gap_events
+from .analysis.events import _gap_rule, events as _gap_events
+from .analysis.null import MONITOR_SAMPLES, gap_thresholds
 from .files import atomic_write
 from .sinks import FILES, read_records
 
-# The thresholds the monitor's event detector uses (its defaults; docs/math.md#gap-collapse-and-opening).
+# The event detector's defaults (a run's own rule is in its meta.json; docs/math.md#gap-collapse-and-opening).
 _DETECTOR = inspect.signature(_gap_events).parameters
 OPEN_ABOVE = _DETECTOR["open_above"].default
-CLOSE_BELOW = 1.0 + 0.5 * (OPEN_ABOVE - 1.0)  # events()'s documented default for close_below=None
 PERSIST = _DETECTOR["persist"].default
+CLOSE_BELOW = _gap_rule(OPEN_ABOVE, None, PERSIST, 1.0)
+K_STAR_MARGIN = _DETECTOR["k_star_margin"].default
 
 # One style per event kind on every plot, the comparison's included.
 EVENT_STYLES = {
@@ -225,9 +231,27 @@ def sigmas_figure(records: List[dict], meta: dict):
     return fig
 
 
-def gap_figure(records: List[dict], meta: dict, open_above: float = OPEN_ABOVE, close_below: float = CLOSE_BELOW):
-    """R with the event thresholds, k* and (when the learning rate is known) A
-    over time, with the events and milestones."""
+def event_thresholds(meta: dict) -> Tuple[float, float]:
+    """The run's gap thresholds ``(open_above, close_below)``: its options as
+    meta.json records them, "null" taken at its W and P as the monitor takes
+    it; the defaults for a run without them."""
+    rule = meta.get("events") or {}
+    open_above, close_below = rule.get("gap_open_above", OPEN_ABOVE), rule.get("gap_close_below")
+    if "null" in (open_above, close_below):
+        open_above, close_below = gap_thresholds(open_above, close_below, meta["window"], meta["numel"],
+                                                 MONITOR_SAMPLES)
+    return open_above, _gap_rule(open_above, close_below, PERSIST, 1.0)
+
+
+def gap_figure(records: List[dict], meta: dict, open_above: Optional[float] = None,
+               close_below: Optional[float] = None):
+    """R with the event thresholds (default: the run's, :func:`event_thresholds`),
+    k* and (when the learning rate is known) A over time, with the events and
+    milestones."""
+    if open_above is None or close_below is None:
+        rule = event_thresholds(meta)
+        open_above = rule[0] if open_above is None else open_above
+        close_below = rule[1] if close_below is None else close_below
     plt = _plt()
     steps = _steps(records)
     R, k, A = _series(records, "R"), _series(records, "k_star"), _series(records, "A")
@@ -288,6 +312,65 @@ def groups_figure(records: List[dict], meta: dict):
     _mark(ax, model_events(records), _milestones(meta), milestone_color=HEATMAP_MILESTONE_COLOR)
     _legend(ax, title="whole model")
     fig.colorbar(im, ax=ax, label="log10 R", location="bottom", aspect=60)
+    return fig
+
+
+def probes_figure(records: List[dict], meta: dict):
+    """The weight probes over time (None: no record has any): sigma_1/sigma_2
+    and sigma_2/sigma_3 of each probed weight, and, with attention probes,
+    |lambda_1|/|lambda_2| (solid) and |lambda_2|/|lambda_3| (dashed) of each
+    attention operator with its heads' |lambda_1|/|lambda_2| (thin)."""
+    probed = [r for r in records if r.get("probes")]
+    if not probed:
+        return None
+    plt = _plt()
+    steps = _steps(probed)
+    weights = list(dict.fromkeys(k for r in probed for k in r["probes"]))
+    modules = list(dict.fromkeys(k for r in probed for k in r.get("attention") or {}))
+
+    def values(section: str, name: str, key: str, head: Optional[int] = None) -> np.ndarray:
+        out = []
+        for r in probed:
+            entry = (r.get(section) or {}).get(name) or {}
+            if head is not None:
+                heads = entry.get("heads") or []
+                entry = heads[head] if head < len(heads) else {}
+            out.append(np.nan if entry.get(key) is None else float(entry[key]))
+        return np.array(out)
+
+    rows = 3 if modules else 2
+    fig, axes = plt.subplots(rows, 1, figsize=(WIDTH, 2.6 * rows + 0.6), sharex=True)
+    events, milestones = model_events(records), _milestones(meta)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, key, label in ((axes[0], "sigma_12", "σ1 / σ2"), (axes[1], "sigma_23", "σ2 / σ3")):
+        series = [values("probes", w, key) for w in weights]
+        for i, (w, v) in enumerate(zip(weights, series)):
+            ax.plot(steps, v, color=colors[i % len(colors)], lw=1.3, label=w)
+        _log_axis(ax, np.concatenate(series + [np.ones(1)]))
+        ax.set_ylabel(f"{label} of the weight")
+    if modules:
+        ax = axes[2]
+        drawn = []
+        for i, m in enumerate(modules):
+            color = colors[i % len(colors)]
+            drawn += [values("attention", m, "ratio_12"), values("attention", m, "ratio_23")]
+            ax.plot(steps, drawn[-2], color=color, lw=1.5, label=f"{m}: |λ1|/|λ2|")
+            ax.plot(steps, drawn[-1], color=color, lw=1.0, ls="--", label=f"{m}: |λ2|/|λ3|")
+            heads = max(len(((r.get("attention") or {}).get(m) or {}).get("heads") or ()) for r in probed)
+            for h in range(heads):
+                drawn.append(values("attention", m, "ratio_12", h))
+                ax.plot(steps, drawn[-1], color=color, lw=0.6, alpha=0.5,
+                        label=f"{m}: heads' |λ1|/|λ2|" if h == 0 else None)
+        _log_axis(ax, np.concatenate(drawn + [np.ones(1)]))
+        ax.set_ylabel("attention W_Qᵀ W_K")
+    for i, ax in enumerate(axes):
+        _mark(ax, events, milestones, label=i == 0)
+        ax.grid(alpha=0.3, which="both")
+        _legend(ax)
+    axes[-1].set_xlabel("step")
+    axes[0].set_title("Weight probes: singular-value ratios of the probed weights"
+                      + (", eigenvalue ratios of the attention operators" if modules else ""))
+    fig.tight_layout()
     return fig
 
 
@@ -403,11 +486,17 @@ def guide_html() -> str:
         "docs/math.md#adiabatic-parameter).",
         f"<b>Events</b>: a gap <i>opening</i> when R stays at or above {OPEN_ABOVE:g} for {PERSIST} analyses in a "
         f"row, a gap <i>collapse</i> when it stays below {CLOSE_BELOW:g} for {PERSIST} analyses (in between, the "
-        f"state holds), a <i>k* shift</i> when k* changes and keeps its new value for {PERSIST} analyses; each is "
-        f"dated at the first analysis of its run. On the plots: {lines}; milestones (e.g. grokking) "
+        f"state holds), a <i>k* shift</i> when a decisive k* (its ratio at least {K_STAR_MARGIN:g} times the "
+        f"runner-up's) changes and keeps its new value for {PERSIST} analyses, so the wandering k* of a flat "
+        f"spectrum makes none; each is dated at the first analysis of its run. These are the defaults: the gap "
+        f"plot draws the run's own thresholds. On the plots: {lines}; milestones (e.g. grokking) "
         f"{_line_words(MILESTONE_STYLE)} (docs/math.md#events).",
         "<b>Groups</b>: the same gap ratio for each group of parameters (a repeated block, the embeddings, the "
         "head); the heat map shows log<sub>10</sub> R of each (docs/engine.md#groups).",
+        "<b>Weight probes</b> (when the monitor has <code>probes=</code>): σ<sub>1</sub>/σ<sub>2</sub> and "
+        "σ<sub>2</sub>/σ<sub>3</sub> of each probed weight matrix itself (an attention W<sub>Q</sub>, not the "
+        "updates), and the ratios of the largest |λ| of each attention layer's W<sub>Q</sub>ᵀW<sub>K</sub>, "
+        "whole and per head (docs/math.md#weight-probes).",
     ]
     return ('<div class="guide"><h3>How to read this report</h3><ul>' + "".join(f"<li>{i}</li>" for i in items)
             + "</ul><p>Definitions: the project's docs/ folder (docs/README.md; each item above names its page and "
@@ -476,7 +565,7 @@ def run_summary(run: dict) -> Dict[str, object]:
     return out
 
 
-_IMAGES = ("gap.png", "sigmas.png", "groups.png", "training.png")
+_IMAGES = ("gap.png", "sigmas.png", "groups.png", "probes.png", "training.png")
 
 
 def _run_section(run: dict, images: Dict[str, Optional[str]]) -> str:
@@ -519,6 +608,7 @@ def _plot_run(run_dir: str, run: dict) -> Dict[str, Optional[str]]:
         "gap.png": gap_figure(recs, meta),
         "sigmas.png": sigmas_figure(recs, meta),
         "groups.png": groups_figure(recs, meta),
+        "probes.png": probes_figure(recs, meta),
         "training.png": training_figure(run["metrics"], recs, meta) if run["metrics"] else None,
     }
     return {name: _save(fig, os.path.join(run_dir, name)) if fig is not None else None for name, fig in figures.items()}

@@ -18,6 +18,7 @@ import spectral_edge_fast.config as config_module
 import spectral_edge_fast.monitor as monitor_module
 from spectral_edge_fast.analysis import collapse_order, events
 from spectral_edge_fast.analysis._common import zero_tolerance
+from spectral_edge_fast.analysis.null import MONITOR_SAMPLES
 from spectral_edge_fast import GramWindow
 from spectral_edge_fast.monitor import ENGINE_EPS, SpectralMonitor
 from spectral_edge_fast.window import GramReadback
@@ -841,7 +842,7 @@ def test_records_carry_k_margin_and_the_null_p_value_of_R(tmp_path):
     P = sum(p.numel() for p in model.parameters())
     for r in hist[3:]:
         assert r["spectrum"]["n_positive"] == 4
-        assert r["R_pvalue"] == ratio_p_value(r["R"], 4, P, n_samples=monitor_module.NULL_SAMPLES)
+        assert r["R_pvalue"] == ratio_p_value(r["R"], 4, P, n_samples=MONITOR_SAMPLES)
         assert r["k_margin"] == r["spectrum"]["k_margin"] == k_margin(r["sigmas"], r["k_star"]) >= 1.0
     for name, G in mon.window.group_grams().items():  # the last record's window
         s, got = spectrum(G), hist[-1]["groups"][name]
@@ -870,7 +871,7 @@ def test_the_event_rule_options_reach_every_detector(tmp_path, options):
     for group, P in [(None, 387)] + list(sizes.items()):
         rule = streams[group]
         if options["gap_open_above"] == "null":
-            null = null_max_ratio(3, P, monitor_module.NULL_SAMPLES)
+            null = null_max_ratio(3, P, MONITOR_SAMPLES)
             assert (rule.open_above, rule.close_below) == (null.quantile(0.99), null.quantile(0.5))
         else:
             assert (rule.open_above, rule.close_below) == (2.0, 1.1)

@@ -270,3 +270,45 @@ def test_a_run_killed_before_its_first_analysis_is_left_out_of_the_comparison(tm
     (tmp_path / "done" / "spectral.jsonl").write_text("")
     with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match="no run in .* holds analysis records"):
         render(str(tmp_path))
+
+
+def test_probes_are_plotted_and_the_gap_plot_draws_the_run_thresholds(tmp_path):
+    """A run with probes gets probes.png (a line per probed weight and per
+    attention operator, its heads thin); the gap plot's threshold lines are
+    the run's options, "null" at its W and P; a run without probes gets no
+    probes.png."""
+    from spectral_edge_fast.analysis import null_max_ratio
+    from spectral_edge_fast.analysis.null import MONITOR_SAMPLES
+
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.attn, model.head = torch.nn.MultiheadAttention(8, 2), torch.nn.Linear(8, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = SpectralMonitor(model, opt, window=4, analyze_every=2, log_dir=str(tmp_path / "run"),
+                          probes=["attention", "head.weight"], gap_open_above="null", gap_close_below=1.001)
+    x = torch.randn(16, 3, 8)
+    for _ in range(20):
+        loss = model.head(model.attn(x, x, x)[0]).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    mon.close()
+    render(str(tmp_path / "run"))
+    data = (tmp_path / "run" / "probes.png").read_bytes()
+    assert data.startswith(PNG) and len(data) > 10_000
+    run = read_records(str(tmp_path / "run"))
+    fig = report.probes_figure(run["analysis"], run["meta"])
+    def series(ax):  # the lines over the records, not the event and milestone marks
+        return [ln for ln in ax.get_lines() if len(ln.get_xdata()) == len(run["analysis"])]
+
+    assert [ln.get_label() for ln in series(fig.axes[0])] == ["attn.in_proj_weight:q", "head.weight"]
+    assert len(series(fig.axes[1])) == 2
+    labels = fig.axes[2].get_legend_handles_labels()[1]
+    assert {"attn: |λ1|/|λ2|", "attn: |λ2|/|λ3|", "attn: heads' |λ1|/|λ2|"} <= set(labels)
+    assert len(series(fig.axes[2])) == 2 + 2  # the whole operator's two ratios; two heads
+    P = sum(p.numel() for p in model.parameters())
+    open_above = null_max_ratio(4, P, MONITOR_SAMPLES).quantile(0.99)
+    assert report.event_thresholds(run["meta"]) == (open_above, 1.001)
+    ys = {ln.get_ydata()[0] for ln in report.gap_figure(run["analysis"], run["meta"]).axes[0].get_lines()[1:3]}
+    assert ys == {open_above, 1.001}
+    assert report.probes_figure(_analysis(PEAK), {}) is None and report.event_thresholds({}) == (1.5, 1.25)
