@@ -28,7 +28,7 @@ from .config import SKETCH_M, WindowOptions, resolve
 from .kernels import get_backend
 from .kernels.ops import check_step
 from .layout import ParamLayout
-from .sketch import MAX_PARTS, SketchPlan, group_numels, sketch_summary
+from .sketch import MAX_PARTS, SketchPlan, gram_std_error, group_numels, sketch_summary
 
 ROW_ALIGN = 64
 
@@ -177,8 +177,17 @@ class GramState:
         if self.sketch is None:
             return None
         m, inv_m = self.sketch
+        return sketch_summary(self._group_grams(), inv_m, m)
+
+    def gram_std_error(self) -> Optional[np.ndarray]:
+        """In sketch mode, the estimated standard error of each entry of
+        :meth:`gram` (n x n, oldest first; docs/numerics.md#sketch-mode);
+        None otherwise."""
+        return None if self.sketch is None else gram_std_error(self._group_grams(), self.sketch[1])
+
+    def _group_grams(self) -> np.ndarray:
         order = self.order
-        return sketch_summary(self._gram[:, order][:, :, order], inv_m, m)
+        return self._gram[:, order][:, :, order]
 
 
 class GramReadback:

@@ -96,6 +96,10 @@ def test_project_is_the_product_of_the_sketches_and_combine_raises():
     assert np.allclose(got, want, rtol=1e-5, atol=1e-9 * np.abs(want).max())
     with pytest.raises(ValueError, match=r"combine\(\) needs the window's rows in full.*sketch=16.*sketch=None"):
         win.combine(np.ones(4))
+    # the entries' standard errors: sqrt((G_ii G_jj + G_ij^2) / m) for one hashed group
+    G, se = win.gram(), win.state().gram_std_error()
+    assert np.allclose(se, np.sqrt((np.outer(np.diag(G), np.diag(G)) + G**2) / 16))
+    assert GramWindow(model, window=4).state().gram_std_error() is None
 
 
 def test_push_sketches_the_update():
@@ -199,6 +203,11 @@ def _sharded_worker(rank, world, store_path, out_dir):
             else:
                 p.copy_(t)
         win.step()
+    try:  # ranks that disagree on sketch= all raise, naming it
+        GramWindow(params, window=3, sketch=32 if rank == 0 else 64, groups="tensor", process_group=dist.group.WORLD)
+        mismatch = None
+    except ValueError as exc:
+        mismatch = str(exc)
     y = [torch.randn(t.shape, generator=gen) for t in full]
     y_local = [distribute_tensor(v, mesh, p.placements) if hasattr(p, "to_local") else v for v, (_, p) in zip(y, params)]
     # the same updates through one process's window over the full tensors
@@ -211,7 +220,7 @@ def _sharded_worker(rank, world, store_path, out_dir):
             t.add_(torch.randn(t.shape, generator=gen))
         ref.step()
     torch.save({"got": win.gram(), "want": ref.gram(), "proj": win.project(y_local), "proj_want": ref.project(y),
-                "identity": win._plan.identity}, os.path.join(out_dir, f"sketch{rank}.pt"))
+                "identity": win._plan.identity, "mismatch": mismatch}, os.path.join(out_dir, f"sketch{rank}.pt"))
     dist.destroy_process_group()
 
 
@@ -224,6 +233,7 @@ def test_sharded_sketch_equals_the_unsharded_one():
         assert r["identity"] == [False, True, False, False]
         assert np.allclose(r["got"], r["want"], rtol=1e-5, atol=0), np.abs(r["got"] - r["want"]).max()
         assert np.allclose(r["proj"], r["proj_want"], rtol=1e-5, atol=1e-6)
+        assert r["mismatch"] is not None and "sketch is 32 on rank 0 but 64 on rank 1" in r["mismatch"], r["mismatch"]
     assert np.array_equal(results[0]["got"], results[1]["got"]), "ranks disagree"
 
 
