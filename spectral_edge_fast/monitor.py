@@ -705,7 +705,11 @@ class SpectralMonitor:
         self._event_streams = {}
         for group, stream_state in state["event_streams"]:
             self._event_streams[group] = stream = self._event_stream(group)
-            stream.load_state_dict(stream_state)
+            try:
+                stream.load_state_dict(stream_state)
+            except ValueError as exc:
+                raise ValueError(f"the checkpoint's events were found under another rule: make the monitor with the "
+                                 f"checkpoint's gap_open_above, gap_close_below and k_star_margin ({exc})") from None
         self._trim(self._history, self.metrics, self._events)
         self._info = dict(state["info"])
         self._pending = None

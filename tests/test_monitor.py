@@ -884,3 +884,17 @@ def test_the_event_rule_options_reach_every_detector(tmp_path, options):
         order([{k: v for k, v in e.items() if k != "index"} for e in want])
     assert any(e["kind"] == "k_star_shift" for e in want)
     assert mon.meta["events"] == {k: options[k] for k in ("gap_open_above", "gap_close_below", "k_star_margin")}
+
+
+def test_a_checkpoint_under_another_event_rule_is_refused_by_name(tmp_path):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = SpectralMonitor(model, opt, window=3, analyze_every=2, sinks=(), log_dir=str(tmp_path))
+    _train(model, opt, 8)
+    state = mon.state_dict()
+    other = SpectralMonitor(_model(), window=3, analyze_every=2, sinks=(), log_dir=str(tmp_path / "b"),
+                            k_star_margin=1.3)
+    with pytest.raises(ValueError, match="make the monitor with the checkpoint's gap_open_above, gap_close_below and "
+                                         r"k_star_margin \(event stream state saved with"):
+        other.load_state_dict(state)
+    SpectralMonitor(_model(), window=3, analyze_every=2, sinks=(), log_dir=str(tmp_path / "c")).load_state_dict(state)

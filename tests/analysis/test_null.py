@@ -88,3 +88,13 @@ def test_bbp_undefined_and_errors():
         bbp(spectrum(np.eye(3)), 100)
     with pytest.raises(ValueError):
         bbp(spectrum(np.eye(3)), 100, noise_std=-1.0)
+
+
+def test_gap_thresholds_take_the_null_quantiles():
+    from spectral_edge_fast.analysis.null import gap_thresholds
+
+    null = null_max_ratio(8, 1000, 2000)
+    assert gap_thresholds("null", "null", 8, 1000, 2000) == (null.quantile(0.99), null.quantile(0.5))
+    assert gap_thresholds("null", None, 8, 1000, 2000) == (null.quantile(0.99), None)
+    assert gap_thresholds(1.5, "null", 8, 1000, 2000) == (1.5, null.quantile(0.5))
+    assert gap_thresholds(1.5, 1.2, 1, 1, 2000) == (1.5, 1.2)  # numbers pass through, no null drawn
