@@ -137,30 +137,32 @@ class _ProbeReader:
     """The weights that the probes read (docs/math.md#weight-probes): copied
     to the host at each analysis step, on a GPU without waiting (into pinned
     memory, before the Gram's readback, whose event then covers them), and
-    analysed with the record."""
+    analysed with the record. The buffers and their NumPy views are made
+    once, here: the step only starts copies."""
 
     def __init__(self, layout, probes, model):
         heads = _head_counts(model) if isinstance(model, torch.nn.Module) else None
         self.plan = probe_plan(probes, dict(zip(layout.names, layout.full_shapes)), heads)
-        self._layout, self._buffers = layout, None
+        self._layout = layout
         self._index = [layout.names.index(name) for name in self.plan.params]
         for i in self._index:
             if _local(layout.params[i])[1]:
                 raise ValueError(f"probes: parameter {layout.names[i]!r} is sharded across ranks (a DTensor with a "
                                  "Shard placement); its spectrum needs the whole matrix, which the monitor does not "
                                  "gather: leave it out of probes, or gather it yourself and call weight_spectrum")
+        pin = layout.device.type == "cuda"
+        # float32 (float64 for float64 weights): NumPy has no bfloat16
+        self._buffers = [torch.empty(layout.full_shapes[i], pin_memory=pin, dtype=torch.float64
+                                     if layout.dtypes[i] == torch.float64 else torch.float32) for i in self._index]
+        self._arrays = dict(zip(self.plan.params, (b.numpy() for b in self._buffers)))
 
     def start(self) -> None:
-        params = [_local(self._layout.params[i])[0].detach() for i in self._index]
-        if self._buffers is None:
-            pin = params[0].device.type == "cuda"
-            self._buffers = [torch.empty(p.shape, dtype=p.dtype, pin_memory=pin) for p in params]
-        for buffer, p in zip(self._buffers, params):
-            buffer.copy_(p, non_blocking=True)
+        for buffer, i in zip(self._buffers, self._index):
+            buffer.copy_(_local(self._layout.params[i])[0].detach(), non_blocking=True)
 
     def results(self) -> tuple:
         """``(probes, attention)`` of the weights copied last."""
-        return probe_results(self.plan, {n: b.double().numpy() for n, b in zip(self.plan.params, self._buffers)})
+        return probe_results(self.plan, self._arrays)
 
 
 class SpectralMonitor:

@@ -146,7 +146,7 @@ def test_per_step_path_never_reads_the_device_on_cpu(tmp_path):
     through GramReadback.wait(), once per analysis."""
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    mon = SpectralMonitor(model, opt, window=4, every=2, analyze_every=3, log_dir=str(tmp_path))
+    mon = SpectralMonitor(model, opt, window=4, every=2, analyze_every=3, log_dir=str(tmp_path), probes="*.weight")
     step, waits = mon.step, []
     wait = GramReadback.wait
 
@@ -167,14 +167,14 @@ def test_per_step_path_never_reads_the_device_on_cpu(tmp_path):
         GramReadback.wait = wait
     assert mon.steps == 30
     assert waits == [4, 7, 10, 13, 16, 19, 22, 25, 28]  # each analysis read back at the next step
-    assert len(mon.history) == 10
+    assert len(mon.history) == 10 and set(mon.history[-1]["probes"]) == {"0.weight", "2.weight"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_per_step_path_never_synchronizes_on_gpu(tmp_path):
     model = _model().cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    mon = SpectralMonitor(model, opt, window=8, analyze_every=5, log_dir=str(tmp_path))
+    mon = SpectralMonitor(model, opt, window=8, analyze_every=5, log_dir=str(tmp_path), probes="*.weight")
     step = mon.step
 
     def guarded_step(*args, **kwargs):
@@ -196,6 +196,8 @@ def test_per_step_path_never_synchronizes_on_gpu(tmp_path):
     # eigenvalues below n * eps32 * lambda_1 count as zero in the monitor: sigmas agree to sqrt of that
     want = np.sqrt(np.clip(np.linalg.eigvalsh(mon.window.gram())[::-1], 0, None))
     np.testing.assert_allclose(mon.history[-1]["sigmas"], want, rtol=1e-9, atol=np.sqrt(8 * ENGINE_EPS) * want[0])
+    s = np.linalg.svd(model[2].weight.detach().double().cpu().numpy(), compute_uv=False)  # the last step analysed
+    np.testing.assert_allclose(mon.history[-1]["probes"]["2.weight"]["sigma"], s, rtol=1e-12)
 
 
 def test_gradient_projections_give_the_loss_decomposition(tmp_path):
