@@ -198,6 +198,14 @@ class ProbePlan:
         return tuple(dict.fromkeys(p for p, _, _ in self.keys.values()))
 
 
+def _module_of(name: str, end: str) -> Optional[str]:
+    """The module that holds parameter ``name`` when its name ends with
+    ``end`` (``""``: the root), else None."""
+    if name == end:
+        return ""
+    return name[: -len(end) - 1] if name.endswith("." + end) else None
+
+
 def _attention_pairs(shapes: Mapping[str, Tuple[int, ...]]):
     """``module -> ((q key, slice), (k key, slice))`` of every attention
     module the names show."""
@@ -205,25 +213,26 @@ def _attention_pairs(shapes: Mapping[str, Tuple[int, ...]]):
     for name, shape in shapes.items():
         if len(shape) != 2:
             continue
-        module = name[: -len(FUSED_QKV)].rstrip(".")
-        if name.endswith(FUSED_QKV) and (module == "" or name.endswith("." + FUSED_QKV)):
+        module = _module_of(name, FUSED_QKV)
+        if module is not None:
             if shape[0] % 3:
                 raise ValueError(f"probes: {name!r} has shape {shape}, not [3 d, d] as a fused [W_Q; W_K; W_V]")
             d = shape[0] // 3
             found[module] = ((f"{name}:q", (name, 0, d)), (f"{name}:k", (name, d, 2 * d)))
         for q_end, k_end in QK_PAIRS:
-            if name.endswith("." + q_end) or name == q_end:
-                module = name[: -len(q_end)].rstrip(".")
-                k_name = f"{module}.{k_end}" if module else k_end
-                if k_name not in shapes:
-                    raise ValueError(f"probes='attention': {name!r} has no {k_name!r} among the monitored 2-D "
-                                     "parameters (frozen, excluded, or named otherwise); name the weights to "
-                                     "probe as patterns instead")
-                if tuple(shapes[k_name]) != tuple(shape):
-                    raise ValueError(f"probes='attention': {name!r} {tuple(shape)} and {k_name!r} "
-                                     f"{tuple(shapes[k_name])} differ in shape (grouped-query attention?): W_Q^T W_K "
-                                     "is not defined; name the weights to probe as patterns instead")
-                found[module] = ((name, (name, 0, shape[0])), (k_name, (k_name, 0, shape[0])))
+            module = _module_of(name, q_end)
+            if module is None:
+                continue
+            k_name = f"{module}.{k_end}" if module else k_end
+            if k_name not in shapes:
+                raise ValueError(f"probes='attention': {name!r} has no {k_name!r} among the monitored 2-D "
+                                 "parameters (frozen, excluded, or named otherwise); name the weights to probe as "
+                                 "patterns instead")
+            if tuple(shapes[k_name]) != tuple(shape):
+                raise ValueError(f"probes='attention': {name!r} {tuple(shape)} and {k_name!r} "
+                                 f"{tuple(shapes[k_name])} differ in shape (grouped-query attention?): W_Q^T W_K "
+                                 "is not defined; name the weights to probe as patterns instead")
+            found[module] = ((name, (name, 0, shape[0])), (k_name, (k_name, 0, shape[0])))
     return found
 
 
