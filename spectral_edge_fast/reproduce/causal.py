@@ -53,7 +53,7 @@ def plan(settings: Settings, seed: int) -> dict:
     steps, interval, eval_every = settings.pick((800, 10, 50), (6000, 25, 100), (30000, 200, 200))
     windows = settings.pick((4, 6, 8, 10), (10, 20, 30, 40), (10, 20, 30, 40))
     return {"config": config, "steps": steps, "interval": interval, "eval_every": eval_every,
-            "windows": windows, "timepoints": settings.pick(5, 9, 9), "modes": settings.pick(5, 10, 20),
+            "windows": windows, "timepoints": settings.pick(5, 9, 9), "modes": settings.pick(4, 10, 20),
             "examples": settings.pick(512, 4096, 16384)}
 
 
@@ -221,7 +221,7 @@ def analyse(files: dict, windows: Sequence[int], count: int, modes: int, example
             ov = half_window_overlaps(G, eps=EPS)
             m = min(ov.n_modes, modes)  # modes both half-windows resolve
             alpha = np.zeros(spec.n)
-            alpha[:m] = ov.overlaps
+            alpha[:m] = ov.overlaps[:m]
             dec = loss_decomposition(G, X @ at[c]["train"], X @ at[c]["test"], alpha, config.lr, spectrum=spec)
             r_total = G.sum(axis=1)  # X Delta, Delta the window's whole update
             end = thetas[-1]
