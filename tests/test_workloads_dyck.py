@@ -58,6 +58,14 @@ def test_dataset_refuses_more_strings_than_exist():
         DyckConfig(length=7)
 
 
+def test_dataset_refuses_too_few_distinct_draws(monkeypatch):
+    from spectral_edge_fast.workloads import dyck
+
+    monkeypatch.setattr(dyck, "_balanced", lambda n, length, g: torch.ones(n, length, dtype=torch.long))
+    with pytest.raises(ValueError, match="1 distinct balanced strings"):
+        make_dataset(16, 300, 500, seed=0)
+
+
 def test_model_matches_the_papers_size():
     model = DyckTransformer(24)
     n = sum(p.numel() for p in model.parameters())

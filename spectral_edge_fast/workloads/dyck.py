@@ -129,10 +129,12 @@ def make_dataset(length: int, n_train: int, n_test: int, seed: int):
                          "needs at least twice as many: raise length or lower n_train/n_test")
     g = torch.Generator().manual_seed(seed)
     sets = []
-    for draw in (_balanced, _unbalanced):
+    for kind, draw in (("balanced", _balanced), ("unbalanced", _unbalanced)):
         rows = torch.unique(draw(4 * need, length, g), dim=0)  # unique sorts: shuffle again below
-        rows = rows[torch.randperm(len(rows), generator=g)][:need]
-        sets.append(rows)
+        if len(rows) < need:
+            raise ValueError(f"length {length}: {len(rows)} distinct {kind} strings in {4 * need} draws, "
+                             f"{need} needed: raise length or lower n_train/n_test")
+        sets.append(rows[torch.randperm(len(rows), generator=g)][:need])
     pos, neg = sets
     n_tr_pos, n_te_pos = n_train // 2, n_test // 2
     train = torch.cat([pos[:n_tr_pos], neg[:n_train - n_tr_pos]])
