@@ -282,7 +282,9 @@ class SpectralMonitor:
             "sketch": w.sketch,
             "backend": w.backend.name,
             "probes": None if self.options.probes is None else list(self.options.probes),
-            "events": {k: getattr(self.options, k) for k in ("gap_open_above", "gap_close_below", "k_star_margin")},
+            # the rule, and the dimension its "null" thresholds are taken at (the report redraws them)
+            "events": {**{k: getattr(self.options, k) for k in ("gap_open_above", "gap_close_below", "k_star_margin")},
+                       "null_P": sum(w.dims)},
             "info": self._info,
         }
 

@@ -233,13 +233,13 @@ def sigmas_figure(records: List[dict], meta: dict):
 
 def event_thresholds(meta: dict) -> Tuple[float, float]:
     """The run's gap thresholds ``(open_above, close_below)``: its options as
-    meta.json records them, "null" taken at its W and P as the monitor takes
-    it; the defaults for a run without them."""
+    meta.json records them, "null" taken at its W and the dimension the
+    monitor took it at (``null_P``); the defaults for a run without them."""
     rule = meta.get("events") or {}
     open_above, close_below = rule.get("gap_open_above", OPEN_ABOVE), rule.get("gap_close_below")
     if "null" in (open_above, close_below):
-        open_above, close_below = gap_thresholds(open_above, close_below, meta["window"], meta["numel"],
-                                                 MONITOR_SAMPLES)
+        open_above, close_below = gap_thresholds(open_above, close_below, meta["window"],
+                                                 rule.get("null_P", meta["numel"]), MONITOR_SAMPLES)
     return open_above, _gap_rule(open_above, close_below, PERSIST, 1.0)
 
 

@@ -885,7 +885,8 @@ def test_the_event_rule_options_reach_every_detector(tmp_path, options):
     assert order([e for e in mon.events() if "group" not in e]) == \
         order([{k: v for k, v in e.items() if k != "index"} for e in want])
     assert any(e["kind"] == "k_star_shift" for e in want)
-    assert mon.meta["events"] == {k: options[k] for k in ("gap_open_above", "gap_close_below", "k_star_margin")}
+    assert mon.meta["events"] == {**{k: options[k] for k in ("gap_open_above", "gap_close_below", "k_star_margin")},
+                                  "null_P": 387}
 
 
 def test_a_checkpoint_under_another_event_rule_is_refused_by_name(tmp_path):

@@ -312,3 +312,5 @@ def test_probes_are_plotted_and_the_gap_plot_draws_the_run_thresholds(tmp_path):
     ys = {ln.get_ydata()[0] for ln in report.gap_figure(run["analysis"], run["meta"]).axes[0].get_lines()[1:3]}
     assert ys == {open_above, 1.001}
     assert report.probes_figure(_analysis(PEAK), {}) is None and report.event_thresholds({}) == (1.5, 1.25)
+    sketched = {**run["meta"], "events": {**run["meta"]["events"], "null_P": 40}}  # sketch mode: the null at m
+    assert report.event_thresholds(sketched)[0] == null_max_ratio(4, 40, MONITOR_SAMPLES).quantile(0.99)
