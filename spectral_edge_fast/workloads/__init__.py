@@ -2,4 +2,6 @@
 
 * :mod:`spectral_edge_fast.workloads.grokking`: modular-arithmetic grokking,
   the paper's reference experiment (docs/math.md#the-reference-experiment), behind ``spectral-edge demo``.
+* :mod:`spectral_edge_fast.workloads.lm`: a small GPT on the bytes of the Python
+  standard library's source, behind ``spectral-edge reproduce lm``.
 """
