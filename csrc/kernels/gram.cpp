@@ -291,8 +291,11 @@ void gram_span(const R* x, int64_t ld, int64_t w, int64_t start, int64_t stop, d
 
 }  // namespace
 
-// Elements per thread below which more threads cost more (waking them) than they save.
-constexpr int64_t kGrain = 1 << 18;
+// Products (W (W + 1) / 2 per column) per thread below which another thread
+// costs more than it saves: about 5 ms of one core's work, while waking a
+// thread whose core is busy takes a scheduler slice (8-30 ms on a loaded
+// 2-core machine, against 0.1-3 ms for a W <= 16, P = 1e6 Gram on one core).
+constexpr int64_t kGrain = int64_t(1) << 27;
 
 // Work units (span, band): when the spans are fewer than the threads (a large
 // W, whose partials are bounded), each span's row blocks are shared out in
@@ -300,7 +303,7 @@ constexpr int64_t kGrain = 1 << 18;
 // same order whatever the split, so the bits do not depend on it.
 void gram_cpu(MatRef x, double* partials, int threads) {
   const int64_t w = x.rows, spans = gram_spans(w, x.cols);
-  threads = int(std::max<int64_t>(1, std::min<int64_t>(threads, w * x.cols / kGrain)));
+  threads = int(std::max<int64_t>(1, std::min<int64_t>(threads, w * (w + 1) / 2 * x.cols / kGrain)));
   const bool avx2 = has_avx2_fma();
 #if SEF_X86
   const bool avx512 = x.dtype == DType::BF16 ? has_avx512_bf16() : has_avx512();

@@ -56,10 +56,10 @@ def test_cpp_gram_odd_sizes(dtype, W, P):
     assert torch.equal(sef.gram(ints, backend="cpp"), ints.double() @ ints.double().T), "small integers exactly"
 
 
-# (37, 5 spans): threads share spans; (70, 8000): one span, whose row blocks
-# two threads share.
+# Sized for two threads (at least 2^28 products W (W + 1) / 2 P, csrc/kernels/gram.cpp):
+# (128, 6 spans): threads share spans; (260, 8000): one span, whose row blocks two threads share.
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("W,P", [(37, 5 * 8192 + 11), (70, 8000)])
+@pytest.mark.parametrize("W,P", [(128, 5 * 8192 + 11), (260, 8000)])
 def test_cpp_gram_same_bits_for_any_thread_count(dtype, W, P):
     backend_or_skip("cpp")
     x = torch.randn(W, P, generator=torch.Generator().manual_seed(5)).to(dtype)

@@ -273,6 +273,11 @@ for dtype in (torch.float32, torch.bfloat16):
             ints = small_integers((W, P), gen, dtype)
             assert torch.equal(sef.gram(ints, backend="cpp"), ints.double() @ ints.double().T), f"gram {dtype} W={W} P={P} ints"
             out[f"gram {dtype} {W} {P}"] = (got, tol)
+    x = torch.randn(130, 4 * 8192 + 3, generator=torch.Generator().manual_seed(3)).to(dtype)  # enough products for two threads
+    torch.set_num_threads(1)
+    got = sef.gram(x, backend="cpp")
+    torch.set_num_threads(2)
+    assert torch.equal(got, sef.gram(x, backend="cpp")), f"gram {dtype} W=130: bits depend on threads"
 for storage in (torch.float32, torch.bfloat16):
     sizes = [1, 7, 999, 40_001]
     P, W = sum(sizes), 5
