@@ -20,7 +20,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import torch
 
@@ -75,44 +75,6 @@ def device_arg(text: str) -> str:
 # -- demo ---------------------------------------------------------------------
 
 
-def train_monitored(config, steps: int, out_dir: str, window: int, every: int, analyze_every: int,
-                    eval_every: int, progress: bool = True) -> Dict:
-    """Train one grokking run with a :class:`SpectralMonitor` attached;
-    evaluate every ``eval_every`` steps. Returns the grokking step (None when
-    it did not grok), the last metrics and the monitor."""
-    from tqdm.auto import tqdm
-
-    from .monitor import SpectralMonitor
-    from .workloads.grokking import GROK_ACCURACY, GrokkingRun
-
-    run = GrokkingRun(config)
-    monitor = SpectralMonitor(run.model, run.optimizer, window=window, every=every, analyze_every=analyze_every,
-                              sinks=("jsonl", "csv"), log_dir=out_dir)
-    name = f"{config.task} mod {config.p}, weight decay {config.weight_decay:g}"
-    monitor.annotate(name=name, task=config.task, p=config.p, weight_decay=config.weight_decay,
-                     parameters=run.n_params, config=config.to_dict())
-    grok, metrics = None, {}
-    bar = tqdm(total=steps, desc=f"wd={config.weight_decay:g}", unit="step", disable=not progress, dynamic_ncols=True,
-               mininterval=0.5)
-    for _ in range(steps):
-        run.train_step()
-        if run.step % eval_every == 0 or run.step == steps:
-            metrics = run.evaluate()
-            monitor.log(metrics, step=run.step)
-            if grok is None and metrics["test_acc"] >= GROK_ACCURACY:
-                grok = run.step
-        if run.step % analyze_every == 0 and metrics:
-            latest = monitor.latest or {}
-            R = latest.get("R")
-            bar.set_postfix(k=latest.get("k_star"), R="-" if R is None else f"{R:.2f}",
-                            train=f"{metrics['train_acc']:.2f}", test=f"{metrics['test_acc']:.2f}", refresh=False)
-        bar.update(1)
-    bar.close()
-    monitor.annotate(milestones={"grokking": grok})
-    monitor.close()
-    return {"grok_step": grok, "metrics": metrics, "monitor": monitor}
-
-
 def describe_events(events: List[dict], grok: Optional[int]) -> List[str]:
     """Lines on the whole model's gap events and where they fall against
     grokking."""
@@ -139,6 +101,7 @@ def describe_events(events: List[dict], grok: Optional[int]) -> List[str]:
 def demo(args) -> int:
     from .offline import writable_dir
     from .report import render
+    from .reproduce.training import train_monitored
     from .workloads.grokking import GrokkingConfig
 
     try:
