@@ -341,7 +341,10 @@ def probes_figure(records: List[dict], meta: dict):
     rows = 3 if modules else 2
     fig, axes = plt.subplots(rows, 1, figsize=(WIDTH, 2.6 * rows + 0.6), sharex=True)
     events, milestones = model_events(records), _milestones(meta)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    from matplotlib.colors import to_hex
+
+    events_colors = {to_hex(style["color"]) for style in EVENT_STYLES.values()}  # a series never looks like an event
+    colors = [c for c in plt.rcParams["axes.prop_cycle"].by_key()["color"] if to_hex(c) not in events_colors]
     for ax, key, label in ((axes[0], "sigma_12", "σ1 / σ2"), (axes[1], "sigma_23", "σ2 / σ3")):
         series = [values("probes", w, key) for w in weights]
         for i, (w, v) in enumerate(zip(weights, series)):
