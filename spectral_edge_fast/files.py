@@ -10,7 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from typing import IO, Iterator
+import threading
+from typing import IO, Dict, Iterator, List
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, one writer is the user's to ensure
+    fcntl = None
 
 
 @contextlib.contextmanager
@@ -54,4 +60,55 @@ def _fsync_directory(directory: str) -> None:
             os.close(fd)
 
 
-__all__ = ["atomic_write"]
+LOCK_FILE = ".writer.lock"
+# directory -> [lock file descriptor, holders in this process]
+_held: Dict[str, List[int]] = {}
+_held_guard = threading.Lock()
+
+
+def claim_dir(directory: str) -> None:
+    """Claim ``directory`` for this process's writers: the first claim takes
+    an exclusive advisory lock on ``directory/.writer.lock``, later claims in
+    this process share it (a monitor's JSONL and CSV sinks write into one
+    directory). Two processes appending to the same record files would
+    interleave and truncate each other's records; the second is refused
+    instead.
+
+    Raises:
+        RuntimeError: another process holds ``directory``, named with its pid.
+    """
+    key = os.path.realpath(directory)
+    with _held_guard:
+        if key in _held:
+            _held[key][1] += 1
+            return
+        os.makedirs(key, exist_ok=True)
+        fd = os.open(os.path.join(key, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RuntimeError(f"{directory} is being written by another process (pid {owner}): two writers "
+                                   "would interleave and truncate each other's records; give this run another "
+                                   "directory (log_dir=, --out), or stop the other process") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _held[key] = [fd, 1]
+
+
+def release_dir(directory: str) -> None:
+    """Undo one :func:`claim_dir`; the last one in this process frees the lock."""
+    key = os.path.realpath(directory)
+    with _held_guard:
+        entry = _held.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _held[key]
+            os.close(entry[0])  # closing the descriptor drops the flock
+
+
+__all__ = ["atomic_write", "claim_dir", "release_dir"]

@@ -34,7 +34,7 @@ import os
 import warnings
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
-from .files import atomic_write
+from .files import atomic_write, claim_dir, release_dir
 
 FILES = {"analysis": "spectral", "metrics": "metrics"}
 META_FILE = "meta.json"
@@ -145,11 +145,21 @@ class _FileSink(Sink):
     def __init__(self, log_dir: str):
         self.log_dir = log_dir
         self._files: Dict[str, object] = {}
+        self._claimed = False
+
+    def _claim(self) -> None:
+        """One writing process per run directory (files.claim_dir), taken at
+        the first write and freed at close()."""
+        if not self._claimed:
+            claim_dir(self.log_dir)
+            self._claimed = True
 
     def path(self, kind: str) -> str:
+        self._claim()
         return os.path.join(self.log_dir, FILES[kind] + self.suffix)
 
     def write_meta(self, meta: dict) -> None:
+        self._claim()
         with atomic_write(os.path.join(self.log_dir, META_FILE)) as f:
             json.dump(_finite(meta), f, indent=2, default=_json_default)
 
@@ -161,6 +171,9 @@ class _FileSink(Sink):
         for f in self._files.values():
             f.close()
         self._files.clear()
+        if self._claimed:
+            release_dir(self.log_dir)
+            self._claimed = False
 
 
 class JSONLSink(_FileSink):

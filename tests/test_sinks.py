@@ -439,3 +439,30 @@ def test_wandb_beside_a_trainer_reporting_to_wandb_keeps_every_record(tmp_path, 
     assert [r["metrics/step"] for r in rows if "metrics/step" in r] == [m["step"] for m in files["metrics"]]
     assert [r["metrics/step"] for r in rows if "metrics/eval_loss" in r] == [10, 20, 30]
     assert len(files["analysis"]) == 6 and sum("eval/loss" in r for r in rows) == 3  # the Trainer's own
+
+
+def test_a_second_process_writing_the_same_run_directory_is_refused(tmp_path):
+    """Two processes appending to one run's files interleave and truncate
+    each other's records: the second writer is refused, naming the first's
+    pid; once the first is gone the directory is free again."""
+    import subprocess
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom spectral_edge_fast.sinks import JSONLSink\n"
+         f"s = JSONLSink({str(tmp_path)!r}); s.write('analysis', {{'step': 1}}); print('ready', flush=True)\n"
+         "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        for cls in (JSONLSink, CSVSink):
+            with pytest.raises(RuntimeError, match=rf"being written by another process \(pid {holder.pid}\)"):
+                cls(str(tmp_path)).write("analysis", {"step": 2})
+        # the holder's record is intact
+        assert read_records(str(tmp_path))["analysis"] == [{"step": 1}]
+    finally:
+        holder.kill()
+        holder.wait()
+    jsonl, csv_sink = JSONLSink(str(tmp_path)), CSVSink(str(tmp_path))  # one process may hold it twice
+    jsonl.write("analysis", {"step": 3})
+    csv_sink.write("analysis", {"step": 3})
+    jsonl.close()
+    csv_sink.close()
