@@ -60,7 +60,7 @@ from .curvature import Curvatures, adam_preconditioner, direction_curvatures, wi
 from .eigen import Eigen, eigen_batch
 from .flow import EigenFlow, delta_c_fro, eigen_flow
 from .gapflow import Fit, GapFlow, RepulsionFit, gap_flow, gap_rate, level_repulsion, prediction_fit
-from .null import BBP, NullMaxRatio, bbp, null_max_ratio, ratio_p_value
+from .null import BBP, NullMaxRatio, bbp, gap_thresholds, null_max_ratio, ratio_p_value
 from .spectrum import Spectrum, spectrum
 from .stability import (
     Adiabatic,
@@ -72,10 +72,11 @@ from .stability import (
     window_overlaps,
 )
 from .tracking import EigenTracker, slide_eigen
-from .weights import WeightSpectrum, weight_spectrum
+from .weights import AttentionSpectrum, WeightSpectrum, attention_spectrum, weight_spectrum
 
 __all__ = [
     "Adiabatic",
+    "AttentionSpectrum",
     "BBP",
     "CollapseOrder",
     "Curvatures",
@@ -102,6 +103,7 @@ __all__ = [
     "adam_preconditioner",
     "adiabatic",
     "analyze_slides",
+    "attention_spectrum",
     "bbp",
     "collapse_order",
     "delta_c_fro",
@@ -110,6 +112,7 @@ __all__ = [
     "eigen_flow",
     "events",
     "first_order_split",
+    "gap_thresholds",
     "gap_flow",
     "gap_rate",
     "half_window_overlaps",
