@@ -84,6 +84,7 @@ def claims(runs: List[dict], pl: dict) -> List[dict]:
                  ("" if len(wd1) == 6 else f"{len(wd1)} run(s) per arm here (the paper: 6); ")
                  + "a weight-decay-0 control trains as long as its twin")]
     orders = []
+    whole = any(set(PAPER_ORDER) <= set(r["tasks"]) for r in wd1)
     for r in wd1:
         want = [t for t in PAPER_ORDER if t in r["tasks"]]
         got = _order(r["grok_steps"])
@@ -91,9 +92,12 @@ def claims(runs: List[dict], pl: dict) -> List[dict]:
     ours = "; ".join(f"{r['name']}: " + ", ".join(f"{t} {r['grok_steps'][t]}" for t in r["tasks"]) for r, _, _ in orders)
     agree = [o for o in orders if o[1] == o[2]]
     out.append(claim("Tasks grok in the order mul, x2+y2, add", "mul before sq before add (staggered along one "
-                     "spectral trajectory)", ours or "no run", "reproduced" if orders and len(agree) == len(orders)
+                     "spectral trajectory)", ours or "no run",
+                     "reproduced" if orders and len(agree) == len(orders) and whole
                      else "partly" if agree else "not reproduced",
-                     f"{len(agree)}/{len(orders)} run(s) in the paper's order; a task that never groks breaks it"))
+                     f"{len(agree)}/{len(orders)} run(s) in the paper's order; a task that never groks breaks it"
+                     + ("" if whole else "; no run here has all three tasks, so only part of the order is tested "
+                        "(--full adds add+mul+x2+y2)")))
     return out
 
 

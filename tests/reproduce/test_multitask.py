@@ -34,3 +34,7 @@ def test_order_and_verdicts():
     grok = by["Multi-task models grok with weight decay, not without"]
     assert grok["verdict"] == "partly" and "1/2 grok any task with 0" in grok["ours"]
     assert multitask.tables(runs)[0]["rows"][2][4] == "add < mul"
+    # two of the three tasks in the paper's order test only part of it
+    two = [_run(1.0, {"add": 4000, "mul": 3000}), _run(0.0, {"add": None, "mul": None})]
+    order = {c["claim"]: c for c in multitask.claims(two, pl)}["Tasks grok in the order mul, x2+y2, add"]
+    assert order["verdict"] == "partly" and "only part of the order" in order["why"]
