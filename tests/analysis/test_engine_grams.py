@@ -161,7 +161,8 @@ def test_records_are_the_per_group_functions_with_one_tolerance(tmp_path, monkey
         for name in state.groups:
             g = spectrum(state.gram(name), eps=ENGINE_EPS)
             want = {"k_star": g.k_star, "R": None if math.isnan(g.gap_ratio) else g.gap_ratio,
-                    "gap": None if math.isnan(g.gap) else g.gap, "sigma_1": float(g.sigmas[0]),
+                    "gap": None if math.isnan(g.gap) else g.gap,
+                    "k_margin": None if math.isnan(g.k_margin) else g.k_margin, "sigma_1": float(g.sigmas[0]),
                     "share": np.trace(state.gram(name)) / np.trace(state.gram()), "delta_c_fro": state.delta_c_fro(name)}
             _assert_close(record["groups"][name], want, math.sqrt(scale), f"groups.{name}")
     assert cur.n_positive == 3 < n and records[-1]["flow"]["k_star"] == prev.k_star
