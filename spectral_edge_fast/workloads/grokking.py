@@ -252,7 +252,31 @@ def make_optimizer(model: nn.Module, config: "GrokkingConfig") -> torch.optim.Op
                      momentum=c.muon_momentum, ns_dtype=getattr(torch, c.muon_ns_dtype))
 
 
-class GrokkingRun:
+class ResumableRun:
+    """``state_dict()`` / ``load_state_dict()`` of a training run that keeps
+    ``config``, ``step``, ``model``, ``optimizer`` and two seeded generators
+    (``sampler`` for training batches, ``probe_sampler`` for probe batches):
+    a resumed run draws the same batches as an uninterrupted one."""
+
+    def state_dict(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.get_state(),
+            "probe_sampler": self.probe_sampler.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.set_state(state["sampler"])
+        self.probe_sampler.set_state(state["probe_sampler"])
+        self.step = int(state["step"])
+
+
+class GrokkingRun(ResumableRun):
     """One training run: data, model, optimizer and a seeded batch sampler.
 
     ``train_step()`` does one optimizer step; ``evaluate()`` measures loss and
@@ -330,23 +354,6 @@ class GrokkingRun:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         self.loss(x[idx], y[idx]).backward()
-
-    def state_dict(self) -> dict:
-        return {
-            "config": self.config.to_dict(),
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "sampler": self.sampler.get_state(),
-            "probe_sampler": self.probe_sampler.get_state(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.sampler.set_state(state["sampler"])
-        self.probe_sampler.set_state(state["probe_sampler"])
-        self.step = int(state["step"])
 
 
 def grok_step(metrics, key: str = "test_acc", threshold: float = GROK_ACCURACY) -> Optional[int]:

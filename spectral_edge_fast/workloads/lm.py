@@ -38,6 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .grokking import ResumableRun
+
 VOCAB = 256
 #: every VAL_EVERY-th file of the sorted stdlib goes to validation
 VAL_EVERY = 10
@@ -155,7 +157,7 @@ class GPT(nn.Module):
         return self.head(self.ln(x))
 
 
-class LMRun:
+class LMRun(ResumableRun):
     """One training run: corpus, model, optimizer and seeded samplers.
 
     ``train_step()`` does one optimizer step; ``evaluate()`` gives the loss
@@ -238,20 +240,3 @@ class LMRun:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         self.loss(*self.batch("train" if split == "train" else "val", self.probe_sampler)).backward()
-
-    def state_dict(self) -> dict:
-        return {
-            "config": self.config.to_dict(),
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "sampler": self.sampler.get_state(),
-            "probe_sampler": self.probe_sampler.get_state(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.sampler.set_state(state["sampler"])
-        self.probe_sampler.set_state(state["probe_sampler"])
-        self.step = int(state["step"])
