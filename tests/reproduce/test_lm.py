@@ -23,10 +23,12 @@ def files(n=30, W=4, seed=0):
         s3 = 1.0 + loss[t] - loss.min()  # in [1, 2.3]: 50/40 < 40/(4 s3) > s3
         sigmas = [50.0 + rng.random(), 40.0, 4.0 * s3, 4.0]
         analysis.append({"step": 10 * (t + 1), "n": W, "lr": 1e-3, "sigmas": sigmas, "k_star": 2,
-                         "R": 10.0 / s3, "alpha": [0.9, 0.8, 0.3, 0.1]})
+                         "R": 10.0 / s3, "alpha": [0.9, 0.8, 0.3, 0.1],
+                         # alpha_j = 1 - (||Delta C||_F / delta_j)^2
+                         "stability": {"delta_c_fro": 2.0, "neighbour_gaps": (2.0 / np.sqrt([0.1, 0.2, 0.7, 0.9])).tolist()}})
         metrics.append({"step": 10 * (t + 1), "val_loss": float(loss[t])})
     analysis.insert(0, {"step": 5, "n": 2, "lr": 1e-3, "sigmas": [1.0, 0.5], "k_star": 1, "R": 2.0,
-                        "alpha": [0.0, 0.0]})  # a window still filling: left out
+                        "alpha": [0.0, 0.0], "stability": {"delta_c_fro": 1.0, "neighbour_gaps": [0.5, 0.5]}})  # a window still filling: left out
     meta = {"window": W, "every": 4, "numel": 10_000,
             "info": {"name": "lm seed 7", "parameters": 10_000, "config": {"batch_size": 16, "seed": 7}}}
     return {"meta": meta, "analysis": analysis, "metrics": metrics}
@@ -58,6 +60,9 @@ def test_analyse_against_hand_computations():
     below = [a for x in rec for a in x["alpha"][x["k_star"]:]]
     assert r["alpha"] == pytest.approx({"above": np.mean(above), "at": np.mean(at), "below": np.mean(below)})
     assert r["alpha"] == pytest.approx({"above": 0.9, "at": 0.8, "below": 0.2})
+    # and the one-slide move against each tier's neighbour gaps, which sets alpha
+    assert r["dc_over_gap"] == pytest.approx({"above": 0.1**0.5, "at": 0.2**0.5, "below": (0.7**0.5 + 0.9**0.5) / 2})
+    assert r["alpha_zero"] == {"above": 0.0, "at": 0.0, "below": 0.0}
 
 
 def test_claims_carry_every_test_with_a_valid_verdict():
