@@ -22,6 +22,8 @@ from ._common import Result, frozen_array, zero_tolerance
 # (nn.MultiheadAttention with kdim != embed_dim; HF's q_proj / k_proj).
 FUSED_QKV = "in_proj_weight"
 QK_PAIRS = (("q_proj_weight", "k_proj_weight"), ("q_proj.weight", "k_proj.weight"))
+# GPT-2's Conv1D ``c_attn``: y = x W, so W is [d, 3 d] and W_Q is the transpose of its first d columns.
+FUSED_QKV_T = "c_attn.weight"
 
 
 def _ratio(a: float, b: float, tol: float) -> float:
@@ -180,22 +182,25 @@ class ProbePlan:
     """What a monitor's probes read, by parameter name.
 
     Attributes:
-        matrices: record key -> ``(parameter, first row, end row)``: the
-            2-D weights whose singular values are logged (``"<param>:q"``
-            is the ``W_Q`` rows of a fused ``in_proj_weight``).
+        matrices: the keys of the 2-D weights whose singular values are
+            logged (``"<param>:q"`` is the ``W_Q`` rows of a fused
+            ``in_proj_weight``, or the transposed ``W_Q`` columns of GPT-2's
+            ``c_attn.weight``).
         attention: module -> ``(W_Q key, W_K key, heads or None)``, keys into
             ``keys``.
-        keys: every key either reads (``matrices`` and the ``W_K`` slices).
+        keys: every key either reads (``matrices`` and the ``W_K`` slices) ->
+            ``(parameter, first row, end row, transposed)``: rows of the
+            parameter, or of its transpose.
     """
 
     matrices: Tuple[str, ...]
     attention: Dict[str, Tuple[str, str, Optional[int]]]
-    keys: Dict[str, Tuple[str, int, int]]
+    keys: Dict[str, Tuple[str, int, int, bool]]
 
     @property
     def params(self) -> Tuple[str, ...]:
         """The parameters read, in first-use order."""
-        return tuple(dict.fromkeys(p for p, _, _ in self.keys.values()))
+        return tuple(dict.fromkeys(k[0] for k in self.keys.values()))
 
 
 def _module_of(name: str, end: str) -> Optional[str]:
@@ -218,7 +223,14 @@ def _attention_pairs(shapes: Mapping[str, Tuple[int, ...]]):
             if shape[0] % 3:
                 raise ValueError(f"probes: {name!r} has shape {shape}, not [3 d, d] as a fused [W_Q; W_K; W_V]")
             d = shape[0] // 3
-            found[module] = ((f"{name}:q", (name, 0, d)), (f"{name}:k", (name, d, 2 * d)))
+            found[module] = ((f"{name}:q", (name, 0, d, False)), (f"{name}:k", (name, d, 2 * d, False)))
+        module = _module_of(name, FUSED_QKV_T)
+        if module is not None:
+            if shape[1] != 3 * shape[0]:
+                raise ValueError(f"probes: {name!r} has shape {shape}, not [d, 3 d] as GPT-2's fused Conv1D "
+                                 "[W_Q W_K W_V]^T; name the weights to probe as patterns instead")
+            d = shape[0]
+            found[module] = ((f"{name}:q", (name, 0, d, True)), (f"{name}:k", (name, d, 2 * d, True)))
         for q_end, k_end in QK_PAIRS:
             module = _module_of(name, q_end)
             if module is None:
@@ -232,7 +244,7 @@ def _attention_pairs(shapes: Mapping[str, Tuple[int, ...]]):
                 raise ValueError(f"probes='attention': {name!r} {tuple(shape)} and {k_name!r} "
                                  f"{tuple(shapes[k_name])} differ in shape (grouped-query attention?): W_Q^T W_K "
                                  "is not defined; name the weights to probe as patterns instead")
-            found[module] = ((name, (name, 0, shape[0])), (k_name, (k_name, 0, shape[0])))
+            found[module] = ((name, (name, 0, shape[0], False)), (k_name, (k_name, 0, shape[0], False)))
     return found
 
 
@@ -242,7 +254,8 @@ def probe_plan(probes, shapes: Mapping[str, Tuple[int, ...]],
     (name -> shape, in order).
 
     ``probes``: None (no probes); ``"attention"`` (every attention module
-    the names show: a fused ``<module>.in_proj_weight``, or
+    the names show: a fused ``<module>.in_proj_weight`` or GPT-2's
+    ``<module>.c_attn.weight``, or
     ``<module>.q_proj_weight`` and ``.k_proj_weight``, or ``<module>.q_proj.weight``
     and ``.k_proj.weight``: its ``W_Q`` is probed and its score operator
     analysed); or fnmatch patterns of 2-D parameter names (a string or a
@@ -265,7 +278,7 @@ def probe_plan(probes, shapes: Mapping[str, Tuple[int, ...]],
             pairs = _attention_pairs(shapes)
             if not pairs:
                 raise ValueError("probes='attention' found no attention weights among the monitored parameters (a "
-                                 f"fused '*.{FUSED_QKV}', or '*.q_proj_weight'/'*.k_proj_weight', or "
+                                 f"fused '*.{FUSED_QKV}' or '*.{FUSED_QKV_T}', or '*.q_proj_weight'/'*.k_proj_weight', or "
                                  "'*.q_proj.weight'/'*.k_proj.weight'); name the weights to probe as patterns")
             for module, ((qk, qs), (kk, ks)) in pairs.items():
                 keys.update({qk: qs, kk: ks})
@@ -277,7 +290,7 @@ def probe_plan(probes, shapes: Mapping[str, Tuple[int, ...]],
             raise ValueError(f"probes pattern {pattern!r} matches no 2-D monitored parameter; they are e.g. "
                              f"{two_d[:5]}")
         for name in hits:
-            keys[name] = (name, 0, shapes[name][0])
+            keys[name] = (name, 0, shapes[name][0], False)
             matrices.append(name)
     return ProbePlan(tuple(dict.fromkeys(matrices)), attention, keys)
 
@@ -291,8 +304,9 @@ def probe_results(plan: ProbePlan, tensors: Mapping[str, np.ndarray], top: int =
     """The ``probes`` and ``attention`` entries of an analysis record from the
     parameters' values (``tensors``: parameter name -> 2-D array)."""
     def matrix(key):
-        param, start, stop = plan.keys[key]
-        return np.asarray(tensors[param], dtype=np.float64)[start:stop]
+        param, start, stop, transposed = plan.keys[key]
+        w = np.asarray(tensors[param], dtype=np.float64)
+        return (w.T if transposed else w)[start:stop]
 
     probes = {}
     for key in plan.matrices:

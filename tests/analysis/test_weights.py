@@ -99,8 +99,8 @@ SHAPES = {"emb.weight": (10, 6), "layers.0.attn.in_proj_weight": (18, 6), "layer
 def test_probe_plan_finds_attention_and_patterns():
     plan = probe_plan(("attention", "*head.weight"), SHAPES, heads={"layers.0.attn": 2})
     assert plan.matrices == ("layers.0.attn.in_proj_weight:q", "layers.1.attn.q_proj.weight", "head.weight")
-    assert plan.keys["layers.0.attn.in_proj_weight:q"] == ("layers.0.attn.in_proj_weight", 0, 6)
-    assert plan.keys["layers.0.attn.in_proj_weight:k"] == ("layers.0.attn.in_proj_weight", 6, 12)
+    assert plan.keys["layers.0.attn.in_proj_weight:q"] == ("layers.0.attn.in_proj_weight", 0, 6, False)
+    assert plan.keys["layers.0.attn.in_proj_weight:k"] == ("layers.0.attn.in_proj_weight", 6, 12, False)
     assert plan.attention == {"layers.0.attn": ("layers.0.attn.in_proj_weight:q", "layers.0.attn.in_proj_weight:k", 2),
                               "layers.1.attn": ("layers.1.attn.q_proj.weight", "layers.1.attn.k_proj.weight", None)}
     assert probe_plan(None, SHAPES) is None
@@ -117,6 +117,25 @@ def test_probe_plan_refuses_what_it_cannot_read():
         probe_plan("attention", {"a.q_proj.weight": (6, 6)})
     with pytest.raises(ValueError, match="differ in shape"):
         probe_plan("attention", {"a.q_proj.weight": (8, 6), "a.k_proj.weight": (4, 6)})
+    with pytest.raises(ValueError, match=r"'h\.0\.attn\.c_attn\.weight' has shape \(6, 12\), not \[d, 3 d\]"):
+        probe_plan("attention", {"h.0.attn.c_attn.weight": (6, 12)})
+
+
+def test_gpt2_conv1d_c_attn_is_read_transposed():
+    """GPT-2's ``c_attn`` is a Conv1D, y = x W with W [d, 3 d]: W_Q is the
+    transpose of its first d columns, W_K of the next d."""
+    rng = np.random.default_rng(6)
+    shapes = {"h.0.attn.c_attn.weight": (6, 18), "h.0.attn.c_proj.weight": (6, 6)}
+    w = rng.standard_normal(shapes["h.0.attn.c_attn.weight"])
+    plan = probe_plan("attention", shapes, heads={"h.0.attn": 3})
+    assert plan.attention == {"h.0.attn": ("h.0.attn.c_attn.weight:q", "h.0.attn.c_attn.weight:k", 3)}
+    assert plan.params == ("h.0.attn.c_attn.weight",)
+    probes, attention = probe_results(plan, {"h.0.attn.c_attn.weight": w}, top=4)
+    w_q, w_k = w[:, :6].T, w[:, 6:12].T
+    np.testing.assert_allclose(probes["h.0.attn.c_attn.weight:q"]["sigma"], np.linalg.svd(w_q, compute_uv=False)[:4],
+                               rtol=1e-12)
+    np.testing.assert_allclose(attention["h.0.attn"]["lambda_abs"], _moduli(w_q.T @ w_k)[0][:4], rtol=1e-9)
+    assert len(attention["h.0.attn"]["heads"]) == 3
 
 
 def test_probe_results_match_numpy_svd_and_eig():

@@ -150,3 +150,35 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
     trainer.train()
     assert cb.monitor.steps == trainer.state.global_step == 8
     assert [r["step"] for r in cb.monitor.history] == [4, 8]
+
+
+def test_probes_read_gpt2s_transposed_c_attn(tmp_path):
+    """probes='attention' on a GPT-2 (Conv1D c_attn, y = x W): W_Q and W_K are
+    the transposes of c_attn's first two column blocks, per head from the
+    attention module's num_heads."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from spectral_edge_fast import SpectralMonitor
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=2, n_head=4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = SpectralMonitor(model, opt, window=3, analyze_every=4, probes="attention", log_dir=str(tmp_path))
+    ids = torch.randint(0, 32, (2, 8), generator=torch.Generator().manual_seed(0))
+    for _ in range(4):
+        loss = model(ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    mon.close()
+    record = mon.history[-1]
+    assert set(record["attention"]) == {"transformer.h.0.attn", "transformer.h.1.attn"}
+    w = model.transformer.h[1].attn.c_attn.weight.detach().double().numpy()
+    q, k = w[:, :16].T, w[:, 16:32].T
+    lam = np.linalg.eig(q.T @ k)[0]
+    moduli = np.sort(np.abs(lam[lam.imag >= 0]))[::-1]
+    att = record["attention"]["transformer.h.1.attn"]
+    np.testing.assert_allclose(att["lambda_abs"], moduli[:8], rtol=1e-8)
+    assert len(att["heads"]) == 4
+    s = np.linalg.svd(q, compute_uv=False)
+    np.testing.assert_allclose(record["probes"]["transformer.h.1.attn.c_attn.weight:q"]["sigma"], s[:8], rtol=1e-10)
