@@ -145,7 +145,8 @@ def analyze(args) -> int:
 
     try:
         monitor = analyze_checkpoints(args.ckpt_dir, out=args.out, window=args.window, every=args.every,
-                                      groups=GROUPS[args.groups], sketch=args.sketch, on_error=args.on_error, lr=args.lr,
+                                      groups=GROUPS[args.groups], sketch=args.sketch, backend=args.backend,
+                                      storage_dtype=getattr(torch, args.storage_dtype), on_error=args.on_error, lr=args.lr,
                                       allow_pickle=args.allow_pickle, include=args.include, exclude=args.exclude,
                                       probes=args.probes, overwrite=args.overwrite, progress=not args.quiet)
     except (CheckpointError, OSError, ValueError) as exc:
@@ -218,6 +219,8 @@ def bench(argv: List[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .config import STORAGE_DTYPES
+    from .kernels import _MODULES
     from .workloads.grokking import TASKS
 
     ap = argparse.ArgumentParser(prog="spectral-edge", description=DESCRIPTION,
@@ -259,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--sketch", type=at_least(2), default=None, metavar="M",
                    help="sketch mode: keep each group's update as a sketch of M numbers, memory independent of the "
                         "model's size, Grams estimated (default: exact)")
+    a.add_argument("--backend", default="auto", choices=["auto", *sorted(_MODULES)],
+                   help="the engine's kernels (default: auto, the compiled extension when it is built)")
+    a.add_argument("--storage-dtype", default="float32", choices=[str(d).split(".")[1] for d in STORAGE_DTYPES],
+                   help="the window's dtype: bfloat16 halves its memory (default: float32)")
     a.add_argument("--include", action="append", metavar="PATTERN",
                    help="analyse only tensors whose names match this glob (repeatable; default: all)")
     a.add_argument("--exclude", action="append", metavar="PATTERN",
