@@ -1,6 +1,7 @@
 #include "kernels/sketch.h"
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -9,47 +10,49 @@
 namespace sef {
 namespace {
 
-constexpr int64_t kBlock = 512;  // hashed in one vectorised pass, then added one by one
-
-// acc[bucket(c)] += sign(c) * theta[k] for the run theta[0:n] at coordinates
-// coord.. that stay below one multiple of 2^32: the high word of c is then
-// constant, so sketch_hash reduces to 32-bit lane operations. Per block,
-// the hashes and signed values first (a loop that vectorises), then the
-// scattered adds in element order. V is the value's type: float holds any
-// 16- or 32-bit parameter exactly, double a float64 one. For m = 2^k the
-// bucket (h * m) >> 32 is h >> (32 - k), a cheaper lane operation (Pow2).
-template <bool Pow2, class P>
-SEF_CLONES void hash_words(const P* theta, int64_t n, uint64_t key, uint64_t coord, int64_t m, double* acc) {
+// acc[k] += sign(coord + k) * theta[k] for k < n, a piece of one block (its
+// buckets contiguous, so the adds are a loop that vectorises, no scatter). The
+// coordinates keep one high word (a block never crosses a multiple of 2^32),
+// so sketch_hash reduces to 32-bit lane operations. Each bucket gets one add
+// of an exactly converted value: the bits do not depend on the vector width.
+// V is the value's type: float holds any 16- or 32-bit parameter exactly,
+// double a float64 one; the sign flips its sign bit.
+template <class P>
+SEF_CLONES void add_signed(const P* __restrict theta, int64_t n, uint32_t lo, uint32_t key_lo, uint32_t add,
+                           double* __restrict acc) {
   using V = std::conditional_t<std::is_same_v<P, double>, double, float>;
-  const uint32_t lo = uint32_t(coord), key_lo = uint32_t(key);
-  const uint32_t add = uint32_t(coord >> 32) * 0x9E3779B9u + uint32_t(key >> 32);
-  const int shift = Pow2 ? 32 - __builtin_ctzll(uint64_t(m)) : 0;
-  uint32_t idx[kBlock];
-  V val[kBlock];
-  for (int64_t b = 0; b < n; b += kBlock) {
-    const int64_t len = std::min(kBlock, n - b);
-    const uint32_t start = lo + uint32_t(b);
-    for (int64_t k = 0; k < len; ++k) {
-      uint32_t x = ((start + uint32_t(k)) ^ key_lo) + add;  // sketch_hash(key, coord + b + k)
-      x ^= x >> 16;
-      x *= 0x85EBCA6Bu;
-      x ^= x >> 13;
-      x *= 0xC2B2AE35u;
-      x ^= x >> 16;
-      const V v = load_as<V>(theta[b + k]);
-      idx[k] = Pow2 ? uint32_t(uint64_t(x) >> shift) : sketch_bucket(x, m);
-      val[k] = (x & 1u) ? -v : v;
-    }
-    for (int64_t k = 0; k < len; ++k) acc[idx[k]] += double(val[k]);
+  using U = std::conditional_t<std::is_same_v<P, double>, uint64_t, uint32_t>;
+  for (int64_t k = 0; k < n; ++k) {
+    uint32_t x = ((lo + uint32_t(k)) ^ key_lo) + add;  // sketch_hash(key, coord + k)
+    x ^= x >> 16;
+    x *= 0x85EBCA6Bu;
+    x ^= x >> 13;
+    x *= 0xC2B2AE35u;
+    x ^= x >> 16;
+    V v = load_as<V>(theta[k]);
+    U bits;
+    std::memcpy(&bits, &v, sizeof v);
+    bits ^= U(x & 1u) << (8 * sizeof(U) - 1);
+    std::memcpy(&v, &bits, sizeof v);
+    acc[k] += double(v);
   }
 }
 
+// The run theta[0:n] at coordinates coord.. of a hashed group of m buckets
+// (blocks of 2^shift), block by block: each block's piece to its one or two
+// contiguous runs of buckets from its offset.
 template <class P>
-void hash_run(const P* theta, int64_t n, uint64_t key, uint64_t coord, int64_t m, double* acc) {
-  while (n > 0) {  // split where the coordinate's high word changes
-    const int64_t len = std::min<int64_t>(n, int64_t((uint64_t(1) << 32) - (coord & 0xFFFFFFFFu)));
-    if ((m & (m - 1)) == 0) hash_words<true>(theta, len, key, coord, m, acc);
-    else hash_words<false>(theta, len, key, coord, m, acc);
+void hash_run(const P* theta, int64_t n, uint64_t key, uint64_t coord, int64_t m, int shift, double* acc) {
+  const uint64_t mask = (uint64_t(1) << shift) - 1;
+  const uint32_t key_lo = uint32_t(key);
+  while (n > 0) {
+    const int64_t len = std::min<int64_t>(n, int64_t(mask + 1 - (coord & mask)));
+    const uint32_t add = uint32_t(coord >> 32) * 0x9E3779B9u + uint32_t(key >> 32);
+    int64_t j = int64_t(sketch_offset(key, coord >> shift, m)) + int64_t(coord & mask);
+    if (j >= m) j -= m;
+    const int64_t first = std::min(len, m - j);
+    add_signed(theta, first, uint32_t(coord), key_lo, add, acc + j);
+    if (first < len) add_signed(theta + first, len - first, uint32_t(coord) + uint32_t(first), key_lo, add, acc);
     theta += len, n -= len, coord += uint64_t(len);
   }
 }
@@ -71,7 +74,7 @@ void sketch_range(const VecRef* views, const SketchSeg* segs, const SketchGroup&
         using P = decltype(p);
         const P* theta = static_cast<const P*>(views[sg.view].data) + sg.start + skip;
         if (g.identity) identity_run(theta, b - a, sg.coord + skip, acc);
-        else hash_run(theta, b - a, uint64_t(sg.key), uint64_t(sg.coord + skip), g.m, acc);
+        else hash_run(theta, b - a, uint64_t(sg.key), uint64_t(sg.coord + skip), g.m, sketch_block_shift(g.m), acc);
       });
     }
     pos += sg.length;

@@ -24,9 +24,9 @@ struct SketchGroup {
 };
 static_assert(sizeof(SketchGroup) == 7 * sizeof(int64_t), "a group row is seven int64");
 
-// The counter-based hash of coordinate c of the tensor with key `key`: bucket
-// (x * m) >> 32 from its high bits, sign from its low bit. Written once for
-// host and device; spectral_edge_fast/kernels/sketch.py mirrors it.
+// The counter-based hash of coordinate c of the tensor with key `key`; its
+// low bit is the coordinate's sign (odd: -1). Written once for host and
+// device; spectral_edge_fast/kernels/sketch.py mirrors it and the rest below.
 SEF_HD uint32_t sketch_hash(uint64_t key, uint64_t c) {
   uint32_t x = (uint32_t(c) ^ uint32_t(key)) + uint32_t(c >> 32) * 0x9E3779B9u + uint32_t(key >> 32);
   x ^= x >> 16;
@@ -38,6 +38,31 @@ SEF_HD uint32_t sketch_hash(uint64_t key, uint64_t c) {
 }
 
 SEF_HD uint32_t sketch_bucket(uint32_t h, int64_t m) { return uint32_t((uint64_t(h) * uint64_t(m)) >> 32); }
+
+// Blocks: a hashed group's coordinates c in blocks of L = 2^shift (the largest
+// power of two <= m, at most kSketchMaxBlock), block b = c >> shift. Block b
+// starts at bucket sketch_offset(key, b, m) and its coordinates take the next
+// buckets in order, wrapping at m: bucket (offset + (c & (L - 1))) mod m.
+// Within a block no two coordinates share a bucket; the offset, hashed with
+// another key than the signs, places blocks independently of each other.
+constexpr int64_t kSketchMaxBlock = 1024;
+constexpr uint64_t kSketchOffsetSalt = 0x9E3779B97F4A7C15ull;
+
+SEF_HD int sketch_block_shift(int64_t m) {
+  int shift = 0;
+  while ((int64_t(2) << shift) <= m && (int64_t(2) << shift) <= kSketchMaxBlock) ++shift;
+  return shift;
+}
+
+SEF_HD uint32_t sketch_offset(uint64_t key, uint64_t block, int64_t m) {
+  return sketch_bucket(sketch_hash(key + kSketchOffsetSalt, block), m);
+}
+
+// The bucket of coordinate c (sketch_block_shift(m) as `shift`).
+SEF_HD int64_t sketch_block_bucket(uint64_t key, uint64_t c, int64_t m, int shift) {
+  const int64_t j = int64_t(sketch_offset(key, c >> shift, m)) + int64_t(c & ((uint64_t(1) << shift) - 1));
+  return j >= m ? j - m : j;
+}
 
 // out[g.out : g.out + g.m] = S theta over each group, every bucket written.
 // scratch holds at least max(parts * m) doubles over groups with parts > 1.

@@ -12,8 +12,12 @@ Tables (built once per layout by :class:`spectral_edge_fast.sketch.SketchPlan`):
   puts coordinate ``c`` in bucket ``c`` with sign +1; ``parts`` is how many
   pieces the C++ kernel sums separately before adding them in order.
 
-Coordinate ``c`` of a hashed group goes to bucket ``(h * m) >> 32`` with sign
-``-1`` if ``h`` is odd, for ``h = sketch_hash(key, c)`` (csrc/kernels/sketch.h).
+A hashed group's coordinates come in blocks of ``L = block_length(m)``:
+coordinate ``c`` (block ``b = c // L``, position ``r = c % L``) goes to bucket
+``(o_b + r) mod m``, with the block's offset ``o_b = sketch_bucket(
+sketch_hash(key + OFFSET_SALT, b), m)``, and has sign ``-1`` if
+``sketch_hash(key, c)`` is odd: a block fills one or two runs of contiguous
+buckets, each element with its own random sign (csrc/kernels/sketch.h).
 """
 from __future__ import annotations
 
@@ -23,7 +27,10 @@ import numpy as np
 import torch
 
 MASK32 = 0xFFFFFFFF
+MASK64 = (1 << 64) - 1
 CHUNK = 1 << 20  # elements hashed at once by the torch implementation
+MAX_BLOCK = 1024  # the longest block of coordinates in contiguous buckets (kSketchMaxBlock)
+OFFSET_SALT = 0x9E3779B97F4A7C15  # added to a tensor's key for its blocks' offsets (kSketchOffsetSalt)
 
 
 def _mul32(x, c: int):
@@ -53,12 +60,29 @@ def sketch_hash(key: int, coord):
     return x ^ (x >> 16)
 
 
+def sketch_bucket(h, m: int):
+    """The bucket ``(h * m) >> 32`` in ``[0, m)`` of 32-bit hashes ``h``."""
+    if isinstance(h, np.ndarray):
+        return (h * np.uint64(m)) >> np.uint64(32)
+    return (h * m) >> 32
+
+
+def block_length(m: int) -> int:
+    """``L``: the largest power of two at most ``m``, and at most ``MAX_BLOCK``."""
+    return min(MAX_BLOCK, 1 << (int(m).bit_length() - 1))
+
+
 def buckets_and_signs(key: int, coord, m: int):
     """Bucket and sign (+1 or -1) of each coordinate of a hashed group."""
     h = sketch_hash(key, coord)
+    shift = block_length(m).bit_length() - 1
     if isinstance(h, np.ndarray):
-        return (h * np.uint64(m)) >> np.uint64(32), 1 - 2 * (h & np.uint64(1)).astype(np.int64)
-    return (h * m) >> 32, 1 - 2 * (h & 1)
+        coord = coord.astype(np.uint64)
+        offset = sketch_bucket(sketch_hash((key + OFFSET_SALT) & MASK64, coord >> np.uint64(shift)), m)
+        bucket = (offset + (coord & np.uint64((1 << shift) - 1))) % np.uint64(m)
+        return bucket, 1 - 2 * (h & np.uint64(1)).astype(np.int64)
+    offset = sketch_bucket(sketch_hash((key + OFFSET_SALT) & MASK64, coord >> shift), m)
+    return (offset + (coord & ((1 << shift) - 1))) % m, 1 - 2 * (h & 1)
 
 
 def sketch_torch(views: Sequence[torch.Tensor], segs: torch.Tensor, groups: torch.Tensor, out: torch.Tensor) -> None:
