@@ -92,8 +92,152 @@ def named_tensors(params) -> List[Tuple[str, torch.Tensor]]:
     return out
 
 
+class FlatPart:
+    """A parameter of which this process holds one contiguous range inside a
+    flat tensor: an original parameter in its rank's shard of an FSDP1
+    ``FlatParameter`` (torch 2.x), or a DeepSpeed ZeRO-3 parameter, whose
+    partition is ``ds_tensor`` (DeepSpeed 0.19). It stands in the layout for
+    that parameter: ``shape`` and ``numel()`` are the full parameter's;
+    :meth:`local` is the ``length`` numbers of the flat tensor from
+    ``offset`` (the flat tensor's padding left out), numbers ``start`` to
+    ``start + length`` of the full parameter's flat order."""
+
+    def __init__(self, name: str, owner: torch.Tensor, shape, offset: int, length: int, start: int,
+                 sharded: bool, orig: Optional[torch.Tensor] = None):
+        self.name, self.owner, self.orig = name, owner, orig
+        self.shape = torch.Size(shape)
+        self.offset, self.length, self.start, self.sharded = offset, length, start, sharded
+        self.zero = hasattr(owner, "ds_tensor")
+        self._flat_numel = self._flat().numel()
+
+    def _flat(self) -> torch.Tensor:
+        return self.owner.ds_tensor if self.zero else self.owner
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def local(self) -> torch.Tensor:
+        """This process's numbers of the parameter: shaped like it when they
+        are all of it, else 1-D. Raises when the flat tensor is not in its
+        sharded state (FSDP's unsharded flat parameter, inside forward and
+        backward or ``summon_full_params``)."""
+        flat = self._flat()
+        if flat.numel() != self._flat_numel:
+            raise ValueError(
+                f"parameter {self.name!r}: its FSDP flat parameter holds {flat.numel()} numbers instead of this "
+                f"rank's shard of {self._flat_numel} (it is unsharded: inside forward/backward or "
+                "summon_full_params); step the window after the optimizer step, outside them"
+            )
+        part = flat.detach()[self.offset : self.offset + self.length]
+        return part.view(self.shape) if self.length == self.numel() else part
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._flat().dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._flat().device
+
+    @property
+    def _version(self) -> int:  # bumped by every in-place update of the flat tensor
+        return self._flat()._version
+
+    @property
+    def grad(self) -> torch.Tensor:
+        """The gradient of :meth:`local`'s numbers (zeros where there is none)."""
+        if self.zero:
+            raise ValueError(
+                f"parameter {self.name!r} is a DeepSpeed ZeRO-3 partition, whose gradient DeepSpeed's optimizer "
+                "keeps; pass the gradients explicitly (each parameter's local partition, without padding)"
+            )
+        local = self.local()
+        if self.orig is not None:  # use_orig_params=True: a view of the flat gradient, shaped like the shard
+            g = self.orig.grad
+        else:
+            g = self.owner.grad
+            g = g[self.offset : self.offset + self.length] if g is not None and g.numel() == self._flat_numel else None
+        return torch.zeros_like(local) if g is None else g.detach().view(local.shape)
+
+
+def _fsdp1_handles(module: Optional[torch.nn.Module]) -> dict:
+    """``id`` of each FSDP1 ``FlatParameter`` in ``module`` -> (its handle,
+    None), and of each original parameter it holds under
+    ``use_orig_params=True`` -> (handle, its index in the flat parameter)."""
+    out = {}
+    for mod in module.modules() if module is not None else ():
+        handle = getattr(mod, "_handle", None)
+        flat = getattr(handle, "flat_param", None)
+        if flat is None or not hasattr(flat, "_shard_param_infos"):
+            continue
+        out[id(flat)] = (handle, None)
+        for i, p in enumerate(getattr(flat, "_params", None) or ()):
+            out[id(p)] = (handle, i)
+    return out
+
+
+def _fsdp1_part(name: str, handle, i: int, orig: Optional[torch.Tensor]) -> FlatPart:
+    flat = handle.flat_param
+    info = flat._shard_param_infos[i]
+    offset, length, start = (
+        (info.offset_in_shard, info.numel_in_shard, info.intra_param_start_idx) if info.in_shard else (0, 0, 0)
+    )
+    # NO_SHARD: every rank holds every parameter whole, as under DDP
+    return FlatPart(name, flat, flat._shapes[i], offset, length, start, handle.uses_sharded_strategy, orig)
+
+
+def _zero_part(name: str, p: torch.Tensor) -> FlatPart:
+    """DeepSpeed ZeRO-3 (``Init._partition_param``): the parameter's flat
+    order, padded to a multiple of the partition group's size ``world``, in
+    ``world`` equal contiguous parts; rank ``r`` of ``ds_process_group``
+    holds part ``r`` in ``ds_tensor``, the last ranks' ending in padding."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(group=p.ds_process_group), dist.get_world_size(group=p.ds_process_group)
+    size = -(-p.ds_numel // world)
+    if p.ds_tensor.numel() != size:
+        raise ValueError(
+            f"parameter {name!r}: its DeepSpeed partition ds_tensor has {p.ds_tensor.numel()} numbers, not "
+            f"ceil(ds_numel / world) = ceil({p.ds_numel} / {world}) = {size} (offloaded to NVMe, or the layout of "
+            "another DeepSpeed version); monitor it without parameter offloading, or under ZeRO stage 1 or 2"
+        )
+    start = min(rank * size, p.ds_numel)
+    return FlatPart(name, p, p.ds_shape, 0, min(size, p.ds_numel - start), start, True)
+
+
+def _unflatten_sharded(named: List[Tuple[str, torch.Tensor]], module: Optional[torch.nn.Module]):
+    """``named`` with each FSDP1 flat parameter replaced by a :class:`FlatPart`
+    per original parameter (named by its path in the model), each FSDP1
+    original parameter (``use_orig_params=True``) and each ZeRO-3 parameter
+    by one; raises for FSDP1 tensors given without their module."""
+    handles = _fsdp1_handles(module)
+    out = []
+    for name, p in named:
+        if hasattr(p, "ds_tensor") and hasattr(p, "ds_numel"):
+            out.append((name, _zero_part(name, p)))
+        elif getattr(p, "_is_flat_param", False) or getattr(p, "_fsdp_flattened", False):
+            if id(p) not in handles:
+                raise ValueError(
+                    f"parameter {name!r} is part of an FSDP (FullyShardedDataParallel) flat parameter; pass the "
+                    "FSDP-wrapped module itself, so that each original parameter's shard can be read"
+                )
+            handle, index = handles[id(p)]
+            if index is not None:
+                out.append((name, _fsdp1_part(name, handle, index, p)))
+                continue
+            prefix = name.rpartition(".")[0]  # the module holding the flat parameter
+            for i, fqn in enumerate(p._fqns):
+                full = f"{prefix}.{fqn}" if prefix else fqn
+                out.append((full, _fsdp1_part(full, handle, i, None)))
+        else:
+            out.append((name, p))
+    return out
+
+
 def _local(p: torch.Tensor) -> Tuple[torch.Tensor, bool]:
     """The tensor this process holds, and whether it is a shard of a larger one."""
+    if isinstance(p, FlatPart):
+        return p.local(), p.sharded
     to_local = getattr(p, "to_local", None)
     if to_local is not None and hasattr(p, "placements"):  # DTensor
         sharded = any(pl.is_shard() for pl in p.placements)
@@ -145,11 +289,12 @@ class ParamLayout:
     (replicated, as under DDP) are split into ``world`` contiguous parts of
     their concatenation and each rank keeps one, so that every number is
     counted exactly once by the SUM all-reduce; shards (DTensor with a Shard
-    placement) are kept whole on the rank that holds them."""
+    placement, FSDP1 flat parameters, DeepSpeed ZeRO-3 partitions: see
+    :class:`FlatPart`) are kept whole on the rank that holds them."""
 
     def __init__(self, params, groups: GroupSpec = "auto", rank: int = 0, world: int = 1):
         self.rank, self.world = rank, world
-        named = named_tensors(params)
+        named = _unflatten_sharded(named_tensors(params), params if isinstance(params, torch.nn.Module) else None)
         group_of = _group_fn(groups)
         raw = [n for n, _ in named]
         clean = [strip_wrappers(n) for n in raw]
@@ -160,7 +305,7 @@ class ParamLayout:
         sharded: List[bool] = []
         device = None
         for name, p in zip(self.names, self.params):
-            if not torch.is_floating_point(p):
+            if not p.dtype.is_floating_point:
                 raise TypeError(f"parameter {name!r} has dtype {p.dtype}; only floating-point tensors can be monitored")
             local, is_shard = _local(p)
             if device is None:

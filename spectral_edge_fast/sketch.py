@@ -19,7 +19,7 @@ from typing import List, Tuple
 import numpy as np
 import torch
 
-from .layout import ParamLayout, _group_fn, _local
+from .layout import FlatPart, ParamLayout, _group_fn, _local
 
 SEED = 0  # one S for every window, so that runs and ranks agree
 MAX_PARTS = 16  # the most pieces one group's elements are summed in (csrc/kernels/sketch.h)
@@ -37,6 +37,8 @@ def _runs(p: torch.Tensor) -> List[Tuple[int, int, int]]:
     """``(local start, global start, length)``: the runs of the local tensor
     of ``p`` that are contiguous in ``p``'s full flat order (one run unless
     ``p`` is a DTensor sharded along a dimension other than the first)."""
+    if isinstance(p, FlatPart):  # one range of the full flat order, padding left out
+        return [(0, p.start, p.length)] if p.length else []
     local, sharded = _local(p)
     if not sharded:
         return [(0, 0, local.numel())]
