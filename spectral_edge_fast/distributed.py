@@ -40,6 +40,25 @@ def all_reduce_sum(tensor: torch.Tensor, process_group) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_counted(tensor: torch.Tensor, counter: int, drift: torch.Tensor, process_group) -> torch.Tensor:
+    """SUM of ``tensor`` over the group (a new tensor), and of ``counter`` and
+    its square beside it: ``world * sum c^2 - (sum c)^2`` is 0 exactly when
+    every rank passed the same ``counter``, else it is added to ``drift`` (a
+    device scalar read with the Gram). No host synchronisation: the counter
+    goes in by ``fill_`` and the check stays on the device."""
+    if process_group is None:
+        return tensor
+    _, world = rank_and_world(process_group)
+    n = tensor.numel()
+    buf = torch.empty(n + 2, dtype=torch.float64, device=tensor.device)
+    buf[:n].copy_(tensor.reshape(-1))
+    buf[n].fill_(float(counter))
+    buf[n + 1].fill_(float(counter) ** 2)
+    all_reduce_sum(buf, process_group)
+    drift.add_((buf[n + 1] * world - buf[n] * buf[n]).abs())
+    return buf[:n].view(tensor.shape)
+
+
 def agree_on_setup(settings: dict, layout: ParamLayout, process_group) -> None:
     """Raise the same ``ValueError`` on every rank when the ranks' windows
     were built differently; a mismatch would otherwise hang or abort in the

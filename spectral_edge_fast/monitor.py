@@ -312,7 +312,7 @@ class SpectralMonitor:
         counted by the monitor). Never waits for the device."""
         self.steps += 1
         label = self.steps if step is None else int(step)
-        self.window.step()
+        self.window.step(at=label)
         if self._pending is not None and self._pending[0].ready():
             self._finish()
         if self.steps % self.analyze_every == 0 and self.window.count >= self._min_count:

@@ -19,8 +19,8 @@ from .analysis._common import slide_norm
 from .distributed import (
     agree_on_coefficients,
     agree_on_setup,
+    all_reduce_counted,
     all_reduce_or_raise,
-    all_reduce_sum,
     rank_and_world,
     sum_replicated,
 )
@@ -194,17 +194,20 @@ class GramReadback:
     """Device-to-host copies started without waiting; ``wait()`` finishes them."""
 
     def __init__(self, gram: torch.Tensor, left: torch.Tensor, count: int, window: int, groups: List[str],
-                 sketch: Optional[tuple] = None):
+                 sketch: Optional[tuple] = None, drift: Optional[torch.Tensor] = None):
         self._meta = (count, window, groups, sketch)
+        drift = torch.zeros((), dtype=torch.float64, device=gram.device) if drift is None else drift
         if gram.device.type == "cuda":
             self._gram = torch.empty(gram.shape, dtype=gram.dtype, pin_memory=True)
             self._left = torch.empty(left.shape, dtype=left.dtype, pin_memory=True)
+            self._drift = torch.empty((), dtype=drift.dtype, pin_memory=True)
             self._gram.copy_(gram, non_blocking=True)
             self._left.copy_(left, non_blocking=True)
+            self._drift.copy_(drift, non_blocking=True)
             self._event = torch.cuda.Event()
             self._event.record()
         else:
-            self._gram, self._left, self._event = gram.clone(), left.clone(), None
+            self._gram, self._left, self._drift, self._event = gram.clone(), left.clone(), drift.clone(), None
 
     def ready(self) -> bool:
         return self._event is None or self._event.query()
@@ -212,6 +215,10 @@ class GramReadback:
     def wait(self) -> GramState:
         if self._event is not None:
             self._event.synchronize()
+        if float(self._drift) != 0:
+            raise RuntimeError("the ranks' windows slid at different step counts, so their partial Grams were summed "
+                               "across different updates: every rank must call GramWindow.step (SpectralMonitor.step) "
+                               "once after each optimizer step, from windows built or resumed at the same step")
         return GramState(self._gram.numpy(), self._left.numpy(), *self._meta)
 
 
@@ -282,6 +289,8 @@ class GramWindow:
         self._ring = torch.zeros((window, _padded(P)), dtype=storage_dtype, device=self.device)[:, :P]
         self._gram = torch.zeros((G, window, window), dtype=torch.float64, device=self.device)
         self._left = torch.zeros((G, window + 1), dtype=torch.float64, device=self.device)
+        # > 0 once ranks reduced slides made at different step counts (all_reduce_counted): read with the Gram
+        self._drift = torch.zeros((), dtype=torch.float64, device=self.device)
         # What _apply needs, made once (each indexing op costs host time every
         # step): row `slot` of _take is 0..W-1 with W in place `slot`.
         self._take = torch.arange(window, dtype=torch.int32, device=self.device).repeat(window, 1)
@@ -376,41 +385,47 @@ class GramWindow:
         self._ring.zero_()
         self._gram.zero_()
         self._left.zero_()
+        self._drift.zero_()
         views = self.layout.views()
         if self._plan is not None:
-            self._snapshot.copy_(self._sketch(views, self._plan.segs))
+            self._snapshot.copy_(self._sketch(views, self._plan.segs, 0))
         elif views:
             self._snapshot.copy_(torch.cat(views))
 
-    def _sketch(self, views: Sequence[torch.Tensor], segs: torch.Tensor) -> torch.Tensor:
-        """``S theta`` of the whole model into ``self._sketched``: this
-        process's partial sketch, SUM-reduced over the group."""
+    def _sketch(self, views: Sequence[torch.Tensor], segs: torch.Tensor, counter: int) -> torch.Tensor:
+        """``S theta`` of the whole model: this process's partial sketch,
+        SUM-reduced over the group (``counter``: see ``all_reduce_counted``)."""
         self.backend.sketch(views, segs, self._plan.groups, self._sketched, self._scratch)
-        return all_reduce_sum(self._sketched, self.process_group)
+        return all_reduce_counted(self._sketched, counter, self._drift, self.process_group)
 
     # Never traced: its host counters and the layout's storage check would
     # make a compiled caller recompile every step; it runs eagerly between
     # the compiled parts.
     @torch.compiler.disable
-    def step(self) -> bool:
+    def step(self, at: Optional[int] = None) -> bool:
         """Call after each optimizer step. Every ``every`` calls, forms the
-        update ``theta - snapshot`` and slides the window; returns True then."""
+        update ``theta - snapshot`` and slides the window; returns True then.
+        ``at``: the training step, which must be the same on every rank of the
+        process group at each slide (default: the calls counted by the
+        window); ranks that slide at different steps make the next readback
+        raise instead of giving a Gram summed across different updates."""
         self._calls += 1
         if self._calls % self.every:
             return False
+        at = self._calls if at is None else at
         slot = self.count % self.window
         views = self.layout.views()
         if self._plan is not None:
-            new = self._sketch(views, self._plan.segs)
+            new = self._sketch(views, self._plan.segs, at)
             torch.sub(new, self._snapshot, out=self._row)
             self._snapshot.copy_(new)
-            self._apply(self.backend.slide(self._ring, self._row, slot, self._bounds), slot, reduce=False)
+            self._apply(self.backend.slide(self._ring, self._row, slot, self._bounds), slot)
             return True
         if views is not self._checked_views:  # a new list (construction, followed parameters): check it once
             check_step(views, self._snapshot, self._ring, slot, self.layout.bounds)
             self._checked_views = views
         partials = self.backend.step_checked_once(views, self._snapshot, self._ring, slot, self.layout.bounds)
-        self._apply(partials, slot)
+        self._apply(partials, slot, at)
         return True
 
     def push(self, update) -> None:
@@ -424,16 +439,17 @@ class GramWindow:
             row = self.layout.flatten([update] if isinstance(update, torch.Tensor) else update)
         slot = self.count % self.window
         if self._plan is not None:
-            row = self._sketch([row], self._plan.flat_segs).float()
-            self._apply(self.backend.slide(self._ring, row, slot, self._bounds), slot, reduce=False)
+            row = self._sketch([row], self._plan.flat_segs, self.count).float()
+            self._apply(self.backend.slide(self._ring, row, slot, self._bounds), slot)
             return
-        self._apply(self.backend.slide(self._ring, row, slot, self.layout.bounds), slot)
+        self._apply(self.backend.slide(self._ring, row, slot, self.layout.bounds), slot, self.count)
 
-    def _apply(self, partials: torch.Tensor, slot: int, reduce: bool = True) -> None:
+    def _apply(self, partials: torch.Tensor, slot: int, counter: Optional[int] = None) -> None:
         """Fold one slide's ``[G, W+1]`` inner products into the device Gram
-        (``reduce``: partial products of this rank's numbers, SUM-reduced)."""
-        if reduce:
-            partials = all_reduce_sum(partials, self.process_group)
+        (``counter`` given: partial products of this rank's numbers,
+        SUM-reduced, the ranks' counters compared)."""
+        if counter is not None:
+            partials = all_reduce_counted(partials, counter, self._drift, self.process_group)
         rows, cols, take, left_row, left_ab = self._folds
         left_row.copy_(rows[slot])
         left_ab.copy_(partials.select(1, slot))
@@ -448,7 +464,7 @@ class GramWindow:
         :class:`GramState`. On a GPU the copies are non-blocking into pinned
         memory, so a monitor can start one and read it steps later."""
         sketch = None if self._plan is None else (self.sketch, self._plan.scaled())
-        return GramReadback(self._gram, self._left, self.count, self.window, self.groups, sketch)
+        return GramReadback(self._gram, self._left, self.count, self.window, self.groups, sketch, self._drift)
 
     def state(self) -> GramState:
         return self.readback().wait()

@@ -392,3 +392,39 @@ def test_project_with_bad_input_on_one_rank_raises_on_every_rank(calls_runs):
     assert errors[ODD].startswith("ValueError: tensor for 'r.w' has 15 elements, expected 35"), errors[ODD]
     others = [e for r, e in enumerate(errors) if r != ODD]
     assert others == ["RuntimeError: project() failed on rank 2 (its error says why); the other ranks stopped with it"] * 2, others
+
+
+def _drift_worker(rank, world, store_path, out_dir):
+    """Replicated parameters, windows stepped with the training step as
+    ``at``: first in agreement, then with rank 1 one step ahead (a rank
+    resumed from a later checkpoint), in exact and sketch mode."""
+    _init(rank, store_path, world)
+    group = dist.group.WORLD
+    out = {}
+    for sketch in (None, 16):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(6, 5)
+        win = GramWindow(model, window=3, every=1, process_group=group, sketch=sketch)
+        for t in range(1, 5):
+            with torch.no_grad():
+                model.weight.add_(0.01 * t)
+            win.step(at=t)
+        out[f"agree{sketch}"] = win.gram().shape
+        for t in range(5, 8):
+            with torch.no_grad():
+                model.weight.add_(0.01 * t)
+            win.step(at=t + (rank == 1))
+        try:
+            win.gram()
+            out[f"drift{sketch}"] = None
+        except RuntimeError as exc:
+            out[f"drift{sketch}"] = str(exc)
+    torch.save(out, os.path.join(out_dir, f"drift{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_ranks_that_slide_at_different_steps_raise_on_every_rank():
+    for out in _spawn(_drift_worker, "drift"):
+        for sketch in (None, 16):
+            assert out[f"agree{sketch}"] == (3, 3)
+            assert "slid at different step counts" in (out[f"drift{sketch}"] or ""), out
