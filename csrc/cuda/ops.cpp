@@ -17,6 +17,11 @@
 #include "kernels/step.h"
 
 namespace sef {
+
+// kernels/sketch_cuda.cu: out += S theta over the rows of a device work table.
+void sketch_cuda(const VecRef* views, int64_t n_views, const int64_t* work, int64_t n_rows, double* out,
+                 cudaStream_t stream);
+
 namespace {
 
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
@@ -59,8 +64,35 @@ struct Cuda {
   }
 };
 
+// out = S cat(views) from `work` (spectral_edge_fast/kernels/triton_ops.py
+// sketch_work, on out's device): its rows were checked against the views and
+// out when it was built, and reading them here would synchronise.
+void sketch(const std::vector<at::Tensor>& views, const at::Tensor& work, at::Tensor out) {
+  constexpr const char* op = "sketch";
+  TORCH_CHECK(out.is_cuda() && out.scalar_type() == at::kDouble && out.is_contiguous(), op,
+              ": out must be a contiguous float64 CUDA tensor");
+  check_device(work, out.device(), op, "work");
+  TORCH_CHECK(work.scalar_type() == at::kLong && work.dim() == 2 && work.size(1) == 8 && work.is_contiguous(), op,
+              ": work must be a contiguous int64 [n, 8] tensor, got shape ", shape(work.sizes()));
+  std::vector<VecRef> refs;
+  for (size_t t = 0; t < views.size(); ++t) {
+    const std::string what = "views[" + std::to_string(t) + "]";
+    check_device(views[t], out.device(), op, what.c_str());
+    TORCH_CHECK(views[t].is_contiguous(), op, ": ", what, " must be contiguous");
+    refs.push_back(VecRef{const_cast<void*>(views[t].const_data_ptr()), value_dtype(views[t], op, what.c_str())});
+  }
+  const c10::cuda::CUDAGuard guard(out.device());
+  out.zero_();
+  sketch_cuda(refs.data(), int64_t(refs.size()), work.const_data_ptr<int64_t>(), work.size(0), out.data_ptr<double>(),
+              stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 }  // namespace
 
-void bind_cuda(pybind11::module_ m) { bind<Cuda>(m); }
+void bind_cuda(pybind11::module_ m) {
+  bind<Cuda>(m);
+  m.def("sketch", &sketch);
+}
 
 }  // namespace sef

@@ -19,6 +19,7 @@ import functools
 import importlib.util
 from typing import Tuple
 
+import numpy as np
 import torch
 
 from . import Backend
@@ -46,6 +47,21 @@ def _plan(sizes: Tuple[int, ...], bounds: Tuple[int, ...], device: torch.device)
     if device.type == "cpu":
         return plan
     return plan.pin_memory().to(device, non_blocking=True)
+
+
+CUDA_SKETCH_SPAN = 8192  # elements per block of the CUDA sketch kernel (32 per thread)
+
+
+@functools.lru_cache(maxsize=16)
+def _sketch_work(segs: bytes, groups: bytes, sizes: Tuple[int, ...], out_size: int, device: torch.device) -> torch.Tensor:
+    """The CUDA sketch kernel's work table for these tables (their bytes),
+    view sizes and output size: checked, then uploaded once per device like
+    a plan."""
+    from .triton_ops import sketch_work
+
+    rows = sketch_work(np.frombuffer(segs, dtype=np.int64), np.frombuffer(groups, dtype=np.int64), sizes, out_size,
+                       CUDA_SKETCH_SPAN)
+    return torch.from_numpy(rows).pin_memory().to(device, non_blocking=True)
 
 
 class NativeBackend(Backend):
@@ -99,8 +115,10 @@ class NativeBackend(Backend):
     def _sketch(self, views, segs, groups, out, scratch):
         if self._device_type == "cpu":
             _C.cpu.sketch(views, segs, groups, out, scratch)
-        else:  # no CUDA kernel yet: the torch implementation
-            super()._sketch(views, segs, groups, out, scratch)
+        else:
+            work = _sketch_work(segs.cpu().numpy().tobytes(), groups.cpu().numpy().tobytes(),
+                                tuple(v.numel() for v in views), out.numel(), out.device)
+            _C.cuda.sketch(views, work, out)
 
 
 def make_backend(name: str) -> NativeBackend:

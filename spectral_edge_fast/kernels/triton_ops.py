@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from . import Backend, Bounds
+from .sketch import OFFSET_SALT, block_length
 
 try:
     import triton
@@ -76,14 +77,19 @@ CHUNK = 1 << 15  # elements summed in float32 per program before the float64 sum
 # 8 warps (larger tiles cost registers, so resident programs, for no more bytes
 # in flight); the interpreter pays per operation, not per element.
 _TILE = 1 << 14 if _INTERPRET else 2048
+_SKETCH_BLOCK = 1 << 12 if _INTERPRET else 1024  # elements of one sketch tile
 _MAX_ROWS = 128  # one program holds all the rows of the ring in registers
 GRAM_PARTIAL_BYTES = 64 << 20  # the most float64 partials gram holds
 # Position = the code of a parameter dtype in the chunk table.
 _PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _TABLE_COLS = 5  # start, end, parameter dtype code, parameter address, parameter's flat start
-_TABLE_CACHE = 16  # tables kept per backend (one per bounds and parameter list)
+_TABLE_CACHE = 16  # tables kept per backend (one per bounds and parameter list, one per sketch layout)
 # Explicit, so that results do not change with Triton's default (which 3.10 turns off).
 _LAUNCH = {"enable_fp_fusion": True}
+# OFFSET_SALT's 32-bit halves for the sketch kernel (Triton reads a global only as a constexpr)
+_SALT_LO, _SALT_HI = OFFSET_SALT & 0xFFFFFFFF, OFFSET_SALT >> 32
+if tl is not None:
+    _SALT_LO, _SALT_HI = tl.constexpr(_SALT_LO), tl.constexpr(_SALT_HI)
 _TL_DTYPES = {} if tl is None else {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16,
                                     torch.float16: tl.float16, torch.float64: tl.float64}
 
@@ -243,6 +249,66 @@ def _gram_kernel(x_ptr, part_ptr, W, P, x_stride, chunk, per_span, R_BLOCK: tl.c
     tl.store(part + ri[:, None] * W + rj[None, :], total, mask=(ri < W)[:, None] & (rj < W)[None, :])
 
 
+@_jit
+def _sketch_hash(c, key_lo, key_hi):
+    """``sef::sketch_hash(key, c)`` (csrc/kernels/sketch.h) of int64
+    coordinates ``c >= 0`` in uint32 lanes, the key as its two 32-bit halves
+    (int64 scalars in [0, 2^32))."""
+    x = (c & 0xFFFFFFFF).to(tl.uint32) ^ key_lo.to(tl.uint32)
+    x = x + (c >> 32).to(tl.uint32) * 0x9E3779B9 + key_hi.to(tl.uint32)
+    x ^= x >> 16
+    x *= 0x85EBCA6B
+    x ^= x >> 13
+    x *= 0xC2B2AE35
+    return x ^ (x >> 16)
+
+
+@_jit
+def _sketch_kernel(work_ptr, src_ptr, addr_ptr, out_ptr, first, VIEW_DTYPE: tl.constexpr, FROM_TABLE: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """One program per row of the work table (:func:`sketch_work`): its
+    elements' signed values added in float64 into ``out``. A hashed element
+    goes to bucket ``(o_b + r) mod m`` of block ``b = c >> log2 L``, position
+    ``r``: a block's elements are consecutive buckets (one or two runs,
+    wrapping at m), so neighbouring lanes add to neighbouring addresses. The
+    atomic adds of different programs land in any order, so the last bits of
+    a bucket vary from run to run (docs/numerics.md#sketch-mode). An identity
+    group's coordinates are each in one row only: a plain add."""
+    row = work_ptr + (first + tl.program_id(0)).to(tl.int64) * 8  # SKETCH_WORK_COLS
+    start = tl.load(row + 1)
+    n = tl.load(row + 2)
+    coord = tl.load(row + 3)
+    key = tl.load(row + 4)
+    out = out_ptr + tl.load(row + 5)
+    m = tl.load(row + 6)
+    log2_block = tl.load(row + 7)
+    if FROM_TABLE:
+        src = tl.load(addr_ptr + tl.load(row)).to(tl.pointer_type(VIEW_DTYPE))
+    else:
+        src = src_ptr
+    src += start
+    # the sign hash's key and the offset hash's, key + OFFSET_SALT mod 2^64, as 32-bit halves
+    key_lo = key & 0xFFFFFFFF
+    key_hi = (key >> 32) & 0xFFFFFFFF
+    salted = key_lo + _SALT_LO
+    off_lo = salted & 0xFFFFFFFF
+    off_hi = (key_hi + _SALT_HI + (salted >> 32)) & 0xFFFFFFFF
+    for i in range(0, n, BLOCK):
+        offs = i + tl.arange(0, BLOCK)
+        live = offs < n
+        x = tl.load(src + offs, mask=live, other=0.0).to(tl.float64)
+        c = coord + offs
+        if log2_block < 0:
+            ptrs = out + c
+            tl.store(ptrs, tl.load(ptrs, mask=live, other=0.0) + x, mask=live)
+        else:
+            h_off = _sketch_hash(c >> log2_block, off_lo, off_hi)
+            bucket = ((h_off.to(tl.uint64) * m.to(tl.uint64)) >> 32).to(tl.int64) + (c & ((1 << log2_block) - 1))
+            bucket = tl.where(bucket >= m, bucket - m, bucket)
+            negative = (_sketch_hash(c, key_lo, key_hi) & 1) != 0
+            tl.atomic_add(out + bucket, tl.where(negative, -x, x), mask=live, sem="relaxed")
+
+
 class _Chunks:
     """A chunk table on the device: ``table`` ``[n, 5]`` int64 rows (start,
     end, parameter dtype code, parameter address, parameter's flat start) in
@@ -271,6 +337,77 @@ class _Chunks:
         self.n = len(lo)
         self.table = torch.from_numpy(rows).to(device)
         self.first = torch.from_numpy(np.searchsorted(lo, bounds).astype(np.int64)).to(device)
+
+
+SKETCH_WORK_COLS = 8  # view, start, length, coord, key, out, m, log2 of the block length (-1: identity group)
+
+
+def sketch_work(segs: np.ndarray, groups: np.ndarray, sizes: Sequence[int], out_size: int, span: int) -> np.ndarray:
+    """The work table of the sketch kernels (this backend's and the CUDA
+    one's), int64 ``[n, SKETCH_WORK_COLS]``: the segments of ``segs``
+    (:mod:`.sketch`) cut into rows of at most ``span`` elements, each row
+    ``(view, start, length, coord, key, out, m, log2 L)`` with its group's
+    ``out`` and ``m`` and ``L = block_length(m)``, or -1 for an identity
+    group. The kernels read and write where the rows say without checking, so
+    this raises a ValueError naming the first segment or group whose reads
+    would leave the views (of ``sizes``), whose writes would leave ``out``
+    (of ``out_size`` numbers), or, for an identity group, whose segments
+    overlap."""
+    seg = np.asarray(segs, dtype=np.int64).reshape(-1, 6)
+    grp = np.asarray(groups, dtype=np.int64).reshape(-1, 7)
+    view, start, length, key, coord, group = seg.T
+    out, m, identity = grp[:, 0], grp[:, 1], grp[:, 2] != 0
+    sizes = np.asarray(sizes, dtype=np.int64)
+    ok = (view >= 0) & (view < len(sizes)) & (start >= 0) & (length >= 0) & (coord >= 0) & (group >= 0) & (group < len(grp))
+    ok[ok] = start[ok] + length[ok] <= sizes[view[ok]]
+    if not ok.all():
+        raise ValueError(f"sketch: segment {int(np.flatnonzero(~ok)[0])} does not fit the views or the groups")
+    fits = (m >= 1) & (m <= 1 << 32) & (out >= 0) & (out + m <= out_size)
+    # an identity group's coordinates are its buckets, each in one segment (its add is not atomic)
+    fits[group[identity[group] & (coord + length > m[group])]] = False
+    runs = np.flatnonzero(identity[group] & (length > 0))
+    runs = runs[np.lexsort((coord[runs], group[runs]))]
+    overlap = (group[runs[1:]] == group[runs[:-1]]) & (coord[runs[1:]] < coord[runs[:-1]] + length[runs[:-1]])
+    fits[group[runs[1:][overlap]]] = False
+    if not fits.all():
+        raise ValueError(f"sketch: group {int(np.flatnonzero(~fits)[0])} does not fit its segments or out")
+    pieces = -(-length // span)
+    idx = np.repeat(np.arange(len(seg)), pieces)
+    skip = (np.arange(len(idx)) - np.repeat(np.cumsum(pieces) - pieces, pieces)) * span
+    g = group[idx]
+    log2_block = np.array([block_length(int(x)).bit_length() - 1 for x in m], dtype=np.int64)
+    rows = np.stack([view[idx], start[idx] + skip, np.minimum(span, length[idx] - skip), coord[idx] + skip, key[idx],
+                     out[g], m[g], np.where(identity[g], -1, log2_block[g])], axis=1)
+    return rows.reshape(-1, SKETCH_WORK_COLS).astype(np.int64)
+
+
+def _check_views(views: Sequence[torch.Tensor], device) -> None:
+    for i, v in enumerate(views):
+        if v.dtype not in _PARAM_DTYPES or v.device != device or not v.is_contiguous():
+            raise ValueError(f"sketch: views[{i}] must be a contiguous float32, bfloat16, float16 or float64 "
+                             f"tensor on {device}, got a {'' if v.is_contiguous() else 'non-contiguous '}"
+                             f"{v.dtype} tensor on {v.device}")
+
+
+class _SketchWork:
+    """:func:`sketch_work` on the device, its rows ordered by their view's
+    dtype: ``launches`` holds ``(dtype code, first row, rows)``, one kernel
+    launch each; ``addresses`` the views' addresses when there are several
+    (one view is passed to the kernel itself)."""
+
+    def __init__(self, views: Sequence[torch.Tensor], segs, groups, out: torch.Tensor, span: int):
+        _check_views(views, out.device)
+        rows = sketch_work(segs.cpu().numpy(), groups.cpu().numpy(), [v.numel() for v in views], out.numel(), span)
+        codes = np.array([_PARAM_DTYPES.index(v.dtype) for v in views], dtype=np.int64)[rows[:, 0]]
+        order = np.argsort(codes, kind="stable")
+        codes, counts = np.unique(codes[order], return_counts=True)
+        firsts = np.cumsum(counts) - counts
+        self.launches = [(int(c), int(f), int(n)) for c, f, n in zip(codes, firsts, counts)]
+        self.table = torch.from_numpy(np.ascontiguousarray(rows[order])).to(out.device)
+        self.addresses = self.table
+        if len(views) > 1:
+            ptrs = np.array([v.data_ptr() for v in views], dtype=np.uint64).view(np.int64)
+            self.addresses = torch.from_numpy(ptrs).to(out.device)
 
 
 def _tiles(rows: int):
@@ -316,14 +453,35 @@ class TritonBackend(Backend):
         key, so that the per-step path only looks it up: call each op once
         before capturing it in a CUDA graph."""
         key = (device, tuple(bounds), self.chunk, tuple((p.data_ptr(), p.numel(), p.dtype) for p in params))
+        return self._cached(key, lambda: _Chunks(tuple(bounds), self.chunk, device, params))
+
+    def _cached(self, key, build):
+        """The table under ``key``, built by ``build()`` on a miss; the
+        ``_TABLE_CACHE`` most recently used are kept."""
         table = self._tables.get(key)
         if table is None:
-            table = self._tables[key] = _Chunks(tuple(bounds), self.chunk, device, params)
+            table = self._tables[key] = build()
             while len(self._tables) > _TABLE_CACHE:
                 self._tables.popitem(last=False)
         else:
             self._tables.move_to_end(key)
         return table
+
+    def _sketch_work(self, views, segs, groups, out) -> _SketchWork:
+        """The cached work table (built, checked and uploaded synchronously
+        once per key, as :meth:`_chunks`), keyed by the tables' contents and
+        the views' sizes, dtypes and, when there are several, addresses (one
+        view, a new flat vector each call, is checked each call)."""
+        if out.dtype != torch.float64 or not out.is_contiguous():
+            raise ValueError(f"sketch: out must be a contiguous float64 tensor, got {out.dtype}")
+        if len(views) == 1:
+            _check_views(views, out.device)
+            views_key = (views[0].numel(), views[0].dtype)
+        else:
+            views_key = tuple((v.data_ptr(), v.numel(), v.dtype) for v in views)
+        key = ("sketch", out.device, out.numel(), self.chunk, segs.cpu().numpy().tobytes(),
+               groups.cpu().numpy().tobytes(), views_key)
+        return self._cached(key, lambda: _SketchWork(views, segs, groups, out, self.chunk))
 
     def _sum_chunks(self, part: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
         """``[G, n_cols]`` float64: group g sums the rows ``first[g]:first[g+1]`` of ``part``."""
@@ -403,6 +561,14 @@ class TritonBackend(Backend):
                                                       R_BLOCK=r_block, BLOCK=64, num_warps=4, **_LAUNCH)
         first = torch.arange(2, device=x.device) * spans  # one group: spans [0, spans)
         return self._sum_chunks(part, first).view(rows, rows)
+
+    def _sketch(self, views, segs, groups, out, scratch):
+        work = self._sketch_work(views, segs, groups, out)
+        out.zero_()
+        for code, first, count in work.launches:
+            _sketch_kernel[(count,)](work.table, views[0], work.addresses, out, first,
+                                     VIEW_DTYPE=_TL_DTYPES[_PARAM_DTYPES[code]], FROM_TABLE=len(views) > 1,
+                                     BLOCK=_SKETCH_BLOCK, num_warps=4, **_LAUNCH)
 
 
 def make_backend(name):

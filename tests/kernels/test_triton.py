@@ -216,6 +216,12 @@ _COMPILE = textwrap.dedent("""
         compile(T._gram_kernel, {"x_ptr": "*" + ring, "part_ptr": "*fp64"}, dict(R_BLOCK=64, BLOCK=64), 4)
     compile(T._sum_chunks_kernel, {"part_ptr": "*fp32", "first_ptr": "*i64", "out_ptr": "*fp64"},
             dict(C_BLOCK=64, COL_BLOCK=32), 4)
+    for view, view_tl in (("fp32", tl.float32), ("bf16", tl.bfloat16), ("fp16", tl.float16), ("fp64", tl.float64)):
+        for from_table in (False, True):
+            ptx = compile(T._sketch_kernel, {"work_ptr": "*i64", "src_ptr": "*" + view, "addr_ptr": "*i64",
+                                             "out_ptr": "*fp64"},
+                          dict(VIEW_DTYPE=view_tl, FROM_TABLE=from_table, BLOCK=T._SKETCH_BLOCK), 4)
+            assert re.search(r"(atom|red)[.a-z]*[.]add[.]f64", ptx), ("no float64 atomic add", view, from_table)
 """)
 
 
