@@ -13,6 +13,9 @@ from spectral_edge_fast.workloads.grokking import (
     make_multitask_dataset,
     newton_schulz,
 )
+from spectral_edge_fast.workloads.dyck import DyckConfig
+from spectral_edge_fast.workloads.lm import LMConfig
+from spectral_edge_fast.workloads.scan import ScanConfig
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
@@ -209,3 +212,14 @@ def test_adamw_groups_step_as_torch_adamw():
     _, (ours, theirs) = _twin_steps(lambda ps: MuonAdamW(ps, **kw), lambda ps: torch.optim.AdamW(ps, **kw), (7, 3),
                                     steps=5)
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("make", [GrokkingConfig, DyckConfig, ScanConfig, LMConfig], ids=lambda c: c.__name__)
+def test_every_workload_config_checks_the_shared_training_knobs(make):
+    """lr, betas, weight_decay, grad_clip and batch_size are defined and
+    checked once (TrainingConfig) for every workload."""
+    assert make(betas=[0.9, 0.9]).betas == (0.9, 0.9)
+    for bad in (dict(lr=0.0), dict(betas=(0.9, 1.0)), dict(betas=(0.9,)), dict(weight_decay=-1.0),
+                dict(grad_clip=0.0), dict(batch_size=0)):
+        with pytest.raises(ValueError, match="must be"):
+            make(**bad)

@@ -29,14 +29,14 @@ Usage::
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Dict, Tuple
+from dataclasses import dataclass
+from typing import Dict
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .grokking import GROK_ACCURACY, grok_step
+from .grokking import GROK_ACCURACY, TrainingConfig, grok_step
 
 #: token ids: the start token and the two brackets
 BOS, OPEN, CLOSE = 0, 1, 2
@@ -44,7 +44,7 @@ VOCAB = 3
 
 
 @dataclass
-class DyckConfig:
+class DyckConfig(TrainingConfig):
     """Every knob of one run."""
 
     length: int = 24
@@ -54,23 +54,14 @@ class DyckConfig:
     n_layers: int = 2
     n_heads: int = 4
     d_ff: int = 448
-    lr: float = 1e-3
-    betas: Tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = 1.0
     batch_size: int = 128
-    grad_clip: float = 1.0
-    seed: int = 0
-    device: str = "cpu"
 
     def __post_init__(self):
+        super().__post_init__()
         if self.length < 4 or self.length % 2:
             raise ValueError(f"length must be even and at least 4, got {self.length}")
         if self.n_train < 2 or self.n_test < 2:
             raise ValueError(f"n_train and n_test must be at least 2, got {self.n_train} and {self.n_test}")
-        self.betas = tuple(self.betas)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def is_balanced(brackets) -> bool:

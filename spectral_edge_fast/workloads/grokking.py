@@ -53,7 +53,34 @@ OPTIMIZERS = ("adamw", "muon")
 
 
 @dataclass
-class GrokkingConfig:
+class TrainingConfig:
+    """The knobs every workload's run shares: AdamW's (``lr``, ``betas``,
+    ``weight_decay``), the batch, gradient clipping, the seed and the device.
+    Each workload's config extends it and changes only the defaults that
+    differ."""
+
+    lr: float = 1e-3
+    betas: Tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 1.0
+    batch_size: int = 512
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        if not (self.lr > 0 and len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
+            raise ValueError(f"lr must be > 0 and betas two numbers in [0, 1), got lr={self.lr}, betas={self.betas}")
+        if not (self.weight_decay >= 0 and self.grad_clip > 0 and int(self.batch_size) >= 1):
+            raise ValueError(f"weight_decay must be >= 0, grad_clip > 0 and batch_size >= 1, got {self.weight_decay}, "
+                             f"{self.grad_clip} and {self.batch_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GrokkingConfig(TrainingConfig):
     """Every knob of one run; the defaults are the author's setup.
 
     ``task`` is one name of :data:`TASKS` or several joined by commas (one
@@ -74,20 +101,14 @@ class GrokkingConfig:
     n_layers: int = 2
     n_heads: int = 4
     d_ff: int = 256
-    lr: float = 1e-3
-    betas: Tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = 1.0
-    batch_size: int = 512
-    grad_clip: float = 1.0
     optimizer: str = "adamw"
     muon_lr: float = 0.02
     muon_momentum: float = 0.95
     muon_weight_decay: Optional[float] = None
     muon_ns_dtype: str = "float32"
-    seed: int = 0
-    device: str = "cpu"
 
     def __post_init__(self):
+        super().__post_init__()
         for task in self.tasks:
             if task not in TASKS:
                 raise ValueError(f"unknown task {task!r} in task={self.task!r}; choose one of {', '.join(TASKS)}, or "
@@ -102,14 +123,10 @@ class GrokkingConfig:
             raise ValueError(f"p must be at least 3, got {self.p}")
         if not 0.0 < self.train_fraction < 1.0:
             raise ValueError(f"train_fraction must lie strictly between 0 and 1, got {self.train_fraction}")
-        self.betas = tuple(self.betas)
 
     @property
     def tasks(self) -> Tuple[str, ...]:
         return tuple(t.strip() for t in self.task.split(","))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def make_dataset(task: str, p: int, train_fraction: float, seed: int):

@@ -31,14 +31,14 @@ import functools
 import math
 import os
 import sysconfig
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .grokking import ResumableRun
+from .grokking import ResumableRun, TrainingConfig
 
 VOCAB = 256
 #: every VAL_EVERY-th file of the sorted stdlib goes to validation
@@ -70,7 +70,7 @@ def stdlib_corpus(root: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tenso
 
 
 @dataclass
-class LMConfig:
+class LMConfig(TrainingConfig):
     """Every knob of one run; the defaults: a 4-layer, d 128 GPT (0.87M
     parameters), context 128, batches of 16."""
 
@@ -78,17 +78,14 @@ class LMConfig:
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
-    lr: float = 1e-3
     betas: Tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.1
     warmup: int = 100
     batch_size: int = 16
-    grad_clip: float = 1.0
     eval_batches: int = 8
-    seed: int = 0
-    device: str = "cpu"
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("context", "d_model", "n_layers", "n_heads", "batch_size", "eval_batches"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -96,16 +93,12 @@ class LMConfig:
             raise ValueError(f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
-        self.betas = tuple(self.betas)
 
     @classmethod
     def gpt2_124m(cls, **overrides) -> "LMConfig":
         """GPT-2 124M's blocks: 12 layers, d 768, 12 heads, context 1024 (a GPU run)."""
         base = dict(context=1024, d_model=768, n_layers=12, n_heads=12, lr=6e-4, warmup=200, batch_size=16)
         return cls(**{**base, **overrides})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Block(nn.Module):

@@ -30,7 +30,7 @@ sequence, as in the SCAN literature.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from itertools import product
 from typing import Dict, List, Tuple
 
@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .grokking import GROK_ACCURACY, grok_step
+from .grokking import GROK_ACCURACY, TrainingConfig, grok_step
 
 PRIMITIVES = ("walk", "look", "run", "jump")
 DIRECTIONS = ("left", "right")
@@ -152,7 +152,7 @@ def make_dataset(train_fraction: float, seed: int, limit: int = 0):
 
 
 @dataclass
-class ScanConfig:
+class ScanConfig(TrainingConfig):
     """Every knob of one run; the defaults are the paper's size."""
 
     train_fraction: float = 0.8
@@ -163,23 +163,15 @@ class ScanConfig:
     n_decoder: int = 3
     d_ff: int = 512
     lr: float = 5e-4
-    betas: Tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = 1.0
     batch_size: int = 64
-    grad_clip: float = 1.0
     eval_size: int = 1000
-    seed: int = 0
-    device: str = "cpu"
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0.0 < self.train_fraction < 1.0:
             raise ValueError(f"train_fraction must lie strictly between 0 and 1, got {self.train_fraction}")
         if self.limit < 0 or self.eval_size < 0:
             raise ValueError(f"limit and eval_size must be >= 0 (0: all), got {self.limit} and {self.eval_size}")
-        self.betas = tuple(self.betas)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class ScanTransformer(nn.Module):
