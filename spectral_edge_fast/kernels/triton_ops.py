@@ -263,7 +263,7 @@ def _sketch_hash(c, key_lo, key_hi):
     return x ^ (x >> 16)
 
 
-@_jit
+@_jit(do_not_specialize=["first"])
 def _sketch_kernel(work_ptr, src_ptr, addr_ptr, out_ptr, first, VIEW_DTYPE: tl.constexpr, FROM_TABLE: tl.constexpr,
                    BLOCK: tl.constexpr):
     """One program per row of the work table (:func:`sketch_work`): its
