@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .grokking import GROK_ACCURACY, TrainingConfig, grok_step
+from .grokking import GROK_ACCURACY, TrainingConfig, TrainingRun, grok_step
 
 #: token ids: the start token and the two brackets
 BOS, OPEN, CLOSE = 0, 1, 2
@@ -161,7 +161,7 @@ class DyckTransformer(nn.Module):
         return self.head(self.ln(h[:, -1]))
 
 
-class DyckRun:
+class DyckRun(TrainingRun):
     """One training run: data, model, optimizer and a seeded batch sampler
     (the interface of :class:`~spectral_edge_fast.workloads.grokking.GrokkingRun`:
     ``train_step()``, ``evaluate()``, ``model``, ``optimizer``, ``step``)."""
@@ -173,25 +173,16 @@ class DyckRun:
         data = make_dataset(c.length, c.n_train, c.n_test, c.seed)
         self.train_x, self.train_y, self.test_x, self.test_y = (t.to(self.device) for t in data)
         self.model = DyckTransformer(c.length, c.d_model, c.n_layers, c.n_heads, c.d_ff).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+        self.optimizer = c.adamw(self.model.parameters())
         self.sampler = torch.Generator(device=self.device).manual_seed(c.seed + 1)
         self.step = 0
-
-    @property
-    def n_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
 
     def train_step(self) -> torch.Tensor:
         """One optimizer step on a fresh batch; returns the loss (on the device)."""
         self.model.train()
         idx = torch.randint(len(self.train_x), (self.config.batch_size,), generator=self.sampler, device=self.device)
         loss = F.cross_entropy(self.model(self.train_x[idx]), self.train_y[idx])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        self.step += 1
-        return loss.detach()
+        return self.optimize(loss)
 
     @torch.no_grad()
     def evaluate(self, chunk: int = 4096) -> Dict[str, float]:

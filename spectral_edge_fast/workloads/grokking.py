@@ -78,6 +78,9 @@ class TrainingConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def adamw(self, params) -> torch.optim.AdamW:
+        return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+
 
 @dataclass
 class GrokkingConfig(TrainingConfig):
@@ -260,7 +263,7 @@ def make_optimizer(model: nn.Module, config: "GrokkingConfig") -> torch.optim.Op
     so its learning rate is the one a monitor reads."""
     c = config
     if c.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+        return c.adamw(model.parameters())
     hidden = [p for n, p in model.named_parameters() if n.startswith("encoder.") and p.ndim == 2]
     rest = [p for n, p in model.named_parameters() if not (n.startswith("encoder.") and p.ndim == 2)]
     muon_wd = c.weight_decay * c.lr / c.muon_lr if c.muon_weight_decay is None else c.muon_weight_decay
@@ -269,7 +272,22 @@ def make_optimizer(model: nn.Module, config: "GrokkingConfig") -> torch.optim.Op
                      momentum=c.muon_momentum, ns_dtype=getattr(torch, c.muon_ns_dtype))
 
 
-class ResumableRun:
+class TrainingRun:
+    """What every workload's run shares: ``config``, ``model``,
+    ``optimizer`` and ``step``; :meth:`optimize` is one step on a loss."""
+
+    def optimize(self, loss: torch.Tensor) -> torch.Tensor:
+        """Backward, clip to ``config.grad_clip``, one optimizer step; returns
+        the loss (on the device, so the caller decides when to read it)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return loss.detach()
+
+
+class ResumableRun(TrainingRun):
     """``state_dict()`` / ``load_state_dict()`` of a training run that keeps
     ``config``, ``step``, ``model``, ``optimizer`` and two seeded generators
     (``sampler`` for training batches, ``probe_sampler`` for probe batches):
@@ -331,13 +349,7 @@ class GrokkingRun(ResumableRun):
         """One optimizer step on a fresh batch; returns the loss (on the
         device, so the caller decides when to read it)."""
         self.model.train()
-        loss = self.loss(*self.batch())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        self.step += 1
-        return loss.detach()
+        return self.optimize(self.loss(*self.batch()))
 
     @torch.no_grad()
     def evaluate(self, chunk: int = 4096) -> Dict[str, float]:

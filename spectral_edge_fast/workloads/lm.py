@@ -167,7 +167,7 @@ class LMRun(ResumableRun):
                 raise ValueError(f"the {split} text has {len(text)} bytes, fewer than context + 1 = {c.context + 1}")
         self.train_text, self.val_text = train.to(self.device), val.to(self.device)
         self.model = GPT(c.context, c.d_model, c.n_layers, c.n_heads).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+        self.optimizer = c.adamw(self.model.parameters())
         self.sampler = torch.Generator(device="cpu").manual_seed(c.seed + 1)
         self.probe_sampler = torch.Generator(device="cpu").manual_seed(c.seed + 2)
         # fixed evaluation windows: the same text at every evaluation
@@ -176,10 +176,6 @@ class LMRun(ResumableRun):
         self.eval_starts = {s: torch.randint(len(t) - c.context, (n,), generator=fixed)
                             for s, t in (("train", train), ("val", val))}
         self.step = 0
-
-    @property
-    def n_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up to ``lr`` over ``warmup`` steps, then constant."""
@@ -207,12 +203,7 @@ class LMRun(ResumableRun):
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr_at(self.step)
         loss = self.loss(*self.batch())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        self.step += 1
-        return loss.detach()
+        return self.optimize(loss)
 
     @torch.no_grad()
     def evaluate(self) -> Dict[str, float]:

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .grokking import GROK_ACCURACY, TrainingConfig, grok_step
+from .grokking import GROK_ACCURACY, TrainingConfig, TrainingRun, grok_step
 
 PRIMITIVES = ("walk", "look", "run", "jump")
 DIRECTIONS = ("left", "right")
@@ -209,7 +209,7 @@ class ScanTransformer(nn.Module):
         return self.decode(self.encode(src), src, tgt_in)
 
 
-class ScanRun:
+class ScanRun(TrainingRun):
     """One training run (the interface of
     :class:`~spectral_edge_fast.workloads.grokking.GrokkingRun`:
     ``train_step()``, ``evaluate()``, ``model``, ``optimizer``, ``step``)."""
@@ -221,17 +221,13 @@ class ScanRun:
         data = make_dataset(c.train_fraction, c.seed, c.limit)
         self.train_src, self.train_tgt, self.test_src, self.test_tgt = (t.to(self.device) for t in data)
         self.model = ScanTransformer(c.d_model, c.n_heads, c.n_encoder, c.n_decoder, c.d_ff).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+        self.optimizer = c.adamw(self.model.parameters())
         self.sampler = torch.Generator(device=self.device).manual_seed(c.seed + 1)
         # the evaluation subsets, fixed for the run
         g = torch.Generator().manual_seed(c.seed + 2)
         self.eval_index = {split: (torch.randperm(len(src), generator=g)[: c.eval_size or len(src)]).to(self.device)
                            for split, src in (("train", self.train_src), ("test", self.test_src))}
         self.step = 0
-
-    @property
-    def n_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
 
     def _loss(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.model(src, tgt[:, :-1]).transpose(1, 2), tgt[:, 1:], ignore_index=PAD)
@@ -241,12 +237,7 @@ class ScanRun:
         self.model.train()
         idx = torch.randint(len(self.train_src), (self.config.batch_size,), generator=self.sampler, device=self.device)
         loss = self._loss(self.train_src[idx], self.train_tgt[idx])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        self.step += 1
-        return loss.detach()
+        return self.optimize(loss)
 
     @torch.no_grad()
     def evaluate(self, chunk: int = 512) -> Dict[str, float]:
