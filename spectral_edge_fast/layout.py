@@ -109,6 +109,7 @@ class FlatPart:
         self.offset, self.length, self.start, self.sharded = offset, length, start, sharded
         self.zero = hasattr(owner, "ds_tensor")
         self._flat_numel = self._flat().numel()
+        self._cached: tuple = (None, None)  # (the flat tensor's data pointer, local()), rebuilt when it moves
 
     def _flat(self) -> torch.Tensor:
         return self.owner.ds_tensor if self.zero else self.owner
@@ -128,8 +129,11 @@ class FlatPart:
                 f"rank's shard of {self._flat_numel} (it is unsharded: inside forward/backward or "
                 "summon_full_params); step the window after the optimizer step, outside them"
             )
-        part = flat.detach()[self.offset : self.offset + self.length]
-        return part.view(self.shape) if self.length == self.numel() else part
+        ptr = flat.data_ptr()  # the cached view holds the memory it reads, so the same pointer is the same memory
+        if ptr != self._cached[0]:
+            part = flat.detach()[self.offset : self.offset + self.length]
+            self._cached = (ptr, part.view(self.shape) if self.length == self.numel() else part)
+        return self._cached[1]
 
     @property
     def dtype(self) -> torch.dtype:

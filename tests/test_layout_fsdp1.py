@@ -1,0 +1,172 @@
+"""FSDP1 (FullyShardedDataParallel) on 2 gloo processes: with
+``use_orig_params=False`` each wrapped unit is one padded, sharded
+FlatParameter holding many original parameters; with ``True`` the original
+parameters are 1-D views of their rank's part of it. Either way the window
+must see every original parameter under its own name and group, count no
+padding, and give the Gram of a single-process window on the same updates,
+in exact and in sketch mode."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from spectral_edge_fast import GramWindow, SpectralMonitor
+from spectral_edge_fast.analysis import spectrum
+from test_distributed import _flat, _init, _spawn
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
+SKETCH = 64  # embed (56) and head (27) kept exactly, each block (161) sketched
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = nn.Linear(8, 9), nn.Linear(9, 8)  # 161 numbers: odd, so the shards are padded
+
+    def forward(self, x):
+        return x + self.down(torch.tanh(self.up(x)))
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.blocks, self.head = nn.Linear(6, 8), nn.ModuleList([Block(), Block()]), nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+CONFIGS = ("flat_params", "orig_params", "no_shard")
+
+
+def _fsdp1_worker(rank, world, store_path, out_dir):
+    """For each config (use_orig_params False, True; NO_SHARD): FSDP1 with a
+    unit per block (the root unit holds embed and head) and SGD; exact and
+    sketched windows and a monitor on it, and the same windows on an
+    unsharded copy of the model loaded with the full parameters after each
+    step; the last gradient projected on both."""
+    _init(rank, store_path, world)
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import ShardingStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    group = dist.group.WORLD
+    out = {}
+    for config in CONFIGS:
+        torch.manual_seed(0)
+        model, plain = Net(), Net()
+        plain.load_state_dict(model.state_dict())
+        strategy = ShardingStrategy.NO_SHARD if config == "no_shard" else ShardingStrategy.FULL_SHARD
+        fsdp = FSDP(model, device_id=torch.device("cpu"), use_orig_params=config == "orig_params",
+                    sharding_strategy=strategy, auto_wrap_policy=ModuleWrapPolicy({Block}))
+        opt = torch.optim.SGD(fsdp.parameters(), lr=0.05)
+        try:
+            wins = {m: GramWindow(fsdp, window=3, sketch=m, process_group=group) for m in (None, SKETCH)}
+            monitor = SpectralMonitor(fsdp, opt, window=3, analyze_every=5, sinks=(), process_group=group)
+        except Exception as exc:
+            out[config] = f"{type(exc).__name__}: {exc}"
+            continue
+        refs = {m: GramWindow(plain, window=3, sketch=m) for m in (None, SKETCH)}
+        history, last = [], _flat(plain.state_dict().values())
+        for step in range(6):
+            x = torch.randn(4, 6, generator=torch.Generator().manual_seed(10 * step + rank))
+            fsdp(x).pow(2).mean().backward()
+            if step == 5:  # the gradient averaged over the ranks, projected on the window
+                plain.zero_grad()
+                plain(x).pow(2).mean().backward()
+                for p in plain.parameters():
+                    dist.all_reduce(p.grad, group=group)
+                grads = [p.grad / world for p in plain.parameters()]
+                projected = (wins[None].project([p.grad for p in wins[None].layout.params]),
+                             monitor.observe_gradients("train"), refs[None].project(grads))
+                break
+            opt.step()  # the monitor's hook steps it
+            opt.zero_grad()
+            for w in wins.values():
+                w.step()
+            plain.load_state_dict(fsdp.state_dict())  # the full parameters, on every rank
+            for w in refs.values():
+                w.step()
+            now = _flat(plain.state_dict().values())
+            history.append(now - last)
+            last = now
+        x = torch.stack(history[-3:])
+        monitor.flush()
+        out[config] = {
+            "names": wins[None].layout.names, "want names": refs[None].layout.names,
+            "groups": wins[None].groups, "want groups": refs[None].groups,
+            "P": wins[None].numel, "want P": refs[None].numel,
+            "local": wins[None].layout.numel,
+            "exact": wins[None].group_grams(), "exact want": refs[None].group_grams(),
+            "brute": (x @ x.T).numpy(), "scale": (x.abs() @ x.abs().T).numpy(),
+            "sketch": wins[SKETCH].group_grams(), "sketch want": refs[SKETCH].group_grams(),
+            "sigmas": np.array(monitor.history[-1]["sigmas"]),
+            "sigmas want": spectrum((x @ x.T).numpy(), eps=float(np.finfo(np.float32).eps)).sigmas,
+            "projected": projected,
+        }
+        try:  # the flat parameters unsharded: the window refuses to read them
+            with FSDP.summon_full_params(fsdp):
+                wins[None].step()
+            out[config]["unsharded"] = None
+        except ValueError as exc:
+            out[config]["unsharded"] = str(exc)
+    try:  # the flat parameters without their module: refused
+        GramWindow(list(fsdp.named_parameters()), window=3, process_group=group)
+        out["tensors"] = None
+    except ValueError as exc:
+        out["tensors"] = str(exc)
+    torch.save(out, os.path.join(out_dir, f"fsdp1_{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def fsdp1_runs():
+    return _spawn(_fsdp1_worker, "fsdp1_", deadline=240.0)
+
+
+def _close(got, want, rel):
+    """Entry-wise within ``rel`` of the entries' Cauchy-Schwarz bound."""
+    d = np.sqrt(np.abs(np.diag(want)))
+    return np.all(np.abs(got - want) <= rel * np.outer(d, d) + 1e-12)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_fsdp1_sees_the_original_parameters_and_their_full_gram(fsdp1_runs, config):
+    for rank, runs in enumerate(fsdp1_runs):
+        r = runs[config]
+        assert not isinstance(r, str), r
+        assert sorted(r["names"]) == sorted(r["want names"]), r["names"]
+        assert sorted(r["groups"]) == sorted(r["want groups"]) == ["blocks.0", "blocks.1", "embed", "head"], r["groups"]
+        assert r["P"] == r["want P"] == 2 * 161 + 56 + 27, "no padding counted"
+        # exact mode: the per-group Grams of the unsharded run, and their sum the brute-force one
+        for g in r["want groups"]:
+            assert _close(r["exact"][g], r["exact want"][g], 1e-5), (rank, g)
+        total = sum(r["exact"].values())
+        assert (np.abs(total - r["brute"]) <= 1e-5 * r["scale"] + 1e-12).all()
+        # sketch mode: the same S as the unsharded run's, so the same sketched Grams
+        for g in r["want groups"]:
+            assert _close(r["sketch"][g], r["sketch want"][g], 1e-5), (rank, g)
+        assert np.allclose(r["sigmas"], r["sigmas want"], rtol=1e-5, atol=0)
+        # the gradient read from the flat parameters' .grad (the window's and the monitor's)
+        got, monitored, want = r["projected"]
+        for p in (got, monitored):
+            assert np.all(np.abs(p - want) <= 1e-5 * np.abs(want).max() + 1e-12), (p, want)
+        if config == "no_shard":  # nothing to unshard: the full parameters are read as ever
+            assert r["unsharded"] is None, r["unsharded"]
+        else:
+            assert "FSDP flat parameter holds" in (r["unsharded"] or ""), r["unsharded"]
+    assert sum(runs[config]["local"] for runs in fsdp1_runs) == fsdp1_runs[0][config]["P"], "each number held once"
+    assert all(np.array_equal(fsdp1_runs[0][config]["exact"][g], runs[config]["exact"][g])
+               for runs in fsdp1_runs for g in runs[config]["groups"]), "ranks disagree"
+
+
+def test_fsdp1_flat_parameters_without_their_module_are_refused(fsdp1_runs):
+    for runs in fsdp1_runs:
+        assert "is part of an FSDP (FullyShardedDataParallel) flat parameter; pass the FSDP-wrapped module" in (
+            runs["tensors"] or ""), runs["tensors"]
