@@ -123,8 +123,8 @@ def agree_on_setup(settings: dict, layout: ParamLayout, process_group) -> None:
     if problems:
         raise ValueError(
             f"GramWindow shards do not add up across ranks: {'; '.join(problems)}; every number must be held by "
-            "exactly one rank of the process_group (a DTensor's mesh must span the process_group, and every other "
-            "parameter must be replicated on all of its ranks)"
+            "exactly one rank of the process_group (a DTensor's mesh, and the group FSDP or DeepSpeed ZeRO-3 shards "
+            "over, must span the process_group, and every other parameter must be replicated on all of its ranks)"
         )
 
 
