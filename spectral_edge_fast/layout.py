@@ -321,6 +321,11 @@ class ParamLayout:
                 )
             if not local.is_contiguous():
                 raise ValueError(f"parameter {name!r} is not contiguous; call .contiguous() on it before monitoring")
+            if is_shard and world == 1 and local.numel() < p.numel():  # no all-reduce would add the other ranks' parts
+                raise ValueError(
+                    f"parameter {name!r} is sharded: this process holds {local.numel()} of its {p.numel()} numbers; "
+                    "pass process_group= (the group it is sharded over) so that every rank's part is counted"
+                )
             self.locals.append(local)
             sharded.append(is_shard)
         self.device: torch.device = device

@@ -57,7 +57,7 @@ def _fsdp1_worker(rank, world, store_path, out_dir):
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
     group = dist.group.WORLD
-    out = {}
+    out, models = {}, {}
     for config in CONFIGS:
         torch.manual_seed(0)
         model, plain = Net(), Net()
@@ -65,6 +65,7 @@ def _fsdp1_worker(rank, world, store_path, out_dir):
         strategy = ShardingStrategy.NO_SHARD if config == "no_shard" else ShardingStrategy.FULL_SHARD
         fsdp = FSDP(model, device_id=torch.device("cpu"), use_orig_params=config == "orig_params",
                     sharding_strategy=strategy, auto_wrap_policy=ModuleWrapPolicy({Block}))
+        models[config] = fsdp
         opt = torch.optim.SGD(fsdp.parameters(), lr=0.05)
         try:
             wins = {m: GramWindow(fsdp, window=3, sketch=m, process_group=group) for m in (None, SKETCH)}
@@ -116,11 +117,21 @@ def _fsdp1_worker(rank, world, store_path, out_dir):
             out[config]["unsharded"] = None
         except ValueError as exc:
             out[config]["unsharded"] = str(exc)
-    try:  # the flat parameters without their module: refused
-        GramWindow(list(fsdp.named_parameters()), window=3, process_group=group)
-        out["tensors"] = None
-    except ValueError as exc:
-        out["tensors"] = str(exc)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dtensor = distribute_tensor(torch.zeros(6, 2), init_device_mesh("cpu", (world,)), [Shard(0)])
+    refused = {  # the flat parameters without their module; shards without a process group
+        "tensors": lambda: GramWindow(list(models["flat_params"].named_parameters()), window=3, process_group=group),
+        "no group": lambda: GramWindow(models["orig_params"], window=3),
+        "dtensor no group": lambda: GramWindow([("d.w", dtensor)], window=3),
+    }
+    for key, build in refused.items():
+        try:
+            build()
+            out[key] = None
+        except ValueError as exc:
+            out[key] = str(exc)
     torch.save(out, os.path.join(out_dir, f"fsdp1_{rank}.pt"))
     dist.destroy_process_group()
 
@@ -170,3 +181,10 @@ def test_fsdp1_flat_parameters_without_their_module_are_refused(fsdp1_runs):
     for runs in fsdp1_runs:
         assert "is part of an FSDP (FullyShardedDataParallel) flat parameter; pass the FSDP-wrapped module" in (
             runs["tensors"] or ""), runs["tensors"]
+
+
+def test_shards_without_a_process_group_are_refused(fsdp1_runs):
+    """Without an all-reduce a rank's Gram would be that of its own part only."""
+    for runs in fsdp1_runs:
+        for key in ("no group", "dtensor no group"):
+            assert "is sharded: this process holds" in (runs[key] or "") and "pass process_group=" in runs[key], runs[key]
