@@ -156,12 +156,18 @@ class FlatPart:
                 "keeps; pass the gradients explicitly (each parameter's local partition, without padding)"
             )
         local = self.local()
-        if self.orig is not None:  # use_orig_params=True: a view of the flat gradient, shaped like the shard
-            g = self.orig.grad
-        else:
-            g = self.owner.grad
-            g = g[self.offset : self.offset + self.length] if g is not None and g.numel() == self._flat_numel else None
-        return torch.zeros_like(local) if g is None else g.detach().view(local.shape)
+        # use_orig_params=True: the parameter's .grad, a view of its part of the flat gradient
+        g, want = (self.orig.grad, self.length) if self.orig is not None else (self.owner.grad, self._flat_numel)
+        if g is None:
+            return torch.zeros_like(local)
+        if g.numel() != want:
+            raise ValueError(
+                f"parameter {self.name!r}: its FSDP gradient holds {g.numel()} numbers, not the {want} of this rank's "
+                "shard (it is unsharded, as under no_sync()); read gradients after a backward that reduces them"
+            )
+        if self.orig is None:
+            g = g[self.offset : self.offset + self.length]
+        return g.detach().view(local.shape)
 
 
 def _fsdp1_handles(module: Optional[torch.nn.Module]) -> dict:

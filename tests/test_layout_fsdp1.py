@@ -117,6 +117,12 @@ def _fsdp1_worker(rank, world, store_path, out_dir):
             out[config]["unsharded"] = None
         except ValueError as exc:
             out[config]["unsharded"] = str(exc)
+        with fsdp.no_sync():  # gradients accumulated unsharded: not read as a shard's
+            fsdp(torch.randn(4, 6)).pow(2).mean().backward()
+        try:
+            out[config]["no_sync"] = [p.grad.shape for p in wins[None].layout.params]
+        except ValueError as exc:
+            out[config]["no_sync"] = str(exc)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
@@ -172,6 +178,7 @@ def test_fsdp1_sees_the_original_parameters_and_their_full_gram(fsdp1_runs, conf
             assert r["unsharded"] is None, r["unsharded"]
         else:
             assert "FSDP flat parameter holds" in (r["unsharded"] or ""), r["unsharded"]
+            assert "(it is unsharded, as under no_sync())" in str(r["no_sync"]), r["no_sync"]
     assert sum(runs[config]["local"] for runs in fsdp1_runs) == fsdp1_runs[0][config]["P"], "each number held once"
     assert all(np.array_equal(fsdp1_runs[0][config]["exact"][g], runs[config]["exact"][g])
                for runs in fsdp1_runs for g in runs[config]["groups"]), "ranks disagree"
