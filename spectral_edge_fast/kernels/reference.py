@@ -61,12 +61,11 @@ def sketch_matrix(segs, groups, sizes, rows) -> torch.Tensor:
     for view, start, length, key, coord, group in segs.tolist():
         base, m, identity = table[group][:3]
         cols = offsets[view] + start + np.arange(length)
-        coords = np.arange(coord, coord + length, dtype=np.uint64)
         if identity:
-            S[base + coords.astype(np.int64), cols] = 1.0
+            S[base + coord + np.arange(length), cols] = 1.0
         else:
-            bucket, sign = buckets_and_signs(key, coords, m)
-            S[base + bucket.astype(np.int64), cols] = sign
+            bucket, sign = buckets_and_signs(key, coord, length, m)
+            S[base + bucket.numpy(), cols] = sign.numpy()
     return torch.from_numpy(S)
 
 

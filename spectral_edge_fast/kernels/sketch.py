@@ -28,7 +28,8 @@ import torch
 
 MASK32 = 0xFFFFFFFF
 MASK64 = (1 << 64) - 1
-CHUNK = 1 << 20  # elements hashed at once by the torch implementation
+CHUNK = 1 << 20  # elements hashed at once by the torch implementation on a GPU,
+CPU_CHUNK = 1 << 16  # and on the CPU, where its int64 temporaries then stay in cache (3x faster)
 MAX_BLOCK = 1024  # the longest block of coordinates in contiguous buckets (kSketchMaxBlock)
 OFFSET_SALT = 0x9E3779B97F4A7C15  # added to a tensor's key for its blocks' offsets (kSketchOffsetSalt)
 
@@ -72,33 +73,39 @@ def block_length(m: int) -> int:
     return min(MAX_BLOCK, 1 << (int(m).bit_length() - 1))
 
 
-def buckets_and_signs(key: int, coord, m: int):
-    """Bucket and sign (+1 or -1) of each coordinate of a hashed group."""
-    h = sketch_hash(key, coord)
-    shift = block_length(m).bit_length() - 1
-    if isinstance(h, np.ndarray):
-        coord = coord.astype(np.uint64)
-        offset = sketch_bucket(sketch_hash((key + OFFSET_SALT) & MASK64, coord >> np.uint64(shift)), m)
-        bucket = (offset + (coord & np.uint64((1 << shift) - 1))) % np.uint64(m)
-        return bucket, 1 - 2 * (h & np.uint64(1)).astype(np.int64)
-    offset = sketch_bucket(sketch_hash((key + OFFSET_SALT) & MASK64, coord >> shift), m)
-    return (offset + (coord & ((1 << shift) - 1))) % m, 1 - 2 * (h & 1)
+def block_offsets(key: int, blocks, m: int):
+    """The first bucket of each block in ``blocks`` (block indices, an int64
+    torch tensor or a uint64 NumPy array) of the tensor with ``key``."""
+    return sketch_bucket(sketch_hash((key + OFFSET_SALT) & MASK64, blocks), m)
+
+
+def buckets_and_signs(key: int, start: int, length: int, m: int, device=None):
+    """Bucket and sign (+1 or -1), int64 tensors on ``device``, of the
+    coordinates ``start .. start + length - 1`` of a hashed
+    group: each block's offset hashed once, its buckets laid out from it."""
+    c = torch.arange(start, start + length, dtype=torch.int64, device=device)
+    sign = 1 - 2 * (sketch_hash(key, c) & 1)
+    L = block_length(m)
+    first, last = start // L, (start + length - 1) // L
+    offsets = block_offsets(key, torch.arange(first, last + 1, dtype=torch.int64, device=device), m)
+    bucket = (offsets[:, None] + torch.arange(L, dtype=torch.int64, device=device)).remainder_(m).reshape(-1)
+    return bucket[start % L : start % L + length], sign
 
 
 def sketch_torch(views: Sequence[torch.Tensor], segs: torch.Tensor, groups: torch.Tensor, out: torch.Tensor) -> None:
     """``out = S theta`` in float64 with torch ops on the views' device,
-    ``CHUNK`` elements at a time (nothing P-sized is made)."""
+    ``CHUNK`` (``CPU_CHUNK``) elements at a time (nothing P-sized is made)."""
     out.zero_()
     device = out.device
+    chunk = CPU_CHUNK if device.type == "cpu" else CHUNK
     g_rows = groups.tolist()
     for view, start, length, key, coord, group in segs.tolist():
         base, m, identity = g_rows[group][0], g_rows[group][1], g_rows[group][2]
-        for s in range(0, length, CHUNK):
-            n = min(CHUNK, length - s)
+        for s in range(0, length, chunk):
+            n = min(chunk, length - s)
             x = views[view][start + s : start + s + n].double()
-            c = torch.arange(coord + s, coord + s + n, dtype=torch.int64, device=device)
             if identity:
-                out.index_add_(0, c + base, x)
+                out[base + coord + s : base + coord + s + n] += x
             else:
-                bucket, sign = buckets_and_signs(key, c, m)
+                bucket, sign = buckets_and_signs(key, coord + s, n, m, device)
                 out.index_add_(0, bucket + base, x * sign)

@@ -8,7 +8,7 @@ import torch
 from helpers import BACKENDS, backend_or_skip, random_params
 
 from spectral_edge_fast.kernels.reference import sketch_matrix
-from spectral_edge_fast.kernels.sketch import block_length, buckets_and_signs, sketch_hash
+from spectral_edge_fast.kernels.sketch import block_length, block_offsets, buckets_and_signs, sketch_hash
 from spectral_edge_fast.layout import ParamLayout
 from spectral_edge_fast.sketch import SketchPlan, gram_std_error, group_numels
 
@@ -125,8 +125,8 @@ def test_inner_product_estimate_is_unbiased_with_the_exact_variance():
     layout = ParamLayout([("w", a.float())], None)
     for seed in range(seeds):
         plan = SketchPlan(layout, None, m, seed)
-        bucket, sign = buckets_and_signs(int(plan.segs[0, 3]), np.arange(n, dtype=np.uint64), m)
-        sa, sb = (np.bincount(bucket.astype(np.int64), weights=sign * v.numpy(), minlength=m) for v in (a, b))
+        bucket, sign = (t.numpy() for t in buckets_and_signs(int(plan.segs[0, 3]), 0, n, m))
+        sa, sb = (np.bincount(bucket, weights=sign * v.numpy(), minlength=m) for v in (a, b))
         ests.append(float(sa @ sb))
         sketched = np.stack([sa, sb])
         se2.append(gram_std_error((sketched @ sketched.T)[None], plan.scaled())[0, 1] ** 2)
@@ -167,21 +167,19 @@ def test_a_block_lands_in_contiguous_buckets_from_its_offset(m):
     L = block_length(m)
     assert L == min(1024, 1 << (m.bit_length() - 1))
     for key in (0, -1, 0x123456789ABCDEF):
-        # whole blocks, one across the wrap of the high word, and coordinates past 2^32
-        coords = np.concatenate([np.arange(5 * L), 2**32 - L + np.arange(2 * L), 2**40 + 17 + np.arange(L)])
-        bucket, sign = buckets_and_signs(key, coords.astype(np.uint64), m)
-        bt, st = buckets_and_signs(key, torch.tensor(coords, dtype=torch.int64), m)
-        assert bt.tolist() == bucket.tolist() and st.tolist() == sign.tolist()
+        # whole blocks, blocks across the wrap of the high word, and runs that start mid-block past 2^32
+        runs = [(0, 5 * L), (2**32 - L, 2 * L), (2**40 + 17, L), (2**40 + 17 + L, 3)]
+        coords = np.concatenate([np.arange(a, a + n) for a, n in runs])
+        bucket, sign = (torch.cat(t).tolist() for t in zip(*(buckets_and_signs(key, a, n, m) for a, n in runs)))
         want = [_spec_bucket_and_sign(key, int(c), m) for c in coords]
-        assert bucket.tolist() == [w[0] for w in want] and sign.tolist() == [w[1] for w in want]
+        assert bucket == [w[0] for w in want] and sign == [w[1] for w in want]
         # within a block the buckets follow the coordinates, wrapping at m: no two collide
         first = {}
-        for c, j in zip(coords.tolist(), bucket.tolist()):
+        for c, j in zip(coords.tolist(), bucket):
             b0, r = first.setdefault(c // L, (j, c % L))
             assert j == (b0 + c % L - r) % m
     if m >= 48:  # the blocks' offsets differ
-        offsets = [buckets_and_signs(7, np.array([b * L], dtype=np.uint64), m)[0][0] for b in range(64)]
-        assert len(set(offsets)) > 16
+        assert len(set(block_offsets(7, np.arange(64, dtype=np.uint64), m).tolist())) > 16
 
 
 @pytest.mark.parametrize("backend", ["cpp", "torch"] + [b for b in BACKENDS if "@cuda" in b])
@@ -211,9 +209,9 @@ def test_runs_that_start_mid_block_match_the_explicit_matrix(backend, parts):
 
 
 def test_block_offsets_cover_every_bucket_evenly():
-    m, L = 48, 32
-    bucket, sign = buckets_and_signs(12345, np.arange(0, L << 16, L, dtype=np.uint64), m)
-    counts = np.bincount(bucket.astype(np.int64), minlength=m)
+    m = 48
+    offsets = block_offsets(12345, np.arange(1 << 16, dtype=np.uint64), m)
+    counts = np.bincount(offsets.astype(np.int64), minlength=m)
     assert counts.min() > 0.9 * (1 << 16) / m and counts.max() < 1.1 * (1 << 16) / m
-    _, sign = buckets_and_signs(12345, np.arange(1 << 16, dtype=np.uint64), m)
-    assert abs(sign.mean()) < 0.02
+    _, sign = buckets_and_signs(12345, 0, 1 << 16, m)
+    assert abs(sign.double().mean()) < 0.02
