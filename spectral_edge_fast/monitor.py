@@ -121,6 +121,22 @@ def _stepping(optimizer):
     return optimizer
 
 
+def _check_steps_the_model(optimizer, model) -> None:
+    """Refuse an optimizer whose step hook would fire before the model's
+    parameters change: one that steps none of them (it holds copies, as
+    DeepSpeed's ZeRO optimizers and fp32 master weights do, and writes them
+    back after its step). Only for a module: given tensors are trusted."""
+    if not isinstance(model, torch.nn.Module):
+        return
+    mine = {id(p) for p in model.parameters()}
+    stepped = [p for group in optimizer.param_groups for p in group["params"]]
+    if mine and stepped and not any(id(p) in mine for p in stepped):
+        raise ValueError(f"SpectralMonitor: the optimizer ({type(optimizer).__module__}.{type(optimizer).__name__}) "
+                         "steps none of the model's parameters but copies of them (DeepSpeed ZeRO, fp32 master "
+                         "weights), so its step hook would read the parameters before they are updated: pass no "
+                         "optimizer and call monitor.step() after the step that writes them (engine.step())")
+
+
 def _head_counts(model: torch.nn.Module) -> Dict[str, int]:
     """Module name (without wrapper prefixes) -> its number of attention heads:
     ``num_heads`` (``nn.MultiheadAttention``) or ``config.num_attention_heads``
@@ -235,6 +251,8 @@ class SpectralMonitor:
     ):
         self.options = options = resolve(MonitorOptions, options, overrides, "SpectralMonitor")
         self.history_limit = options.history
+        if optimizer is not None:
+            _check_steps_the_model(_stepping(optimizer), model_or_params)
         self.window = GramWindow(model_or_params, options, process_group=process_group)
         self._probes = _ProbeReader(self.window.layout, options.probes, model_or_params) if options.probes else None
         self.analyze_every = options.analyze_every
@@ -510,7 +528,14 @@ class SpectralMonitor:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if grads is None:
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.window.layout.params]
+            params = self.window.layout.params
+            if params and all(p.grad is None for p in params):
+                # a parameter without a gradient had no part in the loss (zero), but none at all means they are
+                # elsewhere: not computed yet, set to None by zero_grad, or kept by the optimizer (DeepSpeed ZeRO)
+                raise ValueError("observe_gradients: no monitored parameter has a .grad: call it after backward() "
+                                 "and before zero_grad(), or pass grads= (under DeepSpeed ZeRO the gradients are the "
+                                 "optimizer's, not the parameters')")
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         p = self.window.project(grads)
         self._observed[split] = (self.window.count, p)
         counts = {c for c, _ in self._observed.values()}

@@ -901,3 +901,33 @@ def test_a_checkpoint_under_another_event_rule_is_refused_by_name(tmp_path):
                                          r"k_star_margin \(event stream state saved with"):
         other.load_state_dict(state)
     SpectralMonitor(_model(), window=3, analyze_every=2, sinks=(), log_dir=str(tmp_path / "c")).load_state_dict(state)
+
+
+def test_an_optimizer_over_copies_of_the_parameters_is_refused(tmp_path):
+    """An optimizer that steps copies (fp32 master weights, DeepSpeed ZeRO)
+    fires its step hook before the model's parameters change: every update
+    would be one step late. Refused, saying what to do."""
+    model = torch.nn.Linear(4, 3)
+    masters = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"steps none of the model's parameters.*call monitor.step\(\) after"):
+        SpectralMonitor(model, torch.optim.AdamW(masters), window=3, log_dir=str(tmp_path))
+    # one optimizer over part of the model is fine
+    SpectralMonitor(model, torch.optim.SGD([model.weight], lr=0.1), window=3, sinks=()).close()
+
+
+def test_observe_gradients_without_any_gradient_raises(tmp_path):
+    """No .grad anywhere is not a zero gradient: it is read at the wrong time
+    or lives elsewhere. A parameter without one (unused) still counts as 0."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = SpectralMonitor(model, opt, window=3, sinks=())
+    for _ in range(3):
+        model(torch.randn(5, 4)).pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    with pytest.raises(ValueError, match="no monitored parameter has a .grad"):
+        mon.observe_gradients("train")
+    model[0](torch.randn(5, 4)).pow(2).sum().backward()  # the second layer has no gradient: zeros
+    p = mon.observe_gradients("train")
+    assert np.isfinite(p).all() and p.shape == (3,)
+    mon.close()
