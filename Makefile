@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: venv build demo test test-fast check-cuda bench reproduction-docs clean
 
-# [all]: the integrations (Lightning, transformers + accelerate, TensorBoard, W&B, pandas), so their
+# [all]: the integrations (Lightning, transformers + accelerate, DeepSpeed, TensorBoard, W&B, pandas), so their
 # tests run instead of skipping; torch is named again so pip keeps $(TORCH) while resolving them.
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
