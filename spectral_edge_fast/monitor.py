@@ -52,7 +52,7 @@ from .analysis._common import slide_norm
 from . import config
 from .config import MonitorOptions, resolve
 from .distributed import is_writer
-from .layout import _local, strip_wrappers
+from .layout import FlatPart, _local, strip_wrappers
 from .sinks import Sink, default_log_dir, make_sinks
 from .window import GramState, GramWindow
 
@@ -163,8 +163,9 @@ class _ProbeReader:
         self._index = [layout.names.index(name) for name in self.plan.params]
         for i in self._index:
             if _local(layout.params[i])[1]:
-                raise ValueError(f"probes: parameter {layout.names[i]!r} is sharded across ranks (a DTensor with a "
-                                 "Shard placement); its spectrum needs the whole matrix, which the monitor does not "
+                kind = ("an FSDP1 or DeepSpeed ZeRO-3 shard" if isinstance(layout.params[i], FlatPart) else
+                        "a DTensor with a Shard placement")
+                raise ValueError(f"probes: parameter {layout.names[i]!r} is sharded across ranks ({kind}); its spectrum needs the whole matrix, which the monitor does not "
                                  "gather: leave it out of probes, or gather it yourself and call weight_spectrum")
         pin = layout.device.type == "cuda"
         # float32 (float64 for float64 weights): NumPy has no bfloat16
