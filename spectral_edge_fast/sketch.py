@@ -1,15 +1,19 @@
 """Sketch mode (docs/engine.md#sketch-mode): each group's update ``delta`` is
-kept as ``S delta`` in ``R^m``, with ``S`` the signed bucket sketch: coordinate
-``c`` of a tensor goes to one of ``m`` buckets with a random sign, both from a
+kept as ``S delta`` in ``R^m``, with ``S`` the block-shifted signed sketch:
+coordinate ``c`` of a tensor has a random sign, and its block of ``L =
+min(1024, 2^floor(log2 m))`` coordinates fills ``L`` consecutive buckets
+(wrapping at ``m``) from a random offset; signs and offsets come from a
 counter-based hash of the tensor's name and ``c``, its flat index in the full,
-unsharded tensor. So nothing P-sized is stored, and every sharding of the same
-parameters gives the same ``S``. A group of at most ``m`` numbers (over all
-ranks) is kept exactly: its coordinates are its buckets.
+unsharded tensor (spectral_edge_fast.kernels.sketch). So nothing P-sized is
+stored, and every sharding of the same parameters gives the same ``S``. A
+group of at most ``m`` numbers (over all ranks) is kept exactly: its
+coordinates are its buckets.
 
 ``<Sa, Sb>`` is an unbiased estimate of ``<a, b>`` with variance
-``(|a|^2 |b|^2 + <a, b>^2 - 2 sum_i a_i^2 b_i^2) / m``
-(docs/numerics.md#sketch-mode); :func:`gram_std_error` estimates it from the
-sketched Gram.
+``sum_{i<j in different blocks} (a_i b_j + a_j b_i)^2 / m``, at most
+``(|a|^2 |b|^2 + <a, b>^2 - 2 sum_i a_i^2 b_i^2) / m`` and close to it when
+``P >> L`` (docs/numerics.md#sketch-mode); :func:`gram_std_error` estimates
+that bound from the sketched Gram.
 """
 from __future__ import annotations
 
@@ -133,9 +137,10 @@ class SketchPlan:
 
 def gram_std_error(grams: np.ndarray, inv_m: np.ndarray) -> np.ndarray:
     """Estimated standard error of each entry of the sum of the sketched
-    group Grams ``grams`` ``[G, n, n]``: ``sqrt(sum_g (G_ii G_jj + G_ij^2) / m_g)``
-    (the variance of docs/numerics.md#sketch-mode, without its
-    ``sum_i a_i^2 b_i^2`` term, which only lowers it)."""
+    group Grams ``grams`` ``[G, n, n]``: ``sqrt(sum_g (G_ii G_jj + G_ij^2) / m_g)``,
+    an upper bound: the variance of docs/numerics.md#sketch-mode without the
+    terms that only lower it (``sum_i a_i^2 b_i^2`` and the pairs within a
+    block, about ``L / P`` of the pairs of a group of ``P`` numbers)."""
     d = np.diagonal(grams, axis1=1, axis2=2)
     var = (d[:, :, None] * d[:, None, :] + grams**2) * np.asarray(inv_m).reshape(-1, 1, 1)
     return np.sqrt(np.clip(var.sum(axis=0), 0.0, None))
