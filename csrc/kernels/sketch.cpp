@@ -57,8 +57,7 @@ void hash_run(const P* theta, int64_t n, uint64_t key, uint64_t coord, int64_t m
   while (n > 0) {
     const int64_t len = std::min<int64_t>(n, int64_t(mask + 1 - (coord & mask)));
     const uint32_t add = uint32_t(coord >> 32) * 0x9E3779B9u + uint32_t(key >> 32);
-    int64_t j = int64_t(sketch_offset(key, coord >> shift, m)) + int64_t(coord & mask);
-    if (j >= m) j -= m;
+    const int64_t j = sketch_block_bucket(key, coord, m, shift);
     const int64_t first = std::min(len, m - j);
     add_signed(theta, uint32_t(first), uint32_t(coord), key_lo, add, acc + j);
     if (first < len) add_signed(theta + first, uint32_t(len - first), uint32_t(coord + uint64_t(first)), key_lo, add, acc);
