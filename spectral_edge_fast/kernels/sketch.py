@@ -81,8 +81,8 @@ def block_offsets(key: int, blocks, m: int):
 
 def buckets_and_signs(key: int, start: int, length: int, m: int, device=None):
     """Bucket and sign (+1 or -1), int64 tensors on ``device``, of the
-    coordinates ``start .. start + length - 1`` of a hashed
-    group: each block's offset hashed once, its buckets laid out from it."""
+    coordinates ``start .. start + length - 1`` of a hashed group: each
+    block's offset hashed once, its buckets laid out from it."""
     c = torch.arange(start, start + length, dtype=torch.int64, device=device)
     sign = 1 - 2 * (sketch_hash(key, c) & 1)
     L = block_length(m)
