@@ -276,6 +276,10 @@ class TrainingRun:
     """What every workload's run shares: ``config``, ``model``,
     ``optimizer`` and ``step``; :meth:`optimize` is one step on a loss."""
 
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
     def optimize(self, loss: torch.Tensor) -> torch.Tensor:
         """Backward, clip to ``config.grad_clip``, one optimizer step; returns
         the loss (on the device, so the caller decides when to read it)."""
@@ -333,10 +337,6 @@ class GrokkingRun(ResumableRun):
         # probe batches (gradients()) have their own stream so probing never changes training
         self.probe_sampler = torch.Generator(device=self.device).manual_seed(c.seed + 2)
         self.step = 0
-
-    @property
-    def n_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
 
     def batch(self):
         idx = torch.randint(len(self.train_x), (self.config.batch_size,), generator=self.sampler, device=self.device)
