@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from . import Backend
+from .sketch import sketch_work
 
 BUILD_HINT = "build it with `python setup.py build_ext --inplace` (or `make build`)"
 
@@ -57,8 +58,6 @@ def _sketch_work(segs: bytes, groups: bytes, sizes: Tuple[int, ...], out_size: i
     """The CUDA sketch kernel's work table for these tables (their bytes),
     view sizes and output size: checked, then uploaded once per device like
     a plan."""
-    from .triton_ops import sketch_work
-
     rows = sketch_work(np.frombuffer(segs, dtype=np.int64), np.frombuffer(groups, dtype=np.int64), sizes, out_size,
                        CUDA_SKETCH_SPAN)
     return torch.from_numpy(rows).pin_memory().to(device, non_blocking=True)

@@ -109,3 +109,45 @@ def sketch_torch(views: Sequence[torch.Tensor], segs: torch.Tensor, groups: torc
             else:
                 bucket, sign = buckets_and_signs(key, coord + s, n, m, device)
                 out.index_add_(0, bucket + base, x * sign)
+
+
+SKETCH_WORK_COLS = 8  # view, start, length, coord, key, out, m, log2 of the block length (-1: identity group)
+
+
+def sketch_work(segs: np.ndarray, groups: np.ndarray, sizes: Sequence[int], out_size: int, span: int) -> np.ndarray:
+    """The work table of the sketch kernels (the Triton and CUDA
+    ones'), int64 ``[n, SKETCH_WORK_COLS]``: the segments of ``segs``
+    (:mod:`.sketch`) cut into rows of at most ``span`` elements, each row
+    ``(view, start, length, coord, key, out, m, log2 L)`` with its group's
+    ``out`` and ``m`` and ``L = block_length(m)``, or -1 for an identity
+    group. The kernels read and write where the rows say without checking, so
+    this raises a ValueError naming the first segment or group whose reads
+    would leave the views (of ``sizes``), whose writes would leave ``out``
+    (of ``out_size`` numbers), or, for an identity group, whose segments
+    overlap."""
+    seg = np.asarray(segs, dtype=np.int64).reshape(-1, 6)
+    grp = np.asarray(groups, dtype=np.int64).reshape(-1, 7)
+    view, start, length, key, coord, group = seg.T
+    out, m, identity = grp[:, 0], grp[:, 1], grp[:, 2] != 0
+    sizes = np.asarray(sizes, dtype=np.int64)
+    ok = (view >= 0) & (view < len(sizes)) & (start >= 0) & (length >= 0) & (coord >= 0) & (group >= 0) & (group < len(grp))
+    ok[ok] = start[ok] + length[ok] <= sizes[view[ok]]
+    if not ok.all():
+        raise ValueError(f"sketch: segment {int(np.flatnonzero(~ok)[0])} does not fit the views or the groups")
+    fits = (m >= 1) & (m <= 1 << 32) & (out >= 0) & (out + m <= out_size)
+    # an identity group's coordinates are its buckets, each in one segment (its add is not atomic)
+    fits[group[identity[group] & (coord + length > m[group])]] = False
+    runs = np.flatnonzero(identity[group] & (length > 0))
+    runs = runs[np.lexsort((coord[runs], group[runs]))]
+    overlap = (group[runs[1:]] == group[runs[:-1]]) & (coord[runs[1:]] < coord[runs[:-1]] + length[runs[:-1]])
+    fits[group[runs[1:][overlap]]] = False
+    if not fits.all():
+        raise ValueError(f"sketch: group {int(np.flatnonzero(~fits)[0])} does not fit its segments or out")
+    pieces = -(-length // span)
+    idx = np.repeat(np.arange(len(seg)), pieces)
+    skip = (np.arange(len(idx)) - np.repeat(np.cumsum(pieces) - pieces, pieces)) * span
+    g = group[idx]
+    log2_block = np.array([block_length(int(x)).bit_length() - 1 for x in m], dtype=np.int64)
+    rows = np.stack([view[idx], start[idx] + skip, np.minimum(span, length[idx] - skip), coord[idx] + skip, key[idx],
+                     out[g], m[g], np.where(identity[g], -1, log2_block[g])], axis=1)
+    return rows.reshape(-1, SKETCH_WORK_COLS).astype(np.int64)

@@ -13,7 +13,7 @@ from spectral_edge_fast import GramWindow
 from spectral_edge_fast.kernels import sketch as sketch_module
 from spectral_edge_fast.kernels import triton_ops
 from spectral_edge_fast.kernels.reference import sketch_matrix
-from spectral_edge_fast.kernels.sketch import block_length
+from spectral_edge_fast.kernels.sketch import SKETCH_WORK_COLS, block_length, sketch_work
 
 BACKENDS = ["triton"] + (["triton@cuda", "cuda@cuda"] if torch.cuda.is_available() else [])
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
@@ -123,26 +123,26 @@ def test_sketch_kernel_mixed_dtypes_and_fresh_values(backend, no_fallback):
 
 def test_sketch_work_rows_and_checks():
     segs, groups = _tables()
-    rows = triton_ops.sketch_work(segs.numpy(), groups.numpy(), SIZES, 3093, 700)
-    assert rows.shape[1] == triton_ops.SKETCH_WORK_COLS
+    rows = sketch_work(segs.numpy(), groups.numpy(), SIZES, 3093, 700)
+    assert rows.shape[1] == SKETCH_WORK_COLS
     # every element once, in rows of at most 700, each at its own coordinate
     assert rows[:, 2].max() <= 700 and rows[:, 2].sum() == sum(s[2] for s in SEGS)
     assert sorted(set(rows[:, 7].tolist())) == [-1, 2, 5, 10]  # log2 L per group, -1: identity
     with pytest.raises(ValueError, match="group 3 does not fit"):
-        triton_ops.sketch_work(segs.numpy(), groups.numpy(), SIZES, 3092, 700)
+        sketch_work(segs.numpy(), groups.numpy(), SIZES, 3092, 700)
     bad = segs.clone()
     bad[3, 2] += 1  # reads one past view 1
     with pytest.raises(ValueError, match="segment 3 does not fit"):
-        triton_ops.sketch_work(bad.numpy(), groups.numpy(), SIZES, 3093, 700)
+        sketch_work(bad.numpy(), groups.numpy(), SIZES, 3093, 700)
     bad = segs.clone()
     bad[7, 4] = 30  # identity coordinates 30..44 past its 40 buckets
     with pytest.raises(ValueError, match="group 3 does not fit"):
-        triton_ops.sketch_work(bad.numpy(), groups.numpy(), SIZES, 3093, 700)
+        sketch_work(bad.numpy(), groups.numpy(), SIZES, 3093, 700)
     bad[7, 4] = 14  # 14..28 overlaps 15..39: two plain adds to one bucket
     with pytest.raises(ValueError, match="group 3 does not fit"):
-        triton_ops.sketch_work(bad.numpy(), groups.numpy(), SIZES, 3093, 700)
+        sketch_work(bad.numpy(), groups.numpy(), SIZES, 3093, 700)
     bad[7, 2] = 0  # an empty segment overlaps nothing
-    triton_ops.sketch_work(bad.numpy(), groups.numpy(), SIZES, 3093, 700)
+    sketch_work(bad.numpy(), groups.numpy(), SIZES, 3093, 700)
 
 
 def test_triton_sketch_rejects_a_wrong_view():
