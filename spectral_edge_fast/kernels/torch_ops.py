@@ -4,6 +4,8 @@ Also home of the naive baseline (what a user writes today), which the
 benchmarks compare against."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import Backend
@@ -12,6 +14,29 @@ CHUNK = 1 << 16  # elements accumulated in float32 before the float64 sum
 
 
 SUPER = 32  # chunks per batched product: few launches, and a bf16 ring's float32 copy stays small
+
+
+@functools.lru_cache(maxsize=None)
+def _openmp() -> bool:
+    """Whether torch runs its CPU ops on OpenMP, where ``torch.set_num_threads``
+    takes effect at once (the native backend warns and ignores a second call)."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def _to_float32(out: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """``out.copy_(src)``: a chunk of a bf16 ring into its float32 buffer, on
+    the CPU by the calling thread alone. A parallel copy per chunk woke the
+    other threads once per chunk; on a busy 2-core machine each wake-up waited
+    for a scheduler slice, and the bf16 step at 2 threads took 5 to 10 times
+    its float32 step (at 1 thread about the same)."""
+    threads = torch.get_num_threads()
+    if out.device.type != "cpu" or threads == 1 or not _openmp():
+        return out.copy_(src)
+    torch.set_num_threads(1)
+    try:
+        return out.copy_(src)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _chunks(start: int, stop: int):
@@ -24,9 +49,10 @@ def _group_dots(rows: torch.Tensor, vec: torch.Tensor, bounds) -> torch.Tensor:
     (one launch per chunk made a slide of P = 1e8 cost thousands of launches);
     on the CPU one at a time, where the strided batch is slower than the loop.
     ``vec`` is converted to float32 once, and rows of another dtype (a bf16
-    ring) into one float32 buffer reused for every chunk: converting each
-    chunk into a fresh tensor, and ``vec`` once per chunk, made the bf16 step
-    several times slower than the float32 one."""
+    ring) into one float32 buffer reused for every chunk (by one thread on
+    the CPU, :func:`_to_float32`): converting each chunk into a fresh tensor,
+    and ``vec`` once per chunk, made the bf16 step several times slower than
+    the float32 one."""
     R = rows.shape[0]
     batch = 1 if rows.device.type == "cpu" else SUPER
     vec = vec.float()
@@ -37,7 +63,7 @@ def _group_dots(rows: torch.Tensor, vec: torch.Tensor, bounds) -> torch.Tensor:
         while s < stop:
             n = min((stop - s) // CHUNK, batch)
             e = s + n * CHUNK if n else stop
-            block = rows[:, s:e] if buf is None else buf[:, : e - s].copy_(rows[:, s:e])
+            block = rows[:, s:e] if buf is None else _to_float32(buf[:, : e - s], rows[:, s:e])
             if n == 0:
                 out[g] += (block @ vec[s:e]).double()
                 break
@@ -77,8 +103,9 @@ class TorchBackend(Backend):
     def _gram(self, x):
         w, p = x.shape
         out = torch.zeros(w, w, dtype=torch.float64, device=x.device)
+        buf = None if x.dtype == torch.float32 else torch.empty(w, min(CHUNK, p), device=x.device)
         for s, e in _chunks(0, p):
-            block = x[:, s:e].float()
+            block = x[:, s:e] if buf is None else _to_float32(buf[:, : e - s], x[:, s:e])
             out += (block @ block.T).double()
         return out
 
