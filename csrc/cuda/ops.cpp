@@ -14,13 +14,10 @@
 #include "kernels/project.h"
 #include "kernels/reduce.h"
 #include "kernels/slide.h"
+#include "kernels/sketch.h"
 #include "kernels/step.h"
 
 namespace sef {
-
-// kernels/sketch_cuda.cu: out += S theta over the rows of a device work table.
-void sketch_cuda(const VecRef* views, int64_t n_views, const int64_t* work, int64_t n_rows, double* out,
-                 cudaStream_t stream);
 
 namespace {
 

@@ -69,4 +69,11 @@ SEF_HD int64_t sketch_block_bucket(uint64_t key, uint64_t c, int64_t m, int shif
 void sketch_cpu(const VecRef* views, const SketchSeg* segs, const SketchGroup* groups, int64_t n_groups, double* out,
                 double* scratch, int threads);
 
+#ifdef SEF_CUDA
+// out += S theta over the rows of a device work table (int64 [n_rows, 8],
+// spectral_edge_fast/kernels/sketch.py's sketch_work); views are the device tensors.
+void sketch_cuda(const VecRef* views, int64_t n_views, const int64_t* work, int64_t n_rows, double* out,
+                 cudaStream_t stream);
+#endif
+
 }  // namespace sef

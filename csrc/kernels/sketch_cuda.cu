@@ -1,7 +1,7 @@
 // sketch on the GPU: out += S theta in float64, one block per row of the work
-// table that spectral_edge_fast/kernels/triton_ops.py (sketch_work) builds
-// and checks against the views and out; the Triton kernel there mirrors this
-// one. Each thread takes every kThreads-th element of its row: neighbouring
+// table that spectral_edge_fast/kernels/sketch.py (sketch_work) builds and
+// checks against the views and out; the Triton kernel in triton_ops.py
+// mirrors this one. Each thread takes every kThreads-th element of its row: neighbouring
 // threads add to neighbouring buckets of the block's run. Atomics from
 // different blocks land in any order, so a bucket's last bits vary from run
 // to run (docs/numerics.md#sketch-mode).
