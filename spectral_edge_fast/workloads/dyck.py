@@ -2,26 +2,38 @@
 
 The paper's Section 27 trains a 2-layer transformer of ~150K parameters on
 "the Dyck-1 language" and calls grokking the first evaluation at which test
-accuracy exceeds 0.95; it does not say which Dyck-1 task. Here it is
-recognition: every string has ``length`` brackets, as many ``(`` as ``)``,
-and the model says whether it is balanced (no prefix closes more than it
-opened). Half the strings are balanced, drawn uniformly from all balanced
-strings; the other half are drawn uniformly from the unbalanced strings with
-equal counts, so counting brackets does not help, and surface cues (a
-first ``)``, a last ``(``) give away only four in five of them: only the
-prefix rule decides all. ``n_train`` strings are for training, ``n_test``
-others for testing.
+accuracy exceeds 0.95; it does not say which Dyck-1 task, nor its data or
+initialisation. Here it is recognition: every string has ``length``
+brackets, as many ``(`` as ``)``, and the model says whether it is balanced
+(no prefix closes more than it opened). Half the strings are balanced, drawn
+uniformly from all balanced strings; the other half are drawn uniformly from
+the unbalanced strings with equal counts that open with ``(`` and close with
+``)``, as every balanced string does: neither counting nor the ends give
+anything away, only the prefix rule decides. ``n_train`` strings are for
+training, ``n_test`` others for testing.
 
 The model: a pre-norm causal transformer (``d = 64``, 4 heads,
 ``d_ff = 448``, 2 layers, ~150K parameters) that reads a start token and the
 brackets with learned positions and classifies from the last position
 (which sees the whole string). AdamW (lr 1e-3, betas (0.9, 0.98)), batches
-drawn with replacement, gradient clipping at 1.0, weight decay 1.0 versus 0.
+of 64 drawn with replacement, gradient clipping at 1.0, weight decay 1.0
+versus 0.
+
+Why these defaults: with PyTorch's initialisation this model generalises as
+soon as it fits its training set (48 to 1000 strings tried; with or without
+weight decay, test accuracy passes 0.95 within 150 steps), so nothing
+groks. Its weights start ``init_scale = 4`` times larger instead (the
+large-norm start that makes a network memorise first, as in Liu et al.'s
+Omnigrok), on 200 training strings: it fits them while its test accuracy
+stays near 0.8, and only weight decay, shrinking the weights, brings it to
+the rule (seed 42: train accuracy 0.99 at step 850 with test accuracy 0.78,
+test accuracy above 0.95 at step 2950; without weight decay train accuracy
+0.9-0.99 and test accuracy 0.73-0.80 up to step 6000).
 
 Usage::
 
     run = DyckRun(DyckConfig(weight_decay=1.0, seed=42))
-    for _ in range(2000):
+    for _ in range(6000):
         run.train_step()
         if run.step % 100 == 0:
             print(run.step, run.evaluate())
@@ -48,13 +60,15 @@ class DyckConfig(TrainingConfig):
     """Every knob of one run."""
 
     length: int = 24
-    n_train: int = 1000
-    n_test: int = 2000
+    n_train: int = 200
+    n_test: int = 1000
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4
     d_ff: int = 448
-    batch_size: int = 128
+    #: every parameter starts this many times PyTorch's initialisation (the module docstring says why)
+    init_scale: float = 4.0
+    batch_size: int = 64
 
     def __post_init__(self):
         super().__post_init__()
@@ -62,6 +76,8 @@ class DyckConfig(TrainingConfig):
             raise ValueError(f"length must be even and at least 4, got {self.length}")
         if self.n_train < 2 or self.n_test < 2:
             raise ValueError(f"n_train and n_test must be at least 2, got {self.n_train} and {self.n_test}")
+        if not self.init_scale > 0:
+            raise ValueError(f"init_scale must be > 0, got {self.init_scale}")
 
 
 def is_balanced(brackets) -> bool:
@@ -93,13 +109,14 @@ def _balanced(n: int, length: int, g: torch.Generator) -> torch.Tensor:
 
 
 def _unbalanced(n: int, length: int, g: torch.Generator) -> torch.Tensor:
-    """``n`` strings with ``length/2`` of each bracket and some prefix below
-    zero, uniform over such strings (rejection from uniform arrangements)."""
+    """``n`` strings with ``length/2`` of each bracket, ``(`` first, ``)``
+    last and some prefix below zero, uniform over such strings (rejection
+    from uniform arrangements)."""
     half = length // 2
     out = []
     while sum(len(o) for o in out) < n:
-        steps = torch.where(torch.rand(2 * n, length, generator=g).argsort(1) < half, 1, -1)
-        out.append(steps[(steps.cumsum(1) < 0).any(1)])
+        steps = torch.where(torch.rand(4 * n, length, generator=g).argsort(1) < half, 1, -1)
+        out.append(steps[(steps.cumsum(1) < 0).any(1) & (steps[:, 0] > 0) & (steps[:, -1] < 0)])
     return torch.cat(out)[:n]
 
 
@@ -114,10 +131,12 @@ def make_dataset(length: int, n_train: int, n_test: int, seed: int):
     """
     half = length // 2
     n_pos = math.comb(length, half) // (half + 1)
+    n_neg = math.comb(length - 2, half - 1) - n_pos  # "(" first, ")" last, as every balanced string
     need = (n_train + n_test + 1) // 2 + 1
-    if need > n_pos // 2:
-        raise ValueError(f"length {length} has {n_pos} balanced strings; n_train + n_test = {n_train + n_test} "
-                         "needs at least twice as many: raise length or lower n_train/n_test")
+    if need > min(n_pos, n_neg) // 2:
+        raise ValueError(f"length {length} has {n_pos} balanced strings and {n_neg} unbalanced ones that open with "
+                         f"( and close with ); n_train + n_test = {n_train + n_test} needs at least twice as many of "
+                         "each: raise length or lower n_train/n_test")
     g = torch.Generator().manual_seed(seed)
     sets = []
     for kind, draw in (("balanced", _balanced), ("unbalanced", _unbalanced)):
@@ -141,9 +160,11 @@ def make_dataset(length: int, n_train: int, n_test: int, seed: int):
 
 class DyckTransformer(nn.Module):
     """Token embedding plus learned positions, a pre-norm causal transformer
-    encoder, a final LayerNorm and a 2-way head read at the last position."""
+    encoder, a final LayerNorm and a 2-way head read at the last position;
+    every parameter ``init_scale`` times its usual initialisation."""
 
-    def __init__(self, length: int, d_model: int = 64, n_layers: int = 2, n_heads: int = 4, d_ff: int = 448):
+    def __init__(self, length: int, d_model: int = 64, n_layers: int = 2, n_heads: int = 4, d_ff: int = 448,
+                 init_scale: float = 1.0):
         super().__init__()
         self.tok_emb = nn.Embedding(VOCAB, d_model)
         self.pos_emb = nn.Parameter(torch.randn(length + 1, d_model) / math.sqrt(d_model))
@@ -154,11 +175,24 @@ class DyckTransformer(nn.Module):
         self.ln = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, 2)
         self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(length + 1), persistent=False)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.mul_(init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits read at the last position: the last layer is computed
+        there only (its queries, attention output and feed-forward elsewhere
+        are never read: about 40% of the model's work), equal to the whole
+        encoder's."""
         n = x.shape[1]
-        h = self.encoder(self.tok_emb(x) + self.pos_emb[:n], mask=self.mask[:n, :n], is_causal=True)
-        return self.head(self.ln(h[:, -1]))
+        h = self.tok_emb(x) + self.pos_emb[:n]
+        for layer in self.encoder.layers[:-1]:
+            h = layer(h, src_mask=self.mask[:n, :n], is_causal=True)
+        last = self.encoder.layers[-1]  # pre-norm, no dropout: x + attn(norm1 x), then + ff(norm2 x)
+        kv = last.norm1(h)
+        h = h[:, -1] + last.self_attn(kv[:, -1:], kv, kv, need_weights=False)[0][:, 0]
+        h = h + last.linear2(last.activation(last.linear1(last.norm2(h))))
+        return self.head(self.ln(h))
 
 
 class DyckRun(TrainingRun):
@@ -172,7 +206,7 @@ class DyckRun(TrainingRun):
         self.device = torch.device(c.device)
         data = make_dataset(c.length, c.n_train, c.n_test, c.seed)
         self.train_x, self.train_y, self.test_x, self.test_y = (t.to(self.device) for t in data)
-        self.model = DyckTransformer(c.length, c.d_model, c.n_layers, c.n_heads, c.d_ff).to(self.device)
+        self.model = DyckTransformer(c.length, c.d_model, c.n_layers, c.n_heads, c.d_ff, c.init_scale).to(self.device)
         self.optimizer = c.adamw(self.model.parameters())
         self.sampler = torch.Generator(device=self.device).manual_seed(c.seed + 1)
         self.step = 0
