@@ -296,6 +296,10 @@ void gram_span(const R* x, int64_t ld, int64_t w, int64_t start, int64_t stop, d
 // thread whose core is busy takes a scheduler slice (8-30 ms on a loaded
 // 2-core machine, against 0.1-3 ms for a W <= 16, P = 1e6 Gram on one core).
 constexpr int64_t kGrain = int64_t(1) << 27;
+// Bytes read per thread below which a small W (memory-bound: few products a
+// column) keeps one thread: 16 MB is about 1 ms of one core's stream, while two
+// threads reach the machine's bandwidth, which one core alone does not.
+constexpr int64_t kByteGrain = int64_t(1) << 24;
 
 // Work units (span, band): when the spans are fewer than the threads (a large
 // W, whose partials are bounded), each span's row blocks are shared out in
@@ -303,7 +307,9 @@ constexpr int64_t kGrain = int64_t(1) << 27;
 // same order whatever the split, so the bits do not depend on it.
 void gram_cpu(MatRef x, double* partials, int threads) {
   const int64_t w = x.rows, spans = gram_spans(w, x.cols);
-  threads = int(std::max<int64_t>(1, std::min<int64_t>(threads, w * (w + 1) / 2 * x.cols / kGrain)));
+  const int64_t bytes = w * x.cols * (x.dtype == DType::BF16 ? 2 : 4);
+  threads = int(std::max<int64_t>(1, std::min<int64_t>(threads, std::max(w * (w + 1) / 2 * x.cols / kGrain,
+                                                                          bytes / kByteGrain))));
   const bool avx2 = has_avx2_fma();
 #if SEF_X86
   const bool avx512 = x.dtype == DType::BF16 ? has_avx512_bf16() : has_avx512();
