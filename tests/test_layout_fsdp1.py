@@ -97,20 +97,7 @@ def _fsdp1_worker(rank, world, store_path, out_dir):
             now = _flat(plain.state_dict().values())
             history.append(now - last)
             last = now
-        x = torch.stack(history[-3:])
-        monitor.flush()
-        out[config] = {
-            "names": wins[None].layout.names, "want names": refs[None].layout.names,
-            "groups": wins[None].groups, "want groups": refs[None].groups,
-            "P": wins[None].numel, "want P": refs[None].numel,
-            "local": wins[None].layout.numel,
-            "exact": wins[None].group_grams(), "exact want": refs[None].group_grams(),
-            "brute": (x @ x.T).numpy(), "scale": (x.abs() @ x.abs().T).numpy(),
-            "sketch": wins[SKETCH].group_grams(), "sketch want": refs[SKETCH].group_grams(),
-            "sigmas": np.array(monitor.history[-1]["sigmas"]),
-            "sigmas want": spectrum((x @ x.T).numpy(), eps=float(np.finfo(np.float32).eps)).sigmas,
-            "projected": projected,
-        }
+        out[config] = dict(_summary(wins, refs, monitor, history), projected=projected)
         try:  # the flat parameters unsharded: the window refuses to read them
             with FSDP.summon_full_params(fsdp):
                 wins[None].step()
@@ -153,23 +140,48 @@ def _close(got, want, rel):
     return np.all(np.abs(got - want) <= rel * np.outer(d, d) + 1e-12)
 
 
+def _summary(wins, refs, monitor, history) -> dict:
+    """What a worker saves of its sharded windows (``wins``, exact and
+    sketched), the single-process windows on the full parameters (``refs``)
+    and the last three updates (``history``), for :func:`_assert_like_unsharded`."""
+    x = torch.stack(history[-3:])
+    monitor.flush()
+    return {
+        "names": wins[None].layout.names, "want names": refs[None].layout.names,
+        "groups": wins[None].groups, "want groups": refs[None].groups,
+        "P": wins[None].numel, "want P": refs[None].numel, "local": wins[None].layout.numel,
+        "exact": wins[None].group_grams(), "exact want": refs[None].group_grams(),
+        "brute": (x @ x.T).numpy(), "scale": (x.abs() @ x.abs().T).numpy(),
+        "sketch": wins[SKETCH].group_grams(), "sketch want": refs[SKETCH].group_grams(),
+        "sigmas": np.array(monitor.history[-1]["sigmas"]),
+        "sigmas want": spectrum((x @ x.T).numpy(), eps=float(np.finfo(np.float32).eps)).sigmas,
+        "moved": float(x.abs().sum()),
+    }
+
+
+def _assert_like_unsharded(r: dict, rank: int) -> None:
+    """Names, groups and sizes of the unsharded model (no padding counted);
+    exact Grams equal to the single-process window's per group and, summed,
+    to the brute force; sketched Grams equal too (the same S); the monitor's
+    spectrum that of the brute force."""
+    assert not isinstance(r, str), r
+    assert r["moved"] > 0, "the parameters were trained"
+    assert sorted(r["names"]) == sorted(r["want names"]), r["names"]
+    assert sorted(r["groups"]) == sorted(r["want groups"]) == ["blocks.0", "blocks.1", "embed", "head"], r["groups"]
+    assert r["P"] == r["want P"] == 2 * 161 + 56 + 27, "no padding counted"
+    for g in r["want groups"]:
+        assert _close(r["exact"][g], r["exact want"][g], 1e-5), (rank, g)
+        assert _close(r["sketch"][g], r["sketch want"][g], 1e-5), (rank, g)
+    total = sum(r["exact"].values())
+    assert (np.abs(total - r["brute"]) <= 1e-5 * r["scale"] + 1e-12).all()
+    assert np.allclose(r["sigmas"], r["sigmas want"], rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize("config", CONFIGS)
 def test_fsdp1_sees_the_original_parameters_and_their_full_gram(fsdp1_runs, config):
     for rank, runs in enumerate(fsdp1_runs):
         r = runs[config]
-        assert not isinstance(r, str), r
-        assert sorted(r["names"]) == sorted(r["want names"]), r["names"]
-        assert sorted(r["groups"]) == sorted(r["want groups"]) == ["blocks.0", "blocks.1", "embed", "head"], r["groups"]
-        assert r["P"] == r["want P"] == 2 * 161 + 56 + 27, "no padding counted"
-        # exact mode: the per-group Grams of the unsharded run, and their sum the brute-force one
-        for g in r["want groups"]:
-            assert _close(r["exact"][g], r["exact want"][g], 1e-5), (rank, g)
-        total = sum(r["exact"].values())
-        assert (np.abs(total - r["brute"]) <= 1e-5 * r["scale"] + 1e-12).all()
-        # sketch mode: the same S as the unsharded run's, so the same sketched Grams
-        for g in r["want groups"]:
-            assert _close(r["sketch"][g], r["sketch want"][g], 1e-5), (rank, g)
-        assert np.allclose(r["sigmas"], r["sigmas want"], rtol=1e-5, atol=0)
+        _assert_like_unsharded(r, rank)
         # the gradient read from the flat parameters' .grad (the window's and the monitor's)
         got, monitored, want = r["projected"]
         for p in (got, monitored):

@@ -7,15 +7,13 @@ a single-process window on the same updates, in exact and sketch mode."""
 import importlib.util
 import os
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 
 from spectral_edge_fast import GramWindow, SpectralMonitor
-from spectral_edge_fast.analysis import spectrum
 from test_distributed import _flat, _init, _spawn
-from test_layout_fsdp1 import SKETCH, Net, _close
+from test_layout_fsdp1 import SKETCH, Net, _assert_like_unsharded, _summary
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                                 reason="DeepSpeed is not installed (pip install 'spectral-edge-fast[deepspeed]')")
@@ -75,19 +73,7 @@ def _zero_worker(rank, world, store_path, out_dir):
             now = _flat(plain.state_dict().values())
             history.append(now - last)
             last = now
-        x = torch.stack(history[-3:])
-        monitor.flush()
-        out[stage] = {
-            "names": wins[None].layout.names, "want names": refs[None].layout.names,
-            "groups": wins[None].groups, "want groups": refs[None].groups,
-            "P": wins[None].numel, "want P": refs[None].numel, "local": wins[None].layout.numel,
-            "exact": wins[None].group_grams(), "exact want": refs[None].group_grams(),
-            "brute": (x @ x.T).numpy(), "scale": (x.abs() @ x.abs().T).numpy(),
-            "sketch": wins[SKETCH].group_grams(), "sketch want": refs[SKETCH].group_grams(),
-            "sigmas": np.array(monitor.history[-1]["sigmas"]),
-            "sigmas want": spectrum((x @ x.T).numpy(), eps=float(np.finfo(np.float32).eps)).sigmas,
-            "moved": float(x.abs().sum()),
-        }
+        out[stage] = _summary(wins, refs, monitor, history)
     torch.save(out, os.path.join(out_dir, f"zero{rank}.pt"))
     dist.destroy_process_group()
 
@@ -101,18 +87,7 @@ def zero_runs():
 @pytest.mark.parametrize("stage", STAGES)
 def test_zero_stage_gives_the_full_gram_by_parameter_name(zero_runs, stage):
     for rank, runs in enumerate(zero_runs):
-        r = runs[stage]
-        assert not isinstance(r, str), r
-        assert r["moved"] > 0, "the parameters were trained"
-        assert sorted(r["names"]) == sorted(r["want names"]), r["names"]
-        assert sorted(r["groups"]) == sorted(r["want groups"]) == ["blocks.0", "blocks.1", "embed", "head"], r["groups"]
-        assert r["P"] == r["want P"] == 2 * 161 + 56 + 27, "no padding counted"
-        for g in r["want groups"]:
-            assert _close(r["exact"][g], r["exact want"][g], 1e-5), (rank, g)
-            assert _close(r["sketch"][g], r["sketch want"][g], 1e-5), (rank, g)
-        total = sum(r["exact"].values())
-        assert (np.abs(total - r["brute"]) <= 1e-5 * r["scale"] + 1e-12).all()
-        assert np.allclose(r["sigmas"], r["sigmas want"], rtol=1e-5, atol=0)
+        _assert_like_unsharded(runs[stage], rank)
     assert sum(runs[stage]["local"] for runs in zero_runs) == zero_runs[0][stage]["P"], "each number held once"
 
 
