@@ -305,10 +305,9 @@ def test_setup_mismatch_leaves_the_group_usable_and_matching_shards_exact(setup_
     assert (locals_[:, 1] == 0).sum() == world - 1, "group e is one row: empty on all ranks but one"
 
 
+@pytest.mark.parametrize("setup_runs", [4], indirect=True, ids=["world4"])  # a mesh over half the group: 4 ranks
 def test_shards_that_do_not_add_up_raise_on_every_rank(setup_runs):
     world, results = setup_runs
-    if world != 4:
-        pytest.skip("a mesh over half of the group needs 4 ranks")
     errors = [r["double"] for r in results]
     assert len(set(errors)) == 1 and errors[0] is not None, errors
     assert "parameter 'h.w' (8, 3) has 24 numbers but the ranks hold 48 (12 on ranks 0-3)" in errors[0], errors[0]
