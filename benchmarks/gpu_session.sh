@@ -4,7 +4,9 @@
 # (every kernel test then also runs on the GPU against the float64
 # reference), time the sketch kernels alone (stage "sketch": S theta of P =
 # 1e8 and 1e9 parameters in 100 tensors, m = 4096 and 65536, against the copy
-# bandwidth, into sketch.json), time the engine, and (stage "train") the
+# bandwidth, into sketch.json), track a 7B-parameter list in sketch mode on
+# the one card (stage "scale": W = 64, fp32 and bf16 parameters, into
+# sketch_scale_cuda_*.json), time the engine, and (stage "train") the
 # monitor's overhead on a GPT-2 124M training run. Logs and JSON go to $OUT (default
 # benchmarks/results/gpu); copy the JSON to benchmarks/results/ and run
 # benchmarks/results_table.py to commit it.
@@ -17,7 +19,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu}
 PY=${PYTHON:-python3}
-STAGES=${STAGES:-"build test sketch bench"}
+STAGES=${STAGES:-"build test sketch scale bench"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} MAX_JOBS=${MAX_JOBS:-16}
 status=0
@@ -86,6 +88,14 @@ with open(os.environ["SKETCH_OUT"], "w") as f:
                    results=rows), f, indent=1)
 EOF
   tail -20 "$OUT/sketch.log"
+fi
+if [[ $STAGES == *scale* ]]; then
+  echo "== 7B parameters in sketch mode"
+  for dtype in bf16 fp32; do
+    timeout ${SCALE_TIMEOUT:-240} $PY benchmarks/sketch_scale.py --device cuda --P ${SCALE_P:-7e9} --dtype $dtype \
+      --out "$OUT/sketch_scale_cuda_$dtype.json" >"$OUT/scale_$dtype.log" 2>&1 || status=1
+    tail -4 "$OUT/scale_$dtype.log"
+  done
 fi
 if [[ $STAGES == *bench* ]]; then
   echo "== engine benchmark"

@@ -1,5 +1,6 @@
 """Sketch mode at scale: P = 1e9 float32 parameters (4 GB, a list of 100
-tensors) tracked at W = 64, whose exact ring would need 256 GB.
+tensors) tracked at W = 64, whose exact ring would need 256 GB; on a GPU,
+a 7B-parameter list on one card (``--device cuda --P 7e9``).
 
 For one group and for ten (blocks of ten tensors): ms per step, bytes the
 window holds, the parameters' read rate (P * 4 bytes a step) in GB/s and as
@@ -9,8 +10,11 @@ of this process (all its threads) is reported beside it, for the step and
 for the copy: ``cpu_fraction_of_copy`` compares the two per CPU-second.
 
     nice -n 10 python benchmarks/sketch_scale.py [--threads N] [--P 1e9]
+    python benchmarks/sketch_scale.py --device cuda --P 7e9 [--dtype bf16] \
+        --out benchmarks/results/sketch_scale_cuda.json
 
-writes benchmarks/results/sketch_scale.json.
+writes benchmarks/results/sketch_scale.json. On a GPU the CPU-time
+columns are left out: the work is the device's.
 """
 from __future__ import annotations
 
@@ -38,32 +42,40 @@ def main(argv=None) -> int:
     ap.add_argument("--sketch", type=int, default=SKETCH_M)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="the parameters' type")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "sketch_scale.json"))
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cpu = torch.device("cpu")
+    device = torch.device(args.device)
+    on_cpu = device.type == "cpu"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     n = int(args.P) // args.tensors
     t0 = time.perf_counter()
     params = []
     for i in range(args.tensors):
-        t = torch.empty(n)
+        t = torch.empty(n, device=device, dtype=dtype)
         t.uniform_(-1, 1)
         params.append((f"blocks.{i // 10}.t{i % 10}", t))
     P = n * args.tensors
-    bandwidth = copy_bandwidth(cpu)
-    src = torch.ones(1 << 27)
-    dst = torch.empty_like(src)
-    dst.copy_(src)  # its pages mapped: the first write's page faults are not the copy's
-    c0 = time.process_time()
-    for _ in range(5):
-        dst.copy_(src)
-    copy_cpu = 2 * src.numel() * 4 * 5 / (time.process_time() - c0)  # bytes read + written per CPU-second
-    del src, dst
+    bandwidth = copy_bandwidth(device)
+    copy_cpu = None
+    if on_cpu:
+        src = torch.ones(1 << 27)
+        dst = torch.empty_like(src)
+        dst.copy_(src)  # its pages mapped: the first write's page faults are not the copy's
+        c0 = time.process_time()
+        for _ in range(5):
+            dst.copy_(src)
+        copy_cpu = 2 * src.numel() * 4 * 5 / (time.process_time() - c0)  # bytes read + written per CPU-second
+        del src, dst
+    param_bytes = P * dtype.itemsize
     result = {"benchmark": "sketch_scale", "command": " ".join(["python", *sys.argv]),
-              "machine": {**machine(cpu), "copy_bandwidth_gbps": bandwidth / 1e9, "copy_cpu_gbps": copy_cpu / 1e9},
-              "P": P, "tensors": args.tensors,
-              "window": args.window, "sketch": args.sketch, "param_bytes": P * 4,
+              "machine": {**machine(device), "copy_bandwidth_gbps": bandwidth / 1e9,
+                          **({"copy_cpu_gbps": copy_cpu / 1e9} if on_cpu else {})},
+              "P": P, "tensors": args.tensors, "dtype": args.dtype,
+              "window": args.window, "sketch": args.sketch, "param_bytes": param_bytes,
               "exact_bytes": sum(window_bytes(P, 1, args.window, torch.float32, torch.float32).values()),
               "results": []}
     for groups, label in ((None, "one group"), ("auto", "ten groups")):
@@ -74,13 +86,15 @@ def main(argv=None) -> int:
             win.step()
 
         c0 = time.process_time()
-        t = timed(step, cpu, args.repeats)
+        t = timed(step, device, args.repeats)
         cpu_s = (time.process_time() - c0) / (t["repeats"] + 1)  # the warm-up call included
-        rate = P * 4 / (t["ms"] / 1e3)
-        result["results"].append({"groups": label, "G": len(win.groups), "ms": t["ms"], "ms_min": t["ms_min"],
-                                  "repeats": t["repeats"], "cpu_ms": cpu_s * 1e3, "bytes_held": win.memory_bytes(),
-                                  "read_gbps": rate / 1e9, "fraction_of_copy": rate / bandwidth,
-                                  "cpu_fraction_of_copy": P * 4 / cpu_s / copy_cpu})
+        rate = param_bytes / (t["ms"] / 1e3)
+        row = {"groups": label, "G": len(win.groups), "ms": t["ms"], "ms_min": t["ms_min"],
+               "repeats": t["repeats"], "bytes_held": win.memory_bytes(),
+               "read_gbps": rate / 1e9, "fraction_of_copy": rate / bandwidth}
+        if on_cpu:
+            row.update(cpu_ms=cpu_s * 1e3, cpu_fraction_of_copy=param_bytes / cpu_s / copy_cpu)
+        result["results"].append(row)
         print(json.dumps(result["results"][-1]))
         del win
     result["wall_s"] = time.perf_counter() - t0

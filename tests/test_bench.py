@@ -157,6 +157,25 @@ def test_sketch_step_is_timed_where_the_window_has_it():
     assert rows[1]["bytes"] == 4 * 10**4 and rows[1]["ms"] > 0
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_sketch_scale_script_runs_small(tmp_path, dtype):
+    """benchmarks/sketch_scale.py (the P = 1e9 CPU and 7B one-card runs) at a
+    size the tests can afford: its JSON says what it measured."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sketch_scale", ROOT / "benchmarks" / "sketch_scale.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "scale.json"
+    assert script.main(["--P", "2e5", "--tensors", "20", "--window", "4", "--sketch", "256", "--repeats", "1",
+                        "--dtype", dtype, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["P"] == 200_000 and result["param_bytes"] == 200_000 * (2 if dtype == "bf16" else 4)
+    assert [r["groups"] for r in result["results"]] == ["one group", "ten groups"]
+    for r in result["results"]:
+        assert r["ms"] > 0 and 0 < r["bytes_held"] < result["exact_bytes"] and "cpu_ms" in r
+
+
 def test_overrides_and_the_command_line(monkeypatch):
     seen = {}
     monkeypatch.setattr(step, "run", lambda device, config: seen.setdefault("step", config) and dict(machine={}))
