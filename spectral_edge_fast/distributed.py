@@ -121,10 +121,13 @@ def agree_on_setup(settings: dict, layout: ParamLayout, process_group) -> None:
         if len({g for _, g in groups}) > 1:
             problems.append(f"parameter {name!r} is in group {_spread(groups)}")
     if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise ValueError(
-            f"GramWindow shards do not add up across ranks: {'; '.join(problems)}; every number must be held by "
-            "exactly one rank of the process_group (a DTensor's mesh, and the group FSDP or DeepSpeed ZeRO-3 shards "
-            "over, must span the process_group, and every other parameter must be replicated on all of its ranks)"
+            f"GramWindow shards do not add up across ranks: {shown}; every number must be held by exactly one rank "
+            "of the process_group (a DTensor's mesh, and the group FSDP or DeepSpeed ZeRO-3 shards over, must span "
+            "the process_group, and every other parameter must be replicated on all of its ranks). A model sharded "
+            "within groups and replicated across them (FSDP's HYBRID_SHARD, HSDP): pass its shard group, e.g. "
+            "mesh.get_group('shard'), as process_group; each replica then computes the same Gram"
         )
 
 

@@ -207,3 +207,60 @@ def test_shards_without_a_process_group_are_refused(fsdp1_runs):
     for runs in fsdp1_runs:
         for key in ("no group", "dtensor no group"):
             assert "is sharded: this process holds" in (runs[key] or "") and "pass process_group=" in runs[key], runs[key]
+
+
+def _hybrid_worker(rank, world, store_path, out_dir):
+    """FSDP1 HYBRID_SHARD on a 2 x 2 mesh: each unit sharded over the 2 ranks
+    of a "shard" group, replicated over the 2 groups. Over the whole world
+    the window refuses (every number held twice); over the shard group it
+    is the single-process window of the same updates, in exact and sketch
+    mode, and both replica groups agree."""
+    _init(rank, store_path, world)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import ShardingStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+    model, plain = Net(), Net()
+    plain.load_state_dict(model.state_dict())
+    fsdp = FSDP(model, device_id=torch.device("cpu"), sharding_strategy=ShardingStrategy.HYBRID_SHARD,
+                device_mesh=mesh, auto_wrap_policy=ModuleWrapPolicy({Block}))
+    out = {}
+    try:
+        GramWindow(fsdp, window=3, process_group=dist.group.WORLD)
+        out["world"] = None
+    except ValueError as exc:
+        out["world"] = str(exc)
+    group = mesh.get_group("shard")
+    opt = torch.optim.SGD(fsdp.parameters(), lr=0.05)
+    wins = {m: GramWindow(fsdp, window=3, sketch=m, process_group=group) for m in (None, SKETCH)}
+    monitor = SpectralMonitor(fsdp, opt, window=3, analyze_every=5, sinks=(), process_group=group)
+    refs = {m: GramWindow(plain, window=3, sketch=m) for m in (None, SKETCH)}
+    history, last = [], _flat(plain.state_dict().values())
+    for step in range(5):
+        x = torch.randn(4, 6, generator=torch.Generator().manual_seed(10 * step + rank))
+        fsdp(x).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        for w in wins.values():
+            w.step()
+        plain.load_state_dict(fsdp.state_dict())
+        for w in refs.values():
+            w.step()
+        now = _flat(plain.state_dict().values())
+        history.append(now - last)
+        last = now
+    out["hybrid"] = _summary(wins, refs, monitor, history)
+    torch.save(out, os.path.join(out_dir, f"hybrid_{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_fsdp1_hybrid_shard_is_monitored_over_its_shard_group():
+    runs = _spawn(_hybrid_worker, "hybrid_", world=4, deadline=240.0)
+    for rank, r in enumerate(runs):
+        assert "shards do not add up across ranks" in (r["world"] or ""), r["world"]
+        assert "HYBRID_SHARD" in r["world"] and "shard group" in r["world"], r["world"]
+        _assert_like_unsharded(r["hybrid"], rank)
+    for g in runs[0]["hybrid"]["groups"]:  # the two replica groups computed the same Gram
+        assert all(np.array_equal(runs[0]["hybrid"]["exact"][g], r["hybrid"]["exact"][g]) for r in runs), g
