@@ -117,20 +117,31 @@ def _dtensor_worker(rank, world, store_path, out_dir):
 
 
 def _fsdp_worker(rank, world, store_path, out_dir):
+    """FSDP2 over the world; with 4 ranks HSDP: sharded within each half of a
+    2 x 2 mesh, replicated across the halves, monitored over the shard group
+    (over the world, every number held twice, the window refuses)."""
     _init(rank, store_path, world)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     model = _model()
     full_before = _flat(model.parameters())
+    hsdp = world == 4
+    # a CPU mesh: with a GPU visible, the default mesh would put rank r on cuda:r
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard")) if hsdp else init_device_mesh("cpu", (world,))
     try:
-        # a CPU mesh: with a GPU visible, the default mesh would put rank r on cuda:r
-        fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
+        fully_shard(model, mesh=mesh)
     except Exception as exc:  # reported to the parent, which skips with the reason
         torch.save({"error": f"{type(exc).__name__}: {exc}"}, os.path.join(out_dir, f"fsdp{rank}.pt"))
         return
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-    win = GramWindow(model, window=3, process_group=dist.group.WORLD)
+    refused = None
+    if hsdp:
+        try:
+            GramWindow(model, window=3, process_group=dist.group.WORLD)
+        except ValueError as exc:
+            refused = str(exc)
+    win = GramWindow(model, window=3, process_group=mesh.get_group("shard") if hsdp else dist.group.WORLD)
     history, last = [], full_before
     for step in range(6):
         x = torch.randn(8, 13, generator=torch.Generator().manual_seed(step * 10 + rank))
@@ -141,7 +152,9 @@ def _fsdp_worker(rank, world, store_path, out_dir):
         now = _flat([p.full_tensor() for p in model.parameters()])
         history.append(now - last)
         last = now
-    _check(win, history, os.path.join(out_dir, f"fsdp{rank}.pt"))
+    result = _check(win, history, os.path.join(out_dir, f"fsdp{rank}.pt"))
+    if hsdp:
+        torch.save(dict(result, refused=refused), os.path.join(out_dir, f"fsdp{rank}.pt"))
     dist.destroy_process_group()
 
 
@@ -196,6 +209,14 @@ def test_fsdp2_fully_shard():
     if "error" in results[0]:
         pytest.skip(f"FSDP2 fully_shard unsupported on this CPU build: {results[0]['error']}")
     _assert_same_gram_everywhere(results)
+
+
+def test_fsdp2_hsdp_is_monitored_over_its_shard_group():
+    results = _spawn(_fsdp_worker, "fsdp", world=4)
+    assert "error" not in results[0], results[0]
+    _assert_same_gram_everywhere(results)
+    for r in results:
+        assert "shards do not add up across ranks" in (r["refused"] or "") and "HYBRID_SHARD" in r["refused"], r
 
 
 # -- ranks built differently ---------------------------------------------------
