@@ -155,13 +155,22 @@ def analyze(args) -> int:
               file=sys.stderr)
         return 1
     summary = monitor.summary()
-    print(f"{summary['analyses']} analyses of {summary['numel']:,} parameters (window {args.window}, every {args.every})")
-    if "last" in summary:
-        last = summary["last"]
-        print(f"last: step {last['step']}, k* = {last['k_star']}, R = {last['R']}")
+    n = summary["analyses"]
+    print(f"{n} analys{'is' if n == 1 else 'es'} of {summary['numel']:,} parameters (window {args.window}, "
+          f"every {args.every})")
+    if monitor.history:
+        last = monitor.history[-1]
+        if last["R"] is None:
+            print(f"last: step {last['step']}, k* and R undefined ({last['spectrum']['reason']})")
+        else:
+            print(f"last: step {last['step']}, k* = {last['k_star']}, R = {last['R']:.4g}")
+        if last["n"] < args.window:
+            print(f"the window holds {last['n']} of its {args.window} updates "
+                  f"({args.window * args.every + 1} checkpoints fill it)")
     for line in describe_events(summary["events"], None):
         print("    " + line)
-    print(f"records: {os.path.abspath(monitor.log_dir)}")
+    records = os.path.abspath(monitor.log_dir)
+    print(f"records: {os.path.join(records, 'spectral.jsonl')} (one line per analysis), spectral.csv, meta.json")
     if summary["analyses"]:
         print(f"report: {os.path.abspath(render(monitor.log_dir))}")
     else:
@@ -250,12 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=demo, parser=d)
 
     a = sub.add_parser("analyze", help="records and report from a directory of checkpoints",
-                       description="Stream a directory of checkpoints through the window and write the records and "
-                                   "report. Reads torch.save files (.pt, .pth, .bin), Lightning .ckpt files, "
+                       description="Stream a directory of checkpoints through the window and write the records "
+                                   "(spectral.jsonl, spectral.csv, meta.json) and report (report.html) to --out. Reads torch.save files (.pt, .pth, .bin), Lightning .ckpt files, "
                                    ".safetensors, Hugging Face Trainer folders (checkpoint-N/) and sharded weights, "
                                    "ordered by step. Tied tensors count once; tensors equal in every checkpoint "
                                    "(frozen parameters, buffers) are left out.")
-    a.add_argument("ckpt_dir")
+    a.add_argument("ckpt_dir", help="the folder of checkpoints (its subfolders are searched too)")
     a.add_argument("--window", type=at_least(2), default=16, help="updates in the window, W (default: 16)")
     a.add_argument("--every", type=at_least(1), default=1, help="an update spans this many checkpoints (default: 1)")
     a.add_argument("--groups", default="auto", choices=sorted(GROUPS), help="per-group Grams (default: auto)")

@@ -4,7 +4,9 @@ as a live :class:`SpectralMonitor`, from saved parameters.
 Layouts read, anywhere under the folder:
 
 * files written by ``torch.save`` (``.pt``, ``.pth``, ``.bin``): a state
-  dict, or a dict holding one under ``"model"`` or ``"state_dict"``;
+  dict, or a dict holding one under ``"model"``, ``"state_dict"`` or
+  ``"model_state_dict"`` (PyTorch's tutorial; a dict with tensors beside
+  dicts of tensors under other keys is refused, not guessed);
 * PyTorch Lightning ``.ckpt`` files (the weights under ``"state_dict"``,
   named as the LightningModule names them, e.g. ``model.layers.0.w``);
 * ``.safetensors`` files;
@@ -12,6 +14,10 @@ Layouts read, anywhere under the folder:
   ``model.safetensors`` or ``pytorch_model.bin``, or a PEFT adapter's
   ``adapter_model.*``): only the weights are read; ``optimizer.pt`` gives
   the learning rate, the other files are left alone;
+* training state is never a checkpoint, in any folder: ``optimizer.pt``,
+  ``scheduler.pt``, ``scaler.pt`` (or ``.bin``, ``_1``...),
+  ``rng_state*.pth``, ``training_args.bin``; a folder of its own holding
+  such files and no weights is a save that did not finish, named as such;
 * sharded weights (``model-00001-of-00002.safetensors``,
   ``pytorch_model-00001-of-00003.bin``, with or without their
   ``*.index.json``): the shards of one checkpoint are read as one state dict.
@@ -19,8 +25,10 @@ Layouts read, anywhere under the folder:
 A checkpoint's step is, in this order: ``global_step`` of a Trainer folder's
 ``trainer_state.json``; a number tagged ``step`` in its name (``step=1200``,
 ``step_1200``; Lightning's ``epoch=3-step=1200.ckpt``); ``global_step``
-inside a ``.ckpt``; the last number in its path below the folder
-(``ckpt_1200.pt``, ``checkpoint-1200/model.safetensors``). A name of
+inside a ``.ckpt``; the last number in its path below the folder that
+is not joined to letters before it (``ckpt_1200.pt``, ``model_1200_bf16.pt``,
+``checkpoint-1200/model.safetensors``: ``bf16``, ``v2`` and ``run3`` name no
+step), or the only number there is (``iter1200.pt``). A name of
 ``key=value`` fields without a step (``epoch=3.pt``) has none. Copies of the
 newest checkpoint yield to it: Lightning's ``last.ckpt``, and the final model
 a Trainer saves beside its ``checkpoint-N`` folders (read only when its
@@ -37,9 +45,10 @@ as a positional table or a causal mask) is left out: its updates are zero,
 and the live monitor, which sees only trainable parameters, has none of it.
 Which tensors never change is found by a first pass that compares each
 checkpoint with the first (tensors already seen changing are not read
-again), which also checks every checkpoint's names and shapes before any
-record is written. Each of these choices is logged and kept in
-``meta.json``.
+again), which also checks every checkpoint's names, shapes and dtypes
+before any record is written (an update across a change of dtype, float32
+checkpoints and then bfloat16 ones, would be mostly the cast's rounding).
+Each of these choices is logged and kept in ``meta.json``.
 
 The second pass streams the checkpoints through the window: it holds the
 window's rows and snapshot and the checkpoint being read (``.pt`` files are
@@ -61,18 +70,23 @@ from .config import MonitorOptions, WindowOptions, resolve
 from .monitor import SpectralMonitor, _lr_of
 
 EXTENSIONS = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-# Weight files of a Hugging Face folder, preferred first; the folder's other
-# files (optimizer.pt, scheduler.pt, rng_state.pth, training_args.bin) are training state.
+# Weight files of a Hugging Face folder, preferred first.
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
               "adapter_model.safetensors", "adapter_model.bin")
+# Training state a Trainer, Accelerate or a loop saves beside the weights: never a checkpoint.
+_TRAINING_STATE = re.compile(r"^((optimizer|scheduler|scaler)(_\d+)?\.(pt|bin)|rng_state(_\d+)?\.pth|training_args\.bin)$")
 _SHARD = re.compile(r"^(?P<stem>.*)-(?P<k>\d+)-of-(?P<n>\d+)(?P<ext>\.safetensors|\.bin|\.pth?)$")
 _STEP = re.compile(r"step[=_-]?(\d+)", re.IGNORECASE)
 _FIELD = re.compile(r"[A-Za-z_]+=\d")
 _NUMBER = re.compile(r"\d+")
+_ALONE = re.compile(r"(?<![A-Za-z\d])\d+")  # not joined to letters before it, as in bf16, v2, gpt2
 _LAST = re.compile(r"^last(-v\d+)?\.ckpt$")
 _TRAINER_DIR = re.compile(r"^checkpoint-\d+$")
-_NESTED = ("model", "state_dict")
+_NESTED = ("model", "state_dict", "model_state_dict")
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+# the floating-point dtypes of a .safetensors header
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
 
 class CheckpointError(RuntimeError):
@@ -159,8 +173,8 @@ def _step_of_name(rel: str) -> Optional[int]:
         return int(tagged[-1])
     if _FIELD.search(os.path.basename(stem)):  # epoch=3: a counter, not the step
         return None
-    numbers = _NUMBER.findall(stem)
-    return int(numbers[-1]) if numbers else None
+    alone, numbers = _ALONE.findall(stem), _NUMBER.findall(stem)
+    return int(alone[-1]) if alone else int(numbers[0]) if len(numbers) == 1 else None
 
 
 def _file_step(path: str, rel: str, allow_pickle: bool) -> int:
@@ -209,6 +223,15 @@ def _in_folder(root: str, rel: str, names: List[str], dirs: List[str], allow_pic
     weights = next((w for w in HF_WEIGHTS if w in present), None)
     if weights is None and "trainer_state.json" in present:  # its .pt/.pth/.bin files are training state
         problem(CheckpointError(root, f"a Trainer checkpoint folder without model weights ({', '.join(HF_WEIGHTS)})"))
+        return
+    state = [n for n in names if _TRAINING_STATE.match(n)]
+    names = [n for n in names if n not in state]
+    # a folder of its own holding training state and no weights: a checkpoint whose weights were never written
+    # (training_args.bin alone is a Trainer's output folder, whose final save may be absent)
+    held = [n for n in state if n != "training_args.bin"]
+    if weights is None and held and not dirs and not any(n.endswith(EXTENSIONS) for n in names):
+        problem(CheckpointError(root, f"training state ({', '.join(held)}) without model weights: a save that did not "
+                                      "finish?"))
         return
     if weights is not None:  # a Trainer / save_pretrained folder: one checkpoint
         final = any(_TRAINER_DIR.match(d) for d in dirs)  # the final save beside the checkpoint folders
@@ -322,26 +345,39 @@ class Weights(NamedTuple):
     """What one checkpoint holds for the analysis."""
 
     shapes: Dict[str, Tuple[int, ...]]  # every floating-point tensor, file order, tied copies left out
+    dtypes: Dict[str, torch.dtype]  # theirs, as stored
     tensors: Dict[str, torch.Tensor]  # those asked for
     tied: Dict[str, str]  # a tied copy -> the name it is counted under
     lr: Optional[float]  # the optimizer state's learning rate, when the checkpoint has one
 
 
+def _holds_tensors(obj) -> bool:
+    return isinstance(obj, dict) and any(isinstance(v, torch.Tensor) for v in obj.values())
+
+
 def _find_state_dict(obj, path: str) -> Dict[str, torch.Tensor]:
+    known = " or ".join(map(repr, _NESTED))
     if isinstance(obj, dict):
         for key in _NESTED:
-            if isinstance(obj.get(key), dict):
+            if _holds_tensors(obj.get(key)):
                 return obj[key]
-        if any(isinstance(v, torch.Tensor) for v in obj.values()):
+        # tensors beside dicts of tensors (a loss beside the weights): which are the model's is not known
+        nested = [k for k, v in obj.items() if _holds_tensors(v)]
+        if nested:
+            raise CheckpointError(path, f"holds dicts of tensors under {', '.join(map(repr, nested))}, none under "
+                                        f"{known}: re-save the model's state dict alone, or under 'model'")
+        if _holds_tensors(obj):
             return obj
-    raise CheckpointError(path, f"holds no state dict (a dict of tensors, or one under {' or '.join(map(repr, _NESTED))})")
+    raise CheckpointError(path, f"holds no state dict (a dict of tensors, or one under {known})")
 
 
 def _optimizer_lr(obj) -> Optional[float]:
     """The first parameter group's learning rate of an optimizer state: a
-    training checkpoint's ``"optimizer"``, Lightning's first
-    ``"optimizer_states"``, or a Trainer folder's ``optimizer.pt`` itself."""
-    for get in (lambda o: o["optimizer"], lambda o: o["optimizer_states"][0], lambda o: o):
+    training checkpoint's ``"optimizer"`` or ``"optimizer_state_dict"``,
+    Lightning's first ``"optimizer_states"``, or a Trainer folder's
+    ``optimizer.pt`` itself."""
+    for get in (lambda o: o["optimizer"], lambda o: o["optimizer_state_dict"], lambda o: o["optimizer_states"][0],
+                lambda o: o):
         try:
             return float(_lr_of(get(obj)["param_groups"]))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
@@ -352,7 +388,7 @@ def _optimizer_lr(obj) -> Optional[float]:
 def _torch_tensors(state: dict, names: Optional[Set[str]]):
     """Floating-point tensors of a loaded state dict; a tensor that views the
     same storage, offset, shape and strides as an earlier one is a tied copy."""
-    shapes, tensors, tied, seen = {}, {}, {}, {}
+    shapes, dtypes, tensors, tied, seen = {}, {}, {}, {}, {}
     for name, t in state.items():
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             continue
@@ -362,23 +398,23 @@ def _torch_tensors(state: dict, names: Optional[Set[str]]):
                 tied[name] = seen[key]
                 continue
             seen[key] = name
-        shapes[name] = tuple(t.shape)
+        shapes[name], dtypes[name] = tuple(t.shape), t.dtype
         if names is None or name in names:
             tensors[name] = t
-    return shapes, tensors, tied
+    return shapes, dtypes, tensors, tied
 
 
 def _safetensors(path: str, names: Optional[Set[str]]):
     from safetensors import safe_open
 
     with safe_open(path, framework="pt") as f:
-        shapes = {}
+        shapes, dtypes = {}, {}
         for name in f.keys():
             part = f.get_slice(name)
-            if part.get_dtype() == "BF16" or part.get_dtype().startswith("F"):
-                shapes[name] = tuple(part.get_shape())
+            if part.get_dtype() in _SAFETENSORS_DTYPES:
+                shapes[name], dtypes[name] = tuple(part.get_shape()), _SAFETENSORS_DTYPES[part.get_dtype()]
         tensors = {n: f.get_tensor(n) for n in shapes if names is None or n in names}
-    return shapes, tensors
+    return shapes, dtypes, tensors
 
 
 def read_weights(checkpoint: Union[Checkpoint, str], allow_pickle: bool = False,
@@ -391,6 +427,7 @@ def read_weights(checkpoint: Union[Checkpoint, str], allow_pickle: bool = False,
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(-1, checkpoint, (checkpoint,))
     wanted = None if names is None else set(names)
     shapes: Dict[str, Tuple[int, ...]] = {}
+    dtypes: Dict[str, torch.dtype] = {}
     tensors: Dict[str, torch.Tensor] = {}
     tied: Dict[str, str] = {}
     lr = None
@@ -398,10 +435,10 @@ def read_weights(checkpoint: Union[Checkpoint, str], allow_pickle: bool = False,
         try:
             _check_file(file, need_data=True)
             if file.endswith(".safetensors"):
-                part_shapes, part = _safetensors(file, wanted)
+                part_shapes, part_dtypes, part = _safetensors(file, wanted)
             else:
                 obj = _torch_load(file, allow_pickle)
-                part_shapes, part, part_tied = _torch_tensors(_find_state_dict(obj, file), wanted)
+                part_shapes, part_dtypes, part, part_tied = _torch_tensors(_find_state_dict(obj, file), wanted)
                 tied.update(part_tied)
                 lr = _optimizer_lr(obj) if lr is None else lr
         except CheckpointError:
@@ -412,13 +449,14 @@ def read_weights(checkpoint: Union[Checkpoint, str], allow_pickle: bool = False,
         if again is not None:
             raise CheckpointError(file, f"holds tensor {again!r} that another shard of {ckpt.path} holds too")
         shapes.update(part_shapes)
+        dtypes.update(part_dtypes)
         tensors.update(part)
     if lr is None and ckpt.optimizer is not None:
         try:  # the learning rate only: an optimizer state that cannot be read leaves it unknown
             lr = _optimizer_lr(_torch_load(ckpt.optimizer, allow_pickle))
         except Exception:
             lr = None
-    return Weights(shapes, tensors, tied, lr)
+    return Weights(shapes, dtypes, tensors, tied, lr)
 
 
 def load_checkpoint(checkpoint: Union[Checkpoint, str], allow_pickle: bool = False
@@ -435,9 +473,10 @@ def load_checkpoint(checkpoint: Union[Checkpoint, str], allow_pickle: bool = Fal
 
 
 def _check_against(weights: Weights, names: Sequence[str], reference: Dict[str, Tuple[int, ...]],
-                   ckpt: Checkpoint, first: Checkpoint) -> None:
-    """``ckpt`` holds the tensors ``names`` with the shapes of ``first``
-    (``reference``: all of its floating-point tensors) and no others."""
+                   dtypes: Dict[str, torch.dtype], ckpt: Checkpoint, first: Checkpoint) -> None:
+    """``ckpt`` holds the tensors ``names`` with the shapes and dtypes of
+    ``first`` (``reference``: the shapes of all of its floating-point
+    tensors; ``dtypes``: theirs) and no others."""
     missing = [n for n in names if n not in weights.shapes]
     if missing:
         raise CheckpointError(ckpt.path, f"lacks {len(missing)} tensor(s) of {first.path}, e.g. {missing[0]!r}")
@@ -448,6 +487,11 @@ def _check_against(weights: Weights, names: Sequence[str], reference: Dict[str, 
         if weights.shapes[name] != reference[name]:
             raise CheckpointError(ckpt.path, f"tensor {name!r} has shape {weights.shapes[name]}, expected "
                                              f"{reference[name]} as in {first.path}")
+        if weights.dtypes[name] != dtypes[name]:  # an update across the cast would be mostly its rounding
+            found, expected = (str(d).replace("torch.", "") for d in (weights.dtypes[name], dtypes[name]))
+            raise CheckpointError(ckpt.path, f"tensor {name!r} is {found}, not {expected} as in {first.path}: an "
+                                             "update across a change of dtype holds the cast's rounding; analyse "
+                                             "checkpoints of one dtype")
 
 
 def _select(shapes: Dict[str, Tuple[int, ...]], include: Optional[Sequence[str]],
@@ -468,6 +512,7 @@ class _Survey(NamedTuple):
     checkpoints: List[Checkpoint]  # the readable ones, by step
     names: List[str]  # the tensors to analyse
     shapes: Dict[str, Tuple[int, ...]]  # the first checkpoint's
+    dtypes: Dict[str, torch.dtype]  # the first checkpoint's
     unchanged: List[str]  # equal in every checkpoint: left out
     excluded: List[str]  # left out by the name patterns
     tied: Dict[str, str]
@@ -481,20 +526,21 @@ def _survey(checkpoints: List[Checkpoint], allow_pickle: bool, include, exclude,
     readable: List[Checkpoint] = []
     names: List[str] = []
     shapes: Dict[str, Tuple[int, ...]] = {}
+    dtypes: Dict[str, torch.dtype] = {}
     first_ckpt, weights = None, None
     reference: Dict[str, torch.Tensor] = {}  # the first checkpoint's tensors not yet seen changing
     tied: Dict[str, str] = {}
     for ckpt in checkpoints:
-        bar.set_postfix_str(os.path.basename(ckpt.path))
+        bar.set_postfix_str(f"reading step {ckpt.step}")
         try:
             if first_ckpt is None:
                 weights = read_weights(ckpt, allow_pickle)
                 names = _select(weights.shapes, include, exclude)
-                shapes, tied, first_ckpt = weights.shapes, weights.tied, ckpt
+                shapes, dtypes, tied, first_ckpt = weights.shapes, weights.dtypes, weights.tied, ckpt
                 reference = {n: weights.tensors[n] for n in names}
             else:
                 weights = read_weights(ckpt, allow_pickle, names=reference)
-                _check_against(weights, names, shapes, ckpt, first_ckpt)
+                _check_against(weights, names, shapes, dtypes, ckpt, first_ckpt)
                 for name in [n for n, t in reference.items() if not torch.equal(weights.tensors[n], t)]:
                     del reference[name]
             readable.append(ckpt)
@@ -505,7 +551,7 @@ def _survey(checkpoints: List[Checkpoint], allow_pickle: bool, include, exclude,
             bar.update(1)
     unchanged = [n for n in names if n in reference] if len(readable) > 1 else []
     excluded = [n for n in shapes if n not in names]
-    return _Survey(readable, [n for n in names if n not in unchanged], shapes, unchanged, excluded, tied)
+    return _Survey(readable, [n for n in names if n not in unchanged], shapes, dtypes, unchanged, excluded, tied)
 
 
 def _has_results(path: str) -> bool:
@@ -623,11 +669,12 @@ def analyze_checkpoints(
 
     monitor = None
     with _progress(len(survey.checkpoints), progress, "checkpoints") as bar:
+        shown = ""  # the newest analysis, which lags the checkpoint being read
         for ckpt in survey.checkpoints:
-            bar.set_postfix_str(os.path.basename(ckpt.path))
+            bar.set_postfix_str(f"reading step {ckpt.step}{shown}")
             try:
                 weights = read_weights(ckpt, allow_pickle, names=survey.names)
-                _check_against(weights, survey.names, survey.shapes, ckpt, survey.checkpoints[0])
+                _check_against(weights, survey.names, survey.shapes, survey.dtypes, ckpt, survey.checkpoints[0])
             except CheckpointError as exc:  # changed since the first pass
                 fail(exc)
                 bar.update(1)
@@ -647,7 +694,7 @@ def analyze_checkpoints(
                 monitor.step(lr=step_lr, step=ckpt.step)
                 latest = monitor.latest
                 if latest is not None and latest["R"] is not None:
-                    bar.set_postfix(k=latest["k_star"], R=f"{latest['R']:.3g}", file=os.path.basename(ckpt.path))
+                    shown = f"; analysis of step {latest['step']}: k*={latest['k_star']}, R={latest['R']:.3g}"
             weights = None
             bar.update(1)
     if monitor is None:

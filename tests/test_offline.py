@@ -2,6 +2,7 @@
 import gc
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -577,3 +578,185 @@ def test_probes_from_the_command_line(tmp_path, capsys):
     capsys.readouterr()
     assert main(["analyze", str(ckpts), "--probes", "nothing*", "--out", str(tmp_path / "p"), "--quiet"]) == 1
     assert "error: probes pattern 'nothing*' matches no 2-D monitored parameter" in capsys.readouterr().err
+
+
+# -- what training loops leave behind ------------------------------------------------------------------------------
+
+
+def _steps_of(model, opt, steps):
+    """``model`` after each of ``steps`` AdamW-style updates (and before the first)."""
+    gen = torch.Generator().manual_seed(2)
+    yield 0
+    for step in range(1, steps + 1):
+        loss = model(torch.randn(8, 6, generator=gen)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        yield step
+
+
+@pytest.mark.parametrize("loss", ["tensor", "float"])
+def test_the_tutorials_checkpoint_dict(tmp_path, loss):
+    """PyTorch's tutorial saves ``{"epoch", "model_state_dict",
+    "optimizer_state_dict", "loss"}``: the weights are the model's, not a
+    scalar loss tensor beside them, and the learning rate is the optimizer's."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for step in _steps_of(model, opt, 5):
+        value = model(torch.ones(1, 6)).sum().detach()
+        torch.save({"epoch": step, "model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict(),
+                    "loss": value if loss == "tensor" else value.item()}, tmp_path / f"ckpt_{step}.pt")
+    tensors, lr = load_checkpoint(str(tmp_path / "ckpt_3.pt"))
+    assert list(tensors) == list(model.state_dict()) and lr == 0.05
+    off = analyze_checkpoints(str(tmp_path), out=str(tmp_path / "o"), window=3, progress=False)
+    assert off.window.numel == sum(p.numel() for p in model.parameters()) and off.history[-1]["lr"] == 0.05
+
+
+def test_tensors_beside_dicts_of_tensors_are_not_taken_for_the_weights(tmp_path):
+    """A dict holding tensors under a key this reader does not know, beside a
+    loose tensor, is refused with the keys named, not read as the loose tensor."""
+    torch.save({"weights": {"w": torch.ones(3)}, "ema": {"w": torch.ones(3)}, "loss": torch.tensor(0.5)},
+               tmp_path / "c_1.pt")
+    with pytest.raises(CheckpointError, match=r"c_1\.pt: holds dicts of tensors under 'weights', 'ema'"):
+        load_checkpoint(str(tmp_path / "c_1.pt"))
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+@pytest.mark.parametrize("first", ["float32", "bfloat16"])
+def test_a_change_of_dtype_between_checkpoints_is_refused(tmp_path, fmt, first):
+    """Checkpoints saved in float32 and then in bfloat16 (or the other way):
+    the update across the change would be mostly the cast's rounding, and the
+    window, holding the first checkpoint's dtype, would round every later one
+    into it. Refused, naming the file, tensor and dtypes; skip keeps the
+    checkpoints of the first one's dtype."""
+    pytest.importorskip("safetensors", reason="the safetensors package is not installed")
+    from safetensors.torch import save_file
+
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    other = "bfloat16" if first == "float32" else "float32"
+    for step in _steps_of(model, opt, 6):
+        dtype = getattr(torch, first if step < 4 else other)
+        sd = {n: p.detach().to(dtype).contiguous() for n, p in model.named_parameters()}
+        if fmt == "pt":
+            torch.save(sd, tmp_path / f"ckpt_{step}.pt")
+        else:
+            save_file(sd, str(tmp_path / f"ckpt_{step}.safetensors"))
+    with pytest.raises(CheckpointError, match=rf"ckpt_4\.{fmt}: tensor '[\w.]+' is {other}, not {first} as in "
+                                              rf".*ckpt_0\.{fmt}"):
+        analyze_checkpoints(str(tmp_path), out=str(tmp_path / "a"), window=3, progress=False)
+    said = []
+    off = analyze_checkpoints(str(tmp_path), out=str(tmp_path / "b"), window=3, progress=False, on_error="skip",
+                              log=said.append)
+    assert [r["step"] for r in off.history] == [1, 2, 3] and "skipped 3 of 7" in said[-1]
+
+
+def test_one_dtype_throughout_is_read_as_saved(tmp_path):
+    """A folder of float16 checkpoints: the window's Gram is that of the
+    saved values' differences (float64 reference), within float32 rounding."""
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    flat = []
+    for step in _steps_of(model, opt, 6):
+        sd = {n: p.detach().half() for n, p in model.named_parameters()}
+        torch.save(sd, tmp_path / f"ckpt_{step}.pt")
+        flat.append(torch.cat([t.double().flatten() for t in sd.values()]))
+    off = analyze_checkpoints(str(tmp_path), out=str(tmp_path / "o"), window=3, groups=None, progress=False)
+    U = torch.stack([b - a for a, b in zip(flat, flat[1:])])[-3:]
+    G = (U @ U.T).numpy()
+    np.testing.assert_allclose(off.window.gram(), G, rtol=0, atol=4 * EPS32 * np.sqrt(U.shape[1]) * np.abs(G).max())
+
+
+def _trainer_folder(folder, step, weights=True, state=True):
+    """A Hugging Face Trainer's ``checkpoint-N``: the weights, the training
+    state beside them and ``trainer_state.json``; a save interrupted before
+    the weights or the state file was written lacks them."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    if weights:
+        save_file({"w": torch.randn(8, generator=torch.Generator().manual_seed(step))}, str(folder / "model.safetensors"))
+    torch.save({"state": {}, "param_groups": [{"lr": 0.1}]}, folder / "optimizer.pt")
+    torch.save({"last_epoch": step}, folder / "scheduler.pt")
+    torch.save({"cpu_rng_state": torch.ones(4, dtype=torch.uint8)}, folder / "rng_state.pth")
+    if state:
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+
+
+def test_an_interrupted_trainer_save_is_named_not_read_through_its_training_state(tmp_path):
+    """``checkpoint-5`` holds the optimizer, scheduler and RNG state but no
+    weights and no ``trainer_state.json`` (a save that did not finish): it is
+    named as such, never read as three checkpoints of step 5."""
+    pytest.importorskip("safetensors", reason="the safetensors package is not installed")
+    for step in range(5):
+        _trainer_folder(tmp_path / f"checkpoint-{step}", step)
+    _trainer_folder(tmp_path / "checkpoint-5", 5, weights=False, state=False)
+    with pytest.raises(CheckpointError, match=r"checkpoint-5: training state \(optimizer\.pt, rng_state\.pth, "
+                                              r"scheduler\.pt\) without model weights"):
+        list_checkpoints(str(tmp_path))
+    said = []
+    off = analyze_checkpoints(str(tmp_path), out=str(tmp_path / "o"), window=3, progress=False, on_error="skip",
+                              log=said.append)
+    assert [r["step"] for r in off.history] == [1, 2, 3, 4] and "skipped 1 of 6" in said[-1]
+
+
+def test_training_state_beside_a_plain_checkpoint_is_left_alone(tmp_path):
+    """A loop's own folders (``step_10/model.pt`` beside ``optimizer.pt``
+    and ``scheduler.pt``): one checkpoint a folder, the weights."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in _steps_of(model, opt, 3):
+        folder = tmp_path / f"step_{step * 10}"
+        folder.mkdir()
+        torch.save(model.state_dict(), folder / "model.pt")
+        torch.save(opt.state_dict(), folder / "optimizer.pt")
+        torch.save({"last_epoch": step}, folder / "scheduler.pt")
+    found = list_checkpoints(str(tmp_path))
+    assert [(c.step, os.path.basename(c.path)) for c in found] == [(0, "model.pt"), (10, "model.pt"), (20, "model.pt"),
+                                                                   (30, "model.pt")]
+
+
+def test_numbers_joined_to_letters_are_not_steps(tmp_path):
+    """``bf16``, ``v2``, ``gpt2``: a number joined to the letters before it
+    names a format, a version or a model, not the step; the step is a number
+    standing alone, or the only number there is."""
+    names = {"model_100_bf16.pt": 100, "model_200_bf16.pt": 200, "ckpt_300_v2.pt": 300, "gpt2-400.pt": 400,
+             "run3/ckpt_500.pth": 500, "iter600.pt": 600}
+    for name in names:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = list_checkpoints(str(tmp_path))
+    assert [(os.path.relpath(c.path, tmp_path), c.step) for c in found] == list(names.items())
+
+
+def test_the_command_says_why_R_is_undefined_and_names_its_files(tmp_path, capsys):
+    """Two checkpoints make one update: the summary says why k* and R are
+    undefined, that the window is not full, and names the files written."""
+    from spectral_edge_fast.cli import main
+
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in _steps_of(model, opt, 1):
+        torch.save(model.state_dict(), tmp_path / f"ckpt_{step}.pt")
+    assert main(["analyze", str(tmp_path), "--window", "4", "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "last: step 1, k* and R undefined (one row: the gap quantities need two positive eigenvalues" in out
+    assert "the window holds 1 of its 4 updates (5 checkpoints fill it)" in out
+    assert f"records: {tmp_path / 'o' / 'spectral.jsonl'} (one line per analysis), spectral.csv, meta.json" in out
+    assert f"report: {tmp_path / 'o' / 'report.html'}" in out
+
+
+def test_progress_labels_each_R_with_its_step(tmp_path, capsys):
+    """The progress bar shows the step it reads (every Trainer folder's file
+    is model.safetensors) and each k* and R with the step of their analysis,
+    which lags the checkpoint being read."""
+    pytest.importorskip("safetensors", reason="the safetensors package is not installed")
+    for step in range(6):
+        _trainer_folder(tmp_path / "ckpts" / f"checkpoint-{step}", step)
+    off = analyze_checkpoints(str(tmp_path / "ckpts"), out=str(tmp_path / "o"), window=3, progress=True)
+    err = capsys.readouterr().err
+    shown = re.findall(r"analysis of step (\d+): k\*=(\d+), R=([\d.e+-]+)", err)
+    assert shown and all(f"reading step {s}" in err for s in range(6))
+    R = {r["step"]: r for r in off.history}
+    for step, k, value in shown:
+        assert int(k) == R[int(step)]["k_star"] and value == f"{R[int(step)]['R']:.3g}"
