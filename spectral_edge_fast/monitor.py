@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections import Counter
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .analysis import (
     EigenTracker,
@@ -137,6 +139,33 @@ def _check_steps_the_model(optimizer, model) -> None:
                          "optimizer and call monitor.step() after the step that writes them (engine.step())")
 
 
+def _qualname(obj) -> str:
+    return f"{type(obj).__module__}.{type(obj).__name__}"
+
+
+def _holds(owner, obj) -> bool:
+    """Whether ``obj`` is one of ``owner``'s attributes (an optimizer that
+    steps through another holds it: ZeroRedundancyOptimizer, Lookahead)."""
+    return any(v is obj for v in vars(owner).values())
+
+
+def _watch_other_optimizers(monitor: "SpectralMonitor"):
+    """A process-wide post-step hook that passes every other optimizer's step
+    to ``monitor._on_other_step``. It holds the monitor weakly (the registry
+    outlives monitors) and goes when the monitor does."""
+    ref = weakref.ref(monitor)
+
+    @torch.compiler.disable  # host bookkeeping, as _on_optimizer_step
+    def hook(optimizer, args, kwargs) -> None:
+        mon = ref()
+        if mon is not None and optimizer is not mon._stepping:
+            mon._on_other_step(optimizer)
+
+    handle = register_optimizer_step_post_hook(hook)
+    weakref.finalize(monitor, handle.remove)
+    return handle
+
+
 def _head_counts(model: torch.nn.Module) -> Dict[str, int]:
     """Module name (without wrapper prefixes) -> its number of attention heads:
     ``num_heads`` (``nn.MultiheadAttention``) or ``config.num_attention_heads``
@@ -186,12 +215,17 @@ class SpectralMonitor:
     """Live spectral-edge diagnostics of a training run.
 
     Args:
-        model_or_params: an ``nn.Module`` (its trainable parameters), tensors,
-            or ``(name, tensor)`` pairs: what :class:`GramWindow` accepts.
+        model_or_params: an ``nn.Module`` (its parameters trainable now: one
+            unfrozen later is named in a warning at the next analysis),
+            tensors, or ``(name, tensor)`` pairs: what :class:`GramWindow`
+            accepts.
         optimizer: when given, the monitor steps in its post-step hook and
-            reads its learning rate; otherwise call :meth:`step` after each
-            optimizer step. accelerate's ``AcceleratedOptimizer`` is followed
-            through the optimizer it wraps, so only real steps count.
+            reads its learning rate (the first parameter group's); otherwise
+            call :meth:`step` after each optimizer step. accelerate's
+            ``AcceleratedOptimizer`` is followed through the optimizer it
+            wraps, so only real steps count. Another optimizer that steps the
+            monitored parameters is warned about at its first step (see
+            :meth:`attach`).
         options: a :class:`~spectral_edge_fast.config.MonitorOptions` (or a
             ``WindowOptions``: its fields are taken); its fields may also be
             given, or overridden, as keywords:
@@ -252,13 +286,10 @@ class SpectralMonitor:
     ):
         self.options = options = resolve(MonitorOptions, options, overrides, "SpectralMonitor")
         self.history_limit = options.history
-        if optimizer is not None:
-            _check_steps_the_model(_stepping(optimizer), model_or_params)
         self.window = GramWindow(model_or_params, options, process_group=process_group)
         self._probes = _ProbeReader(self.window.layout, options.probes, model_or_params) if options.probes else None
         self.analyze_every = options.analyze_every
         sinks, log_dir = options.sinks, options.log_dir
-        self.optimizer = optimizer
         self.is_writer = is_writer()
         self.log_dir = log_dir or (default_log_dir() if self.is_writer and sinks else None)
         self.sinks: List[Sink] = make_sinks(sinks, self.log_dir) if self.is_writer else []
@@ -280,10 +311,13 @@ class SpectralMonitor:
         self._pending: Optional[tuple] = None  # (readback, step, lr) of a started analysis
         self._observed: Dict[str, tuple] = {}  # split -> (window count, projection)
         self._decomposition: Optional[dict] = None
-        self._hook = (_stepping(optimizer).register_step_post_hook(self._on_optimizer_step)
-                      if optimizer is not None else None)
-        self._traces = _step_traces(optimizer, self.window.layout.params) if optimizer is not None else None
-        self._traced_state = optimizer.state if optimizer is not None else None
+        self._module = model_or_params if isinstance(model_or_params, torch.nn.Module) else None
+        # The names of the module's parameters that the window holds: one unfrozen later is not (_check_unfrozen).
+        self._trainable = None if self._module is None else frozenset(
+            strip_wrappers(n) for n, p in self._module.named_parameters() if p.requires_grad)
+        self.optimizer = self._stepping = self._hook = self._others = self._traces = None
+        if optimizer is not None:
+            self.attach(optimizer)
         self._write_meta()
 
     # -- configuration -------------------------------------------------------
@@ -324,6 +358,37 @@ class SpectralMonitor:
     def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
         self.step()
 
+    def _on_other_step(self, optimizer) -> None:
+        """Another optimizer stepped (the process-wide hook, which skips the
+        hooked one): warn once when it moved monitored parameters outside the
+        hooked step, whose updates the window then sees late or never. Each
+        optimizer is judged once."""
+        if optimizer not in self._others_seen:
+            self._others_seen[optimizer] = self._other_verdict(optimizer)
+        verdict = self._others_seen[optimizer]
+        if verdict is not None:
+            self._others.remove()
+            self._others = None
+            warnings.warn(verdict, RuntimeWarning, stacklevel=4)
+
+    def _other_verdict(self, optimizer) -> Optional[str]:
+        monitored = self._module.parameters() if self._module is not None else self.window.layout.params
+        mine = {id(p) for p in monitored}
+        if not any(id(p) in mine for group in optimizer.param_groups for p in group["params"]):
+            return None  # other parameters
+        if _holds(self._stepping, optimizer):
+            return None  # the hooked optimizer steps through it: part of the hooked step
+        if _holds(optimizer, self._stepping):
+            return (f"SpectralMonitor: {_qualname(optimizer)} holds the optimizer the monitor was given "
+                    f"({_qualname(self._stepping)}) and steps through it: what it changes in the parameters after "
+                    "that optimizer's step reaches the window a step late; attach the monitor to the optimizer "
+                    "whose step is called: monitor.attach(that optimizer)")
+        return (f"SpectralMonitor: another optimizer ({_qualname(optimizer)}) stepped the monitored parameters, but "
+                f"the monitor steps in the post-step hook of the one it was given ({_qualname(self._stepping)}), so "
+                "it saw none of that step (an optimizer made again) or saw it a step late (several optimizers): "
+                "after making the optimizer again, call monitor.attach(optimizer); with several optimizers over "
+                "parts of the model, pass no optimizer and call monitor.step() once after all of them have stepped")
+
     def step(self, lr: Optional[float] = None, step: Optional[int] = None) -> None:
         """Record one optimizer step (called by the optimizer hook when the
         monitor has an optimizer). ``lr`` overrides the learning rate used for
@@ -354,12 +419,34 @@ class SpectralMonitor:
     def _finish(self) -> None:
         readback, step, lr = self._pending
         self._pending = None
+        self._check_unfrozen()
         record = self.analyze(readback.wait(), step=step, lr=_as_float(lr))
         if self._probes is not None:
             record["probes"], attention = self._probes.results()
             if attention:
                 record["attention"] = attention
         self._record(record)
+
+    def _check_unfrozen(self) -> None:
+        """Warn once when a parameter of the module that was frozen when the
+        monitor was made (or added since) requires a gradient: it is trained,
+        but the window does not hold it. Host metadata, at analysis time."""
+        if self._trainable is None:
+            return
+        new = [strip_wrappers(n) for n, p in self._module.named_parameters() if p.requires_grad]
+        new = [n for n in new if n not in self._trainable]
+        if new:
+            self._trainable = None  # once
+            shown = ", ".join(map(repr, new[:5]))
+            shown += f" and {len(new) - 5} more" if len(new) > 5 else ""
+            warnings.warn(
+                f"SpectralMonitor: parameter {shown} requires a gradient but was frozen when the monitor was made "
+                "(or was added since), so its updates are not in the window: make the monitor once the model "
+                "trains every parameter it should watch, or over all of them from the start "
+                "(SpectralMonitor(list(model.named_parameters()), ...))",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     # -- analysis -----------------------------------------------------------
     def analyze(self, state: GramState, step: int, lr: Optional[float] = None) -> dict:
@@ -618,11 +705,28 @@ class SpectralMonitor:
         return frames(self.history, self.metrics, self.meta)
 
     # -- lifecycle ---------------------------------------------------------------
+    def attach(self, optimizer) -> None:
+        """Step in ``optimizer``'s post-step hook from now on, in place of the
+        optimizer given before, if any: one made again mid-run, whose steps
+        the old hook never sees (the monitor warns at the first of them, as it
+        does when another optimizer moves the monitored parameters), or the
+        wrapper that steps the given one. The window goes on."""
+        stepping = _stepping(optimizer)
+        _check_steps_the_model(stepping, self._module)
+        self.detach()
+        self.optimizer, self._stepping = optimizer, stepping
+        self._hook = stepping.register_step_post_hook(self._on_optimizer_step)
+        self._others, self._others_seen = _watch_other_optimizers(self), weakref.WeakKeyDictionary()
+        self._traces, self._traced_state = _step_traces(optimizer, self.window.layout.params), optimizer.state
+
     def detach(self) -> None:
         """Stop listening to the optimizer (records and files stay)."""
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        if self._others is not None:
+            self._others.remove()
+            self._others = None
 
     def close(self) -> None:
         """Detach, finish a started analysis and close the sinks."""

@@ -227,10 +227,11 @@ class GramWindow:
     matrices, kept incrementally.
 
     Args:
-        params: an ``nn.Module`` (its trainable parameters, found again by
-            name when replaced), an iterable of tensors, or an iterable of
-            ``(name, tensor)``. Each step checks that they are still the
-            tensors the window was built on (see ``ParamLayout.views``).
+        params: an ``nn.Module`` (its parameters trainable when the window
+            is built, found again by name when replaced), an iterable of
+            tensors, or an iterable of ``(name, tensor)``. Each step checks
+            that they are still the tensors the window was built on (see
+            ``ParamLayout.views``).
         options: a :class:`~spectral_edge_fast.config.WindowOptions` (or
             any options object: its window fields are taken); its fields may
             also be given, or overridden, as keywords:

@@ -931,3 +931,120 @@ def test_observe_gradients_without_any_gradient_raises(tmp_path):
     p = mon.observe_gradients("train")
     assert np.isfinite(p).all() and p.shape == (3,)
     mon.close()
+
+
+def _thetas(model):
+    return torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
+
+
+def _assert_gram_of(mon, thetas):
+    """The window's Gram against the float64 Gram of the updates between
+    ``thetas`` (the parameters after each step), within float32 rounding of
+    each update and of a sum over ``P`` products."""
+    x = torch.diff(torch.stack(thetas), dim=0)[-mon.window.window:]
+    a = x.abs()
+    bound = (2 + 2 * min(x.shape[1], 1 << 16) ** 0.5) * torch.finfo(torch.float32).eps * (a @ a.T).numpy()
+    assert (abs(mon.window.gram() - (x @ x.T).numpy()) <= bound + 1e-300).all()
+
+
+def test_a_recreated_optimizer_is_warned_and_attach_follows_it(tmp_path):
+    """The hook sits on the optimizer the monitor was given: the steps of one
+    made again mid-run (a new learning rate, a restarted schedule) never
+    reach it. The first such step warns; attach() moves the hook, and the
+    window goes on with every update."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = SpectralMonitor(model, opt, window=4, analyze_every=2, sinks=())
+    thetas = [_thetas(model)]
+    opt.register_step_post_hook(lambda *_: thetas.append(_thetas(model)))
+    _train(model, opt, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with pytest.warns(RuntimeWarning, match=r"another optimizer \(torch\.optim\.sgd\.SGD\) stepped the monitored "
+                                            r"parameters.*monitor\.attach\(optimizer\)"):
+        _train(model, opt, 1, seed=1)
+    assert mon.steps == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once
+        _train(model, opt, 1, seed=2)
+    mon.attach(opt)
+    thetas = [_thetas(model)]  # a new optimizer: the updates from here on
+    opt.register_step_post_hook(lambda *_: thetas.append(_thetas(model)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train(model, opt, 5, seed=3)
+    assert mon.steps == 8 and mon.history[-1]["step"] == 8 and mon.history[-1]["lr"] == 0.05
+    _assert_gram_of(mon, thetas)
+    mon.close()
+
+
+class _Inner(torch.optim.Optimizer):
+    """An optimizer that steps through one it holds (as
+    ZeroRedundancyOptimizer steps its local partition's optimizer)."""
+
+    def __init__(self, params, optimizer_class, **kwargs):
+        params = list(params)
+        super().__init__(params, kwargs)
+        self.optim = optimizer_class(params, **kwargs)
+
+    def step(self, closure=None):
+        self.optim.step(closure)
+
+
+def test_only_optimizers_outside_the_hooked_step_are_warned(tmp_path):
+    """An optimizer the hooked one steps through is part of its step; one
+    over other parameters is none of the monitor's business. But a second
+    optimizer over part of the model, or a wrapper that changes the
+    parameters after the hooked optimizer's step, moves parameters the hook
+    has already read: their updates would land a step late."""
+    model = _model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = _Inner(model.parameters(), torch.optim.SGD, lr=0.1)
+        mon = SpectralMonitor(model, opt, window=3, sinks=())
+        other = torch.nn.Linear(12, 3)
+        other_opt = torch.optim.SGD(other.parameters(), lr=0.1)
+        for _ in range(3):
+            _train(model, opt, 1)
+            _train(other, other_opt, 1)
+        assert mon.steps == 3
+        mon.close()
+    first = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    mon = SpectralMonitor(model, first, window=3, sinks=())
+    second = torch.optim.SGD(model[2].parameters(), lr=0.1)
+    model(torch.randn(4, 12)).pow(2).mean().backward()
+    first.step()
+    with pytest.warns(RuntimeWarning, match=r"several optimizers.*pass no optimizer and call monitor\.step\(\)"):
+        second.step()
+    mon.close()
+    outer = _Inner(model.parameters(), torch.optim.SGD, lr=0.1)
+    mon = SpectralMonitor(model, outer.optim, window=3, sinks=())
+    with pytest.warns(RuntimeWarning, match=r"_Inner holds the optimizer the monitor was given.*monitor\.attach\("):
+        _train(model, outer, 1)
+    mon.close()
+
+
+def test_a_parameter_unfrozen_after_the_monitor_was_made_is_warned(tmp_path):
+    """The monitor holds the parameters trainable when it was made. One
+    unfrozen later (gradual unfreezing) is trained but not in the window:
+    the first analysis after it warns, naming it, and the Gram stays that
+    of the monitored parameters."""
+    model = _model()
+    model[0].weight.requires_grad_(False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = SpectralMonitor(model, opt, window=3, analyze_every=2, sinks=())
+    assert mon.window.numel == sum(p.numel() for p in model.parameters()) - model[0].weight.numel()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train(model, opt, 2)
+        mon.flush()
+    model[0].weight.requires_grad_(True)
+    _train(model, opt, 1, seed=1)
+    with pytest.warns(RuntimeWarning, match=r"parameter '0\.weight' requires a gradient but was frozen when the "
+                                            r"monitor was made"):
+        _train(model, opt, 1, seed=2)
+        mon.flush()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once
+        _train(model, opt, 2, seed=3)
+        mon.flush()
+    mon.close()
