@@ -6,7 +6,9 @@ Layouts read, anywhere under the folder:
 * files written by ``torch.save`` (``.pt``, ``.pth``, ``.bin``): a state
   dict, or a dict holding one under ``"model"``, ``"state_dict"`` or
   ``"model_state_dict"`` (PyTorch's tutorial; a dict with tensors beside
-  dicts of tensors under other keys is refused, not guessed);
+  dicts of tensors under other keys is refused, not guessed), or, with
+  ``allow_pickle``, a module saved whole (``torch.save(model)``), alone or
+  under one of those keys;
 * PyTorch Lightning ``.ckpt`` files (the weights under ``"state_dict"``,
   named as the LightningModule names them, e.g. ``model.layers.0.w``);
 * ``.safetensors`` files;
@@ -61,6 +63,7 @@ import json
 import os
 import re
 import stat
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
@@ -151,6 +154,11 @@ def _unreadable(path: str, exc: Exception) -> CheckpointError:
                                      f"tensors{' (' + found + ')' if found else ''}, which torch.load runs only when "
                                      "allowed: if you trust the file, pass --allow-pickle (allow_pickle=True), or "
                                      "re-save the state dict alone")
+    if isinstance(exc, ModuleNotFoundError) or "Can't get attribute" in text:  # a pickled class not importable here
+        return CheckpointError(path, f"cannot be unpickled here ({_first_line(exc)}): it holds Python objects whose "
+                                     "code does not import in this process (a model saved whole by "
+                                     "torch.save(model)?); run where that code imports, or re-save "
+                                     "model.state_dict()")
     return CheckpointError(path, f"cannot be read ({_first_line(exc)})")
 
 
@@ -303,7 +311,10 @@ def list_checkpoints(ckpt_dir: str, allow_pickle: bool = False,
     when it is given. ``allow_pickle`` as for :func:`load_checkpoint` (a
     ``.ckpt`` named without its step is opened for its ``global_step``)."""
     if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"{ckpt_dir} is not a directory of checkpoints")
+        if os.path.exists(ckpt_dir):
+            raise NotADirectoryError(f"{ckpt_dir} is not a directory of checkpoints but a file: name the folder "
+                                     "that holds the checkpoints")
+        raise FileNotFoundError(f"{ckpt_dir} is not a directory of checkpoints: it does not exist")
 
     problems = []
 
@@ -356,9 +367,13 @@ def _holds_tensors(obj) -> bool:
 
 
 def _find_state_dict(obj, path: str) -> Dict[str, torch.Tensor]:
-    known = " or ".join(map(repr, _NESTED))
+    known = f"{', '.join(map(repr, _NESTED[:-1]))} or {_NESTED[-1]!r}"
+    if isinstance(obj, torch.nn.Module):  # saved whole: torch.save(model)
+        return obj.state_dict()
     if isinstance(obj, dict):
         for key in _NESTED:
+            if isinstance(obj.get(key), torch.nn.Module):
+                return obj[key].state_dict()
             if _holds_tensors(obj.get(key)):
                 return obj[key]
         # tensors beside dicts of tensors (a loss beside the weights): which are the model's is not known
@@ -666,6 +681,7 @@ def analyze_checkpoints(
                         ("excluded by --include/--exclude", survey.excluded)):
         if names:
             log(f"left out {len(names)} tensor(s) {what}: {', '.join(names)}")
+    _log_spacing(survey.checkpoints, options.every, log)
 
     monitor = None
     with _progress(len(survey.checkpoints), progress, "checkpoints") as bar:
@@ -705,6 +721,19 @@ def analyze_checkpoints(
         log(f"skipped {len(skipped)} of {total} checkpoints: {names}")
     monitor.close()
     return monitor
+
+
+def _log_spacing(checkpoints: List[Checkpoint], every: int, log) -> None:
+    """Name the intervals between checkpoints that differ from the most
+    common one: an update spans ``every`` intervals, whatever their steps."""
+    gaps = [(a.step, b.step) for a, b in zip(checkpoints, checkpoints[1:])]
+    lengths = Counter(b - a for a, b in gaps)
+    if len(lengths) > 1:
+        usual = lengths.most_common(1)[0][0]
+        odd = [f"{a} -> {b} ({b - a} steps)" for a, b in gaps if b - a != usual]
+        log(f"checkpoints unevenly spaced (most {usual} steps apart): {', '.join(odd[:5])}"
+            f"{f' and {len(odd) - 5} more' if len(odd) > 5 else ''}; an update spans {every} interval(s) between "
+            "checkpoints, so these updates span more or fewer steps than the others")
 
 
 def _progress(total: int, enabled: bool, desc: str):

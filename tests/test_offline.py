@@ -760,3 +760,63 @@ def test_progress_labels_each_R_with_its_step(tmp_path, capsys):
     R = {r["step"]: r for r in off.history}
     for step, k, value in shown:
         assert int(k) == R[int(step)]["k_star"] and value == f"{R[int(step)]['R']:.3g}"
+
+
+def test_a_model_saved_whole_is_read_through_its_state_dict(tmp_path, monkeypatch):
+    """``torch.save(model)``, alone or under "model": with --allow-pickle,
+    the module's state dict; a class this process cannot import is named
+    with what to do."""
+    import sys
+
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in _steps_of(model, opt, 4):
+        torch.save(model, tmp_path / f"ckpt_{step}.pt")
+        torch.save({"model": model, "step": step}, tmp_path / f"nested_{step}.pth")
+    tensors, _ = load_checkpoint(str(tmp_path / "ckpt_2.pt"), allow_pickle=True)
+    assert all(torch.equal(tensors[n], t) for n, t in torch.load(tmp_path / "ckpt_2.pt", weights_only=False)
+               .state_dict().items())
+    nested, _ = load_checkpoint(str(tmp_path / "nested_2.pth"), allow_pickle=True)
+    assert list(nested) == list(tensors)
+    for name in os.listdir(tmp_path):
+        if name.startswith("nested"):
+            os.remove(tmp_path / name)
+    off = analyze_checkpoints(str(tmp_path), out=str(tmp_path / "o"), window=3, progress=False, allow_pickle=True)
+    assert off.window.numel == sum(p.numel() for p in model.parameters())
+
+    class Net(torch.nn.Linear):
+        pass
+
+    Net.__module__, Net.__qualname__ = "__main__", "Net"  # a class defined in a training script
+    monkeypatch.setattr(sys.modules["__main__"], "Net", Net, raising=False)
+    torch.save(Net(2, 2), tmp_path / "script_1.pt")
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match=r"script_1\.pt: cannot be unpickled here \(AttributeError: .*Net.*\): "
+                                              r".*torch\.save\(model\).*state_dict\(\)"):
+        load_checkpoint(str(tmp_path / "script_1.pt"), allow_pickle=True)
+
+
+def test_a_file_or_a_missing_path_is_named_as_such(tmp_path):
+    torch.save({"w": torch.ones(2)}, tmp_path / "ckpt_1.pt")
+    with pytest.raises(NotADirectoryError, match=r"ckpt_1\.pt is not a directory of checkpoints but a file"):
+        list_checkpoints(str(tmp_path / "ckpt_1.pt"))
+    with pytest.raises(FileNotFoundError, match=r"nowhere is not a directory of checkpoints: it does not exist"):
+        list_checkpoints(str(tmp_path / "nowhere"))
+
+
+def test_unevenly_spaced_checkpoints_are_named(tmp_path):
+    """An update spans one interval between checkpoints: a Trainer's last
+    save off the save_steps grid (or a gap) makes one update shorter or
+    longer than the others, which the log says."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    steps = [0, 10, 20, 30, 40, 45]
+    for k in _steps_of(model, opt, 5):
+        torch.save(model.state_dict(), tmp_path / f"ckpt_{steps[k]}.pt")
+    said = []
+    analyze_checkpoints(str(tmp_path), out=str(tmp_path / "o"), window=3, progress=False, log=said.append)
+    assert any("unevenly spaced (most 10 steps apart): 40 -> 45 (5 steps)" in s for s in said)
+    os.remove(tmp_path / "ckpt_45.pt")
+    said = []
+    analyze_checkpoints(str(tmp_path), out=str(tmp_path / "p"), window=3, progress=False, log=said.append)
+    assert not any("unevenly" in s for s in said)
