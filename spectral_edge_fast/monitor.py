@@ -356,7 +356,7 @@ class SpectralMonitor:
     # bookkeeping (counters, readbacks, analysis) runs eagerly.
     @torch.compiler.disable
     def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
-        self.step()
+        self._step(None, None)
 
     def _on_other_step(self, optimizer) -> None:
         """Another optimizer stepped (the process-wide hook, which skips the
@@ -390,10 +390,18 @@ class SpectralMonitor:
                 "parts of the model, pass no optimizer and call monitor.step() once after all of them have stepped")
 
     def step(self, lr: Optional[float] = None, step: Optional[int] = None) -> None:
-        """Record one optimizer step (called by the optimizer hook when the
-        monitor has an optimizer). ``lr`` overrides the learning rate used for
-        the adiabatic parameter; ``step`` labels the records (default: steps
-        counted by the monitor). Never waits for the device."""
+        """Record one optimizer step, for a monitor without an optimizer (with
+        one, its post-step hook records each step, and a call here raises).
+        ``lr`` overrides the learning rate used for the adiabatic parameter;
+        ``step`` labels the records (default: steps counted by the monitor).
+        Never waits for the device."""
+        if self._hook is not None:
+            raise ValueError(f"monitor.step() called on a monitor that steps in the post-step hook of "
+                             f"{_qualname(self._stepping)}: each optimizer step would count twice, once as a zero "
+                             "update; leave the stepping to the hook, or call monitor.detach() first")
+        self._step(lr, step)
+
+    def _step(self, lr: Optional[float], step: Optional[int]) -> None:
         self.steps += 1
         label = self.steps if step is None else int(step)
         self.window.step(at=label)

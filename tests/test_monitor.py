@@ -147,7 +147,7 @@ def test_per_step_path_never_reads_the_device_on_cpu(tmp_path):
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     mon = SpectralMonitor(model, opt, window=4, every=2, analyze_every=3, log_dir=str(tmp_path), probes="*.weight")
-    step, waits = mon.step, []
+    step, waits = mon._step, []
     wait = GramReadback.wait
 
     def guarded_step(*args, **kwargs):
@@ -159,7 +159,7 @@ def test_per_step_path_never_reads_the_device_on_cpu(tmp_path):
         waits.append(mon.steps)
         return wait(self)
 
-    mon.step = guarded_step  # the optimizer hook calls it
+    mon._step = guarded_step  # the optimizer hook calls it
     GramReadback.wait = counted_wait
     try:
         _train(model, opt, 30)
@@ -175,7 +175,7 @@ def test_per_step_path_never_synchronizes_on_gpu(tmp_path):
     model = _model().cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     mon = SpectralMonitor(model, opt, window=8, analyze_every=5, log_dir=str(tmp_path), probes="*.weight")
-    step = mon.step
+    step = mon._step  # what the optimizer hook calls
 
     def guarded_step(*args, **kwargs):
         torch.cuda.set_sync_debug_mode("error")
@@ -184,7 +184,7 @@ def test_per_step_path_never_synchronizes_on_gpu(tmp_path):
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
-    mon.step = guarded_step
+    mon._step = guarded_step
     gen = torch.Generator(device="cuda").manual_seed(0)
     for _ in range(40):
         x = torch.randn(32, 12, device="cuda", generator=gen)
@@ -1047,4 +1047,23 @@ def test_a_parameter_unfrozen_after_the_monitor_was_made_is_warned(tmp_path):
         warnings.simplefilter("error")  # once
         _train(model, opt, 2, seed=3)
         mon.flush()
+    mon.close()
+
+
+def test_stepping_by_hand_a_monitor_on_an_optimizer_is_refused(tmp_path):
+    """With an optimizer the hook steps the monitor: a monitor.step() after
+    optimizer.step() as well would count each step twice, every other
+    update of the window a zero. Refused, saying why; after detach() the
+    caller steps."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = SpectralMonitor(model, opt, window=3, analyze_every=1, sinks=())
+    _train(model, opt, 2)
+    with pytest.raises(ValueError, match=r"monitor\.step\(\) .*post-step hook of torch\.optim\.sgd\.SGD.*twice"):
+        mon.step()
+    assert mon.steps == 2 and mon.window.count == 2
+    mon.detach()
+    _train(model, opt, 1)
+    mon.step(lr=0.1)
+    assert mon.steps == 3 and mon.window.count == 3 and np.diagonal(mon.window.gram()).min() > 0
     mon.close()
