@@ -54,7 +54,8 @@ Each of these choices is logged and kept in ``meta.json``.
 
 The second pass streams the checkpoints through the window: it holds the
 window's rows and snapshot and the checkpoint being read (``.pt`` files are
-memory-mapped), never all checkpoints at once.
+memory-mapped), never all checkpoints at once. The first checkpoint holding
+NaN or inf (a run that diverged) is logged and kept in ``meta.json``.
 """
 from __future__ import annotations
 
@@ -494,7 +495,11 @@ def _check_against(weights: Weights, names: Sequence[str], reference: Dict[str, 
     tensors; ``dtypes``: theirs) and no others."""
     missing = [n for n in names if n not in weights.shapes]
     if missing:
-        raise CheckpointError(ckpt.path, f"lacks {len(missing)} tensor(s) of {first.path}, e.g. {missing[0]!r}")
+        # the same tensor under a wrapper's prefix (torch.compile's "_orig_mod.", DDP's "module."), or without it
+        alias = next((n for n in weights.shapes if n.endswith("." + missing[0]) or missing[0].endswith("." + n)), None)
+        raise CheckpointError(ckpt.path, f"lacks {len(missing)} tensor(s) of {first.path}, e.g. {missing[0]!r}" + (
+            f", which it holds as {alias!r}: save every checkpoint from the model wrapped the same way (a wrapper "
+            "such as torch.compile or DDP prefixes the names)" if alias else ""))
     extra = [n for n in weights.shapes if n not in reference]
     if extra:
         raise CheckpointError(ckpt.path, f"has {len(extra)} tensor(s) that {first.path} lacks, e.g. {extra[0]!r}")
@@ -686,6 +691,7 @@ def analyze_checkpoints(
     monitor = None
     with _progress(len(survey.checkpoints), progress, "checkpoints") as bar:
         shown = ""  # the newest analysis, which lags the checkpoint being read
+        nonfinite = None  # the first checkpoint holding NaN or inf (a run that diverged)
         for ckpt in survey.checkpoints:
             bar.set_postfix_str(f"reading step {ckpt.step}{shown}")
             try:
@@ -695,6 +701,13 @@ def analyze_checkpoints(
                 fail(exc)
                 bar.update(1)
                 continue
+            if nonfinite is None:
+                bad = next((n for n in survey.names if not bool(torch.isfinite(weights.tensors[n]).all())), None)
+                if bad is not None:
+                    nonfinite = {"path": ckpt.path, "step": ckpt.step, "tensor": bad}
+                    log(f"{ckpt.path} (step {ckpt.step}): tensor {bad!r} holds non-finite values (NaN or inf); the "
+                        "updates to and from it are non-finite and left out of each spectrum (status "
+                        "'nonfinite_rows', 'undefined' once no finite update is left in the window)")
             if monitor is None:
                 # owned copies, updated in place from each checkpoint as an optimizer updates parameters
                 params = [(n, weights.tensors[n].clone(memory_format=torch.contiguous_format)) for n in survey.names]
@@ -715,6 +728,8 @@ def analyze_checkpoints(
             bar.update(1)
     if monitor is None:
         raise CheckpointError(ckpt_dir, "no readable checkpoint")
+    if nonfinite is not None:
+        monitor.annotate(nonfinite=nonfinite)
     if skipped:
         monitor.annotate(skipped=skipped)
         names = ", ".join(os.path.relpath(p, ckpt_dir) for p in skipped)

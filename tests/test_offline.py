@@ -820,3 +820,37 @@ def test_unevenly_spaced_checkpoints_are_named(tmp_path):
     said = []
     analyze_checkpoints(str(tmp_path), out=str(tmp_path / "p"), window=3, progress=False, log=said.append)
     assert not any("unevenly" in s for s in said)
+
+
+@pytest.mark.parametrize("prefix", ["_orig_mod.", "module."])
+def test_a_wrapper_prefix_that_appears_midway_is_named(tmp_path, prefix):
+    """The first checkpoint saved before torch.compile (or DDP) wrapped the
+    model, the later ones after: the error names the prefix, not only a
+    missing tensor."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in _steps_of(model, opt, 3):
+        torch.save({(prefix if step else "") + n: t for n, t in model.state_dict().items()}, tmp_path / f"c_{step}.pt")
+    with pytest.raises(CheckpointError, match=rf"c_1\.pt: lacks 4 tensor\(s\) of .*c_0\.pt, e\.g\. '0\.weight', which "
+                                              rf"it holds as '{re.escape(prefix)}0\.weight'"):
+        analyze_checkpoints(str(tmp_path), out=str(tmp_path / "o"), window=3, progress=False)
+
+
+def test_the_first_checkpoint_with_non_finite_values_is_named(tmp_path):
+    """A run that diverged: from the checkpoint where a tensor first holds
+    NaN, every update through it is non-finite and left out of the spectrum;
+    the log names that checkpoint and tensor once."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 5, generator=gen)
+    for step in range(8):
+        w = w + 0.1 * torch.randn(6, 5, generator=gen)
+        saved = w.clone()
+        if step >= 5:
+            saved[1, 2] = float("nan")
+        torch.save({"b": torch.randn(3, generator=gen), "w": saved}, tmp_path / f"c_{step}.pt")
+    said = []
+    off = analyze_checkpoints(str(tmp_path), out=str(tmp_path / "o"), window=3, progress=False, log=said.append)
+    named = [s for s in said if "non-finite" in s]
+    assert len(named) == 1 and "c_5.pt" in named[0] and "'w'" in named[0] and "step 5" in named[0]
+    assert json.loads((tmp_path / "o" / "meta.json").read_text())["info"]["nonfinite"]["step"] == 5
+    assert off.history[-1]["status"] == "undefined"
