@@ -498,8 +498,8 @@ def _check_against(weights: Weights, names: Sequence[str], reference: Dict[str, 
         # the same tensor under a wrapper's prefix (torch.compile's "_orig_mod.", DDP's "module."), or without it
         alias = next((n for n in weights.shapes if n.endswith("." + missing[0]) or missing[0].endswith("." + n)), None)
         raise CheckpointError(ckpt.path, f"lacks {len(missing)} tensor(s) of {first.path}, e.g. {missing[0]!r}" + (
-            f", which it holds as {alias!r}: save every checkpoint from the model wrapped the same way (a wrapper "
-            "such as torch.compile or DDP prefixes the names)" if alias else ""))
+            f", which it holds as {alias!r}: save every checkpoint from the model wrapped the same way (torch.compile "
+            "and DDP prefix the names, a LightningModule its attribute's name)" if alias else ""))
     extra = [n for n in weights.shapes if n not in reference]
     if extra:
         raise CheckpointError(ckpt.path, f"has {len(extra)} tensor(s) that {first.path} lacks, e.g. {extra[0]!r}")
@@ -675,7 +675,7 @@ def analyze_checkpoints(
     checkpoints = list_checkpoints(ckpt_dir, allow_pickle, on_problem=fail)
     total = len(checkpoints) + len(skipped)
     out = _output_dir(ckpt_dir, out, overwrite)
-    with _progress(len(checkpoints), progress, "checking") as bar:
+    with _progress(len(checkpoints), progress, "1/2 checking") as bar:
         survey = _survey(checkpoints, allow_pickle, include, exclude, fail, bar)
     if not survey.checkpoints:
         raise CheckpointError(ckpt_dir, "no readable checkpoint")
@@ -689,7 +689,7 @@ def analyze_checkpoints(
     _log_spacing(survey.checkpoints, options.every, log)
 
     monitor = None
-    with _progress(len(survey.checkpoints), progress, "checkpoints") as bar:
+    with _progress(len(survey.checkpoints), progress, "2/2 analysing") as bar:
         shown = ""  # the newest analysis, which lags the checkpoint being read
         nonfinite = None  # the first checkpoint holding NaN or inf (a run that diverged)
         for ckpt in survey.checkpoints:
