@@ -163,10 +163,13 @@ def analyze(args) -> int:
         if last["R"] is None:
             print(f"last: step {last['step']}, k* and R undefined ({last['spectrum']['reason']})")
         else:
-            print(f"last: step {last['step']}, k* = {last['k_star']}, R = {last['R']:.4g}")
+            print(f"last: step {last['step']}, k* = {last['k_star']}, R = {last['R']:.4g}"
+                  + ("" if last["A"] is None else f", A = {last['A']:.3g}"))
         if last["n"] < args.window:
             print(f"the window holds {last['n']} of its {args.window} updates "
                   f"({args.window * args.every + 1} checkpoints fill it)")
+        if last["lr"] is None:
+            print("A not computed: no learning rate in the checkpoints (pass --lr)")
     for line in describe_events(summary["events"], None):
         print("    " + line)
     records = os.path.abspath(monitor.log_dir)

@@ -854,3 +854,26 @@ def test_the_first_checkpoint_with_non_finite_values_is_named(tmp_path):
     assert len(named) == 1 and "c_5.pt" in named[0] and "'w'" in named[0] and "step 5" in named[0]
     assert json.loads((tmp_path / "o" / "meta.json").read_text())["info"]["nonfinite"]["step"] == 5
     assert off.history[-1]["status"] == "undefined"
+
+
+def test_the_command_says_when_A_has_no_learning_rate(tmp_path, capsys):
+    """State dicts alone carry no learning rate: the summary says the
+    adiabatic parameter A is not computed and how to get it; with --lr it
+    prints A."""
+    from spectral_edge_fast.cli import main
+
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in _steps_of(model, opt, 5):
+        torch.save(model.state_dict(), tmp_path / f"ckpt_{step}.pt")
+    assert main(["analyze", str(tmp_path), "--window", "3", "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert "A not computed: no learning rate in the checkpoints (pass --lr)" in capsys.readouterr().out
+    assert main(["analyze", str(tmp_path), "--window", "3", "--out", str(tmp_path / "p"), "--lr", "0.1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    last = _jsonl_last(tmp_path / "p" / "spectral.jsonl")
+    assert "A not computed" not in out and f"A = {last['A']:.3g}" in out
+
+
+def _jsonl_last(path):
+    with open(path) as f:
+        return json.loads(f.readlines()[-1])
