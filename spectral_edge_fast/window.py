@@ -544,6 +544,8 @@ class GramWindow:
             "sketch": self.sketch,
             "groups": self.groups,
             "bounds": list(self.layout.bounds),
+            "names": list(self.layout.names),  # with the shapes, what a refused state is told by
+            "shapes": [list(shape) for shape in self.layout.full_shapes],
             "rank": self.layout.rank,
             "world": self.layout.world,
             "pieces": self._pieces(),
@@ -575,6 +577,28 @@ class GramWindow:
                 f"not rank {rank}'s (world {world}); each rank must load the state it saved"
             )
 
+    def _other_parameters(self, state: dict) -> Optional[str]:
+        """How the parameters of ``state`` differ from this window's, by name
+        and shape (None for a state saved without them, or the same ones)."""
+        if "names" not in state:
+            return None
+        theirs = dict(zip(state["names"], map(tuple, state["shapes"])))
+        mine = dict(zip(self.layout.names, self.layout.full_shapes))
+
+        def listed(names, shapes):
+            shown = ", ".join(f"{n!r} {shapes[n]}" for n in names[:5])
+            return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+        gone = [n for n in theirs if n not in mine]
+        new = [n for n in mine if n not in theirs]
+        parts = [f"parameter {n!r} has shape {theirs[n]} in the state, {mine[n]} here"
+                 for n in theirs if n in mine and theirs[n] != mine[n]]
+        if gone:
+            parts.append(f"parameter {listed(gone, theirs)} is in the state but not monitored here (frozen, or renamed?)")
+        if new:
+            parts.append(f"parameter {listed(new, mine)} is monitored here but not in the state")
+        return "; ".join(parts) + ": build the window over the parameters it was saved with" if parts else None
+
     def load_state_dict(self, state: dict) -> None:
         """Restore a window saved by :meth:`state_dict`; it then continues
         bit-identically. Refuses a state from a different layout."""
@@ -590,7 +614,9 @@ class GramWindow:
             ("bounds", list(self.layout.bounds)),
         ):
             if state.get(key) != mine:
-                raise ValueError(f"state_dict does not match this window: {key} is {state.get(key)!r}, expected {mine!r}")
+                other = self._other_parameters(state) if key in ("groups", "bounds") else None
+                raise ValueError(f"state_dict does not match this window: "
+                                 + (other or f"{key} is {state.get(key)!r}, expected {mine!r}"))
         if state.get("pieces", self._pieces()) != self._pieces():  # a state without pieces is one process's whole layout
             raise ValueError("state_dict does not match this window: it holds other slices of the parameters")
         self._ring.copy_(state["ring"])

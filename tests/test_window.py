@@ -429,3 +429,25 @@ def test_free_gpu_memory_counts_what_the_allocator_holds_unused(monkeypatch):
     assert window_mod.free_bytes(torch.device("cuda", 0)) == 1000 + 2000
     assert window_mod.free_bytes(torch.device("xpu")) is None  # host memory is not this device's
     assert window_mod.free_bytes(torch.device("cpu")) > 0
+
+
+@pytest.mark.parametrize("groups", ["auto", None])
+def test_a_state_of_other_parameters_names_them(groups):
+    """A state saved over other parameters (one frozen here, a layer resized)
+    is refused naming them, not by the flat bounds that differ."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    win = GramWindow(model, window=3, groups=groups)
+    _run(win, model, 2, seed=0)
+    state = win.state_dict()
+    frozen = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    frozen[0].weight.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"parameter '0\.weight' \(8, 4\) is in the state but not monitored here"):
+        GramWindow(frozen, window=3, groups=groups).load_state_dict(state)
+    resized = torch.nn.Sequential(torch.nn.Linear(4, 9), torch.nn.Tanh(), torch.nn.Linear(9, 3))
+    with pytest.raises(ValueError, match=r"'0\.weight' has shape \(8, 4\) in the state, \(9, 4\) here.*"
+                                         r"'2\.weight' has shape \(3, 8\) in the state, \(3, 9\) here"):
+        GramWindow(resized, window=3, groups=groups).load_state_dict(state)
+    wider = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3), torch.nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"parameter '3\.weight' \(2, 3\), '3\.bias' \(2,\) .*monitored here but not "
+                                         r"in the state"):
+        GramWindow(wider, window=3, groups=groups).load_state_dict(state)
