@@ -193,7 +193,11 @@ def _file_step(path: str, rel: str, allow_pickle: bool) -> int:
     if step is None:
         step = _step_of_name(rel)
     if step is None:
-        raise CheckpointError(path, "no step number in its name (expected e.g. ckpt_1200.pt or epoch=0-step=1200.ckpt)")
+        numbers = _NUMBER.findall(os.path.splitext(rel)[0])
+        why = (f": its numbers ({', '.join(numbers)}) are each joined to letters, as in bf16 or v2, which name no step"
+               if len(numbers) > 1 and not _FIELD.search(os.path.basename(rel)) else "")
+        raise CheckpointError(path, f"no step number in its name{why} (expected e.g. ckpt_1200.pt or "
+                                    "epoch=0-step=1200.ckpt)")
     return step
 
 

@@ -727,6 +727,10 @@ def test_numbers_joined_to_letters_are_not_steps(tmp_path):
         (tmp_path / name).write_bytes(b"")
     found = list_checkpoints(str(tmp_path))
     assert [(os.path.relpath(c.path, tmp_path), c.step) for c in found] == list(names.items())
+    (tmp_path / "iter700_bf16.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"iter700_bf16\.pt: no step number in its name: its numbers \(700, 16\) "
+                                              r"are each joined to letters"):
+        list_checkpoints(str(tmp_path))
 
 
 def test_the_command_says_why_R_is_undefined_and_names_its_files(tmp_path, capsys):
