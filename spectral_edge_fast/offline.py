@@ -155,12 +155,34 @@ def _unreadable(path: str, exc: Exception) -> CheckpointError:
                                      f"tensors{' (' + found + ')' if found else ''}, which torch.load runs only when "
                                      "allowed: if you trust the file, pass --allow-pickle (allow_pickle=True), or "
                                      "re-save the state dict alone")
+    if path.endswith(".safetensors"):
+        size, expected = os.path.getsize(path), _safetensors_size(path)
+        if expected is not None and size < expected:
+            return CheckpointError(path, f"is truncated: {size} of {expected} bytes (a save that did not finish?)")
+    if "central directory" in text:  # torch.save's zip archive ends with it
+        return CheckpointError(path, "is truncated or corrupt (its zip archive has no central directory): a save "
+                                     "that did not finish?")
     if isinstance(exc, ModuleNotFoundError) or "Can't get attribute" in text:  # a pickled class not importable here
         return CheckpointError(path, f"cannot be unpickled here ({_first_line(exc)}): it holds Python objects whose "
                                      "code does not import in this process (a model saved whole by "
                                      "torch.save(model)?); run where that code imports, or re-save "
                                      "model.state_dict()")
     return CheckpointError(path, f"cannot be read ({_first_line(exc)})")
+
+
+def _safetensors_size(path: str) -> Optional[int]:
+    """The size a ``.safetensors`` file's header says it has (an 8-byte
+    length, the JSON header, then the tensors' bytes), or None when the
+    header itself cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n > os.fstat(f.fileno()).st_size:  # the header itself cut short, or no header at all
+                return None
+            header = json.loads(f.read(n))
+        return 8 + n + max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None
 
 
 def _global_step(path: str, allow_pickle: bool) -> Optional[int]:
@@ -226,6 +248,9 @@ def _index_shards(index: str) -> Tuple[str, ...]:
         raise CheckpointError(index, f"cannot be read ({_first_line(exc)})") from exc
     files = tuple(os.path.join(os.path.dirname(index), n) for n in names)
     for file in files:
+        if not os.path.lexists(file):
+            raise CheckpointError(file, f"is missing, though {os.path.basename(index)} names it (a save that did not "
+                                        "finish?)")
         _check_file(file)
     return files
 

@@ -881,3 +881,38 @@ def test_the_command_says_when_A_has_no_learning_rate(tmp_path, capsys):
 def _jsonl_last(path):
     with open(path) as f:
         return json.loads(f.readlines()[-1])
+
+
+def test_an_interrupted_sharded_save_is_named_as_such(tmp_path):
+    """A Trainer's sharded save cut short: a shard the index names is
+    missing, or a shard (or a torch.save file) is truncated; each is named as
+    a save that did not finish, not by the reader's internals."""
+    pytest.importorskip("safetensors", reason="the safetensors package is not installed")
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(0)
+    for step in range(4):
+        folder = tmp_path / "ckpts" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        weight_map = {}
+        for k, name in ((1, "a"), (2, "b")):
+            file = f"model-{k:05d}-of-00002.safetensors"
+            save_file({name: torch.randn(64, generator=gen)}, str(folder / file))
+            weight_map[name] = file
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    shard = tmp_path / "ckpts" / "checkpoint-3" / "model-00002-of-00002.safetensors"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-40])
+    with pytest.raises(CheckpointError, match=rf"checkpoint-3/model-00002-of-00002\.safetensors: is truncated: "
+                                              rf"{len(data) - 40} of {len(data)} bytes \(a save that did not finish\?\)"):
+        analyze_checkpoints(str(tmp_path / "ckpts"), out=str(tmp_path / "o"), window=3, progress=False)
+    shard.unlink()
+    with pytest.raises(CheckpointError, match=r"checkpoint-3/model-00002-of-00002\.safetensors: is missing, though "
+                                              r"model\.safetensors\.index\.json names it \(a save that did not finish\?\)"):
+        list_checkpoints(str(tmp_path / "ckpts"))
+    torch.save({"w": torch.randn(64)}, tmp_path / "ckpt_1.pt")
+    data = (tmp_path / "ckpt_1.pt").read_bytes()
+    (tmp_path / "ckpt_1.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"ckpt_1\.pt: is truncated or corrupt \(its zip archive has no central "
+                                              r"directory\): a save that did not finish\?"):
+        load_checkpoint(str(tmp_path / "ckpt_1.pt"))
