@@ -155,10 +155,9 @@ def _unreadable(path: str, exc: Exception) -> CheckpointError:
                                      f"tensors{' (' + found + ')' if found else ''}, which torch.load runs only when "
                                      "allowed: if you trust the file, pass --allow-pickle (allow_pickle=True), or "
                                      "re-save the state dict alone")
-    if path.endswith(".safetensors"):
-        size, expected = os.path.getsize(path), _safetensors_size(path)
-        if expected is not None and size < expected:
-            return CheckpointError(path, f"is truncated: {size} of {expected} bytes (a save that did not finish?)")
+    truncated = _safetensors_truncation(path) if path.endswith(".safetensors") else None
+    if truncated is not None:
+        return CheckpointError(path, truncated)
     if "central directory" in text:  # torch.save's zip archive ends with it
         return CheckpointError(path, "is truncated or corrupt (its zip archive has no central directory): a save "
                                      "that did not finish?")
@@ -170,19 +169,22 @@ def _unreadable(path: str, exc: Exception) -> CheckpointError:
     return CheckpointError(path, f"cannot be read ({_first_line(exc)})")
 
 
-def _safetensors_size(path: str) -> Optional[int]:
-    """The size a ``.safetensors`` file's header says it has (an 8-byte
-    length, the JSON header, then the tensors' bytes), or None when the
-    header itself cannot be read."""
+def _safetensors_truncation(path: str) -> Optional[str]:
+    """Says so when a ``.safetensors`` file is shorter than its header says
+    (an 8-byte length, the JSON header, then the tensors' bytes); None when
+    it is not, or when the header itself cannot be read."""
     try:
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             n = int.from_bytes(f.read(8), "little")
-            if n > os.fstat(f.fileno()).st_size:  # the header itself cut short, or no header at all
+            if n > size:  # the header itself cut short, or no header at all
                 return None
             header = json.loads(f.read(n))
-        return 8 + n + max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        expected = 8 + n + max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                               default=0)
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         return None
+    return f"is truncated: {size} of {expected} bytes (a save that did not finish?)" if size < expected else None
 
 
 def _global_step(path: str, allow_pickle: bool) -> Optional[int]:
