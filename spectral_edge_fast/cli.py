@@ -170,6 +170,8 @@ def analyze(args) -> int:
                   f"({args.window * args.every + 1} checkpoints fill it)")
         if last["lr"] is None:
             print("A not computed: no learning rate in the checkpoints (pass --lr)")
+        elif last["lr"] == 0:
+            print(f"A not computed at step {last['step']}: its checkpoint's learning rate is 0 (a schedule's end)")
     for line in describe_events(summary["events"], None):
         print("    " + line)
     records = os.path.abspath(monitor.log_dir)

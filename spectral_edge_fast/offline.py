@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import os
 import re
 import stat
@@ -679,7 +680,9 @@ def analyze_checkpoints(
             :class:`CheckpointError` naming it); "skip" leaves it out, says so
             through ``log``, and goes on (the next update then spans the gap).
         lr: learning rate for the adiabatic parameter; default the one in
-            each checkpoint's optimizer state, if any.
+            each checkpoint's optimizer state, if any (the Trainer and loops
+            that step the scheduler before saving store the rate of the step
+            after the checkpoint; a rate that changes is logged).
         allow_pickle: let ``torch.load`` run the pickled Python objects in the
             files (only for files you trust).
         include, exclude: fnmatch patterns of tensor names: analyse the
@@ -717,12 +720,14 @@ def analyze_checkpoints(
                         ("excluded by --include/--exclude", survey.excluded)):
         if names:
             log(f"left out {len(names)} tensor(s) {what}: {', '.join(names)}")
+    _log_modules(survey, log)
     _log_spacing(survey.checkpoints, options.every, log)
 
     monitor = None
     with _progress(len(survey.checkpoints), progress, "2/2 analysing") as bar:
         shown = ""  # the newest analysis, which lags the checkpoint being read
         nonfinite = None  # the first checkpoint holding NaN or inf (a run that diverged)
+        rates: List[Tuple[int, float]] = []  # (step, the learning rate its optimizer state holds)
         for ckpt in survey.checkpoints:
             bar.set_postfix_str(f"reading step {ckpt.step}{shown}")
             try:
@@ -732,6 +737,8 @@ def analyze_checkpoints(
                 fail(exc)
                 bar.update(1)
                 continue
+            if weights.lr is not None:
+                rates.append((ckpt.step, weights.lr))
             if nonfinite is None:
                 bad = next((n for n in survey.names if not bool(torch.isfinite(weights.tensors[n]).all())), None)
                 if bad is not None:
@@ -761,12 +768,32 @@ def analyze_checkpoints(
         raise CheckpointError(ckpt_dir, "no readable checkpoint")
     if nonfinite is not None:
         monitor.annotate(nonfinite=nonfinite)
+    if lr is None and len({r for _, r in rates}) > 1:
+        (a, ra), (b, rb) = rates[0], rates[-1]
+        log(f"the learning rate changes between checkpoints ({ra:.3g} at step {a}, {rb:.3g} at step {b}): each "
+            "record takes its checkpoint's, which the Trainer and loops that step the scheduler before saving set "
+            "for the step after it, so A is off by one step's change of the rate (--lr sets one rate)")
     if skipped:
         monitor.annotate(skipped=skipped)
         names = ", ".join(os.path.relpath(p, ckpt_dir) for p in skipped)
         log(f"skipped {len(skipped)} of {total} checkpoints: {names}")
     monitor.close()
     return monitor
+
+
+def _log_modules(survey: _Survey, log, shown: int = 8) -> None:
+    """What is analysed, by the first part of the tensors' names: a copy
+    that changes with the model (an EMA, a teacher) is analysed with it
+    unless excluded, and shows here."""
+    modules: Dict[str, List[int]] = {}
+    for name in survey.names:
+        counts = modules.setdefault(name.split(".")[0] + (".*" if "." in name else ""), [0, 0])
+        counts[0] += math.prod(survey.shapes[name])
+        counts[1] += 1
+    parts = [f"{m} {numel:,} ({k} tensor{'s' if k > 1 else ''})" for m, (numel, k) in modules.items()]
+    more = f" and {len(parts) - shown} more" if len(parts) > shown else ""
+    log(f"analysing {sum(n for n, _ in modules.values()):,} numbers in {len(survey.names)} tensors: "
+        f"{', '.join(parts[:shown])}{more}")
 
 
 def _log_spacing(checkpoints: List[Checkpoint], every: int, log) -> None:

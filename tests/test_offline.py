@@ -406,7 +406,8 @@ def test_a_tensor_that_starts_changing_later_is_kept(tmp_path):
     said = []
     off = analyze_checkpoints(str(tmp_path), out=str(tmp_path / "o"), window=3, progress=False, log=said.append)
     assert off.window.layout.names == ["w", "late"] and off.window.numel == 19
-    assert any("frozen" in s for s in said) and not any("late" in s for s in said)
+    left_out = [s for s in said if s.startswith("left out")]
+    assert any("frozen" in s for s in left_out) and not any("late" in s for s in left_out)
 
 
 def test_include_and_exclude_patterns(tmp_path):
@@ -916,3 +917,40 @@ def test_an_interrupted_sharded_save_is_named_as_such(tmp_path):
     with pytest.raises(CheckpointError, match=r"ckpt_1\.pt: is truncated or corrupt \(its zip archive has no central "
                                               r"directory\): a save that did not finish\?"):
         load_checkpoint(str(tmp_path / "ckpt_1.pt"))
+
+
+def test_the_log_says_what_is_analysed_by_module(tmp_path):
+    """A LightningModule holding an EMA copy beside its model saves both in
+    its state dict, and both change: the log names each top-level module and
+    its share of the parameters, so a copy analysed with the model shows."""
+    gen = torch.Generator().manual_seed(0)
+    for step in range(4):
+        sd = {"model.w": torch.randn(4, 5, generator=gen), "model.b": torch.randn(5, generator=gen),
+              "ema.model.w": torch.randn(4, 5, generator=gen), "ema.model.b": torch.randn(5, generator=gen)}
+        torch.save({"state_dict": sd, "global_step": step}, tmp_path / f"epoch=0-step={step}.ckpt")
+    said = []
+    analyze_checkpoints(str(tmp_path), out=str(tmp_path / "o"), window=3, progress=False, log=said.append)
+    assert "analysing 50 numbers in 4 tensors: model.* 25 (2 tensors), ema.* 25 (2 tensors)" in said
+
+
+def test_a_scheduled_learning_rate_is_said_to_be_the_next_steps(tmp_path, capsys):
+    """A loop (or the Trainer) that steps its scheduler before saving stores
+    the rate of the step after the checkpoint: the log says the rate changes
+    and which one each record takes; at a schedule's end the last rate is 0,
+    and the command says why A is missing there."""
+    from spectral_edge_fast.cli import main
+
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: max(0.0, 1 - k / 5))
+    for step in _steps_of(model, opt, 5):
+        if step:
+            sched.step()
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / f"ckpt_{step}.pt")
+    said = []
+    off = analyze_checkpoints(str(tmp_path), out=str(tmp_path / "o"), window=3, progress=False, log=said.append)
+    assert [r["lr"] for r in off.history] == pytest.approx([0.08, 0.06, 0.04, 0.02, 0.0])
+    assert any("learning rate changes between checkpoints (0.1 at step 0, 0 at step 5)" in s and "--lr" in s
+               for s in said)
+    assert main(["analyze", str(tmp_path), "--window", "3", "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    assert "A not computed at step 5: its checkpoint's learning rate is 0" in capsys.readouterr().out
