@@ -56,7 +56,7 @@ def test_quick_step_rows(quick):
         item = 4 if r["storage"] == "fp32" else 2
         assert r["bytes"] == P * (4 + 2 * 4 + (W + 1) * item)
         assert r["gbps"] == pytest.approx(r["bytes"] / r["ms"] / 1e6)
-        assert r["bandwidth_fraction"] == pytest.approx(r["gbps"] / d["machine"]["copy_bandwidth_gbps"])
+        assert r["copy_gbps"] > 0 and r["bandwidth_fraction"] == pytest.approx(r["gbps"] / r["copy_gbps"])
         assert r["ms_min"] <= r["ms"]
         # the quick step's bytes fit in a last-level cache: its rate is not memory's, and the row says so
         assert "cache_note" in r or harness.last_level_cache(CPU) is None
@@ -77,6 +77,7 @@ def test_quick_gram_rows_against_float64(quick):
             assert r["gbps"] == pytest.approx(W * P * item / r["ms"] / 1e6)
             assert r["gflops"] == pytest.approx(W * (W + 1) * P / r["ms"] / 1e6)
             assert r["fma_fraction"] == pytest.approx(r["gflops"] / d["machine"]["fma_rate_gflops"])
+            assert r["copy_gbps"] > 0 and r["copy_fraction"] == pytest.approx(r["gbps"] / r["copy_gbps"])
         # float32 sums over P products (bf16 products are exact in float32)
         assert 0 <= ours["rel_error"] <= P * EPS32
         # x @ x.T rounds its result to x's dtype: bf16 keeps 8 bits
@@ -138,7 +139,7 @@ def test_a_case_that_does_not_fit_is_a_skipped_row_under_its_own_name(monkeypatc
     monkeypatch.setattr("spectral_edge_fast.window.free_bytes", lambda device: 1000)
     rows = step.bench_case(10**4, 4, [10**4], "fp32", CPU, ["torch"], 1, 1e10)
     assert [(r["backend"], "skipped" in r) for r in rows] == [("naive_torch", True), ("torch_incremental", True)]
-    rows = gram.bench_case(4, 10**4, "bf16", CPU, 1, {})
+    rows = gram.bench_case(4, 10**4, "bf16", CPU, 1, {}, 1e10)
     assert [(r["op"], "skipped" in r) for r in rows] == [("sef.gram", True), ("x @ x.T", True)]
 
 

@@ -11,7 +11,7 @@ from typing import Dict, List
 
 import torch
 
-from . import DTYPES, cache_note, fits, machine, timed
+from . import DTYPES, cache_note, copy_bandwidth, fits, machine, timed
 
 
 def reference(x: torch.Tensor, block: int = 1 << 20) -> torch.Tensor:
@@ -27,9 +27,11 @@ def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float(torch.linalg.norm(got.double() - want) / torch.linalg.norm(want))
 
 
-def bench_case(W: int, P: int, dtype: str, device: torch.device, repeats: int, info: Dict) -> List[Dict]:
+def bench_case(W: int, P: int, dtype: str, device: torch.device, repeats: int, info: Dict,
+               bandwidth: float) -> List[Dict]:
     """Two rows, ``sef.gram`` then ``x @ x.T`` (or one ``skipped`` row when
-    x and its float64 blocks do not fit in free memory)."""
+    x and its float64 blocks do not fit in free memory); ``bandwidth``: the
+    copy bandwidth (bytes/s) measured beside the case."""
     from .. import gram
 
     base = dict(W=W, P=P, dtype=dtype)
@@ -46,7 +48,7 @@ def bench_case(W: int, P: int, dtype: str, device: torch.device, repeats: int, i
     rows = []
     for op, fn in (("sef.gram", lambda: gram(x)), ("x @ x.T", lambda: x @ x.T)):
         r = dict(base, op=op, **timed(fn, device, repeats))
-        r.update(gbps=nbytes / r["ms"] / 1e6, copy_fraction=nbytes / r["ms"] * 1e3 / (info["copy_bandwidth_gbps"] * 1e9),
+        r.update(gbps=nbytes / r["ms"] / 1e6, copy_gbps=bandwidth / 1e9, copy_fraction=nbytes / r["ms"] * 1e3 / bandwidth,
                  gflops=flops / r["ms"] / 1e6, fma_fraction=flops / r["ms"] / 1e6 / info["fma_rate_gflops"],
                  rel_error=rel_error(fn(), want))
         note = cache_note(nbytes, r["copy_fraction"], info["last_level_cache_bytes"])
@@ -61,14 +63,15 @@ def run(device: torch.device, config: Dict) -> Dict:
     info = machine(device, config["rates"])
     print(f"gram: {info['device']}, {info['threads']} threads; copy bandwidth {info['copy_bandwidth_gbps']:.1f} GB/s; "
           f"fp32 rate (torch.mm {config['rates']['fma_n']}^2) {info['fma_rate_gflops']:.1f} GFLOP/s; "
-          f"1-minute load {info['load_1min']}", flush=True)
+          f"1-minute load {info['load_1min']}; the copy measured again before each case", flush=True)
     print(f"{'op':9} {'dtype':5} {'W':>4} {'P':>9} {'ms':>9} {'GB/s':>6} {'copy':>5} {'GFLOP/s':>8} {'fma':>5} "
           f"{'rel err':>8} speedup")
     rows = []
     for P in config["P"]:
         for W in config["W"]:
             for dtype in config["dtypes"]:
-                for r in bench_case(W, P, dtype, device, config["repeats"], info):
+                bandwidth = copy_bandwidth(device, config["rates"]["copy_bytes"])  # beside the case, as the step's
+                for r in bench_case(W, P, dtype, device, config["repeats"], info, bandwidth):
                     if "skipped" in r:
                         print(f"{r['op']:9} {dtype:5} {W:>4} {P:>9.0e} skipped: {r['skipped']}")
                     else:

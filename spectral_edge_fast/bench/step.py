@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from . import DTYPES, cache_note, fits, machine, timed
+from . import DTYPES, cache_note, copy_bandwidth, fits, machine, timed
 from ..kernels import backend_status, get_backend
 from ..kernels.torch_ops import naive_gram_step
 
@@ -83,6 +83,7 @@ def bench_case(P: int, W: int, sizes: List[int], storage: str, device: torch.dev
     def record(name, fn, nbytes, reps, **extra):
         r = dict(base, backend=name, bytes=nbytes, **extra, **timed(fn, device, reps))
         r["gbps"] = nbytes / r["ms"] / 1e6
+        r["copy_gbps"] = bandwidth / 1e9
         r["bandwidth_fraction"] = nbytes / r["ms"] * 1e3 / bandwidth
         rows.append(r)
 
@@ -204,8 +205,8 @@ def run(device: torch.device, config: Dict) -> Dict:
     from ..window import free_bytes
 
     info = machine(device, config["rates"])
-    bandwidth = info["copy_bandwidth_gbps"] * 1e9
-    print(f"step: {info['device']}; copy bandwidth {info['copy_bandwidth_gbps']:.1f} GB/s", flush=True)
+    print(f"step: {info['device']}; copy bandwidth {info['copy_bandwidth_gbps']:.1f} GB/s (and again before each "
+          "case: its fraction is of that)", flush=True)
     Ps = fitting_sizes(config["P"], max(config["W"]), free_bytes(device))
     layouts = [(P, split_sizes(P, config["tensors"])) for P in Ps]
     if config["gpt2"]:
@@ -220,6 +221,8 @@ def run(device: torch.device, config: Dict) -> Dict:
     for P, sizes in layouts:
         for W in config["W"]:
             for storage in config["dtypes"]:
+                # the copy measured beside the case: other load and the machine's state move both alike
+                bandwidth = copy_bandwidth(device, config["rates"]["copy_bytes"])
                 case = bench_case(P, W, sizes, storage, device, config["backends"], config["repeats"], bandwidth,
                                   sketch)
                 for r in case:
