@@ -954,3 +954,37 @@ def test_a_scheduled_learning_rate_is_said_to_be_the_next_steps(tmp_path, capsys
                for s in said)
     assert main(["analyze", str(tmp_path), "--window", "3", "--out", str(tmp_path / "p"), "--quiet"]) == 0
     assert "A not computed at step 5: its checkpoint's learning rate is 0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("shard", [None, "8KB"])
+def test_save_pretrained_folders_of_a_tied_gpt2(tmp_path, shard):
+    """transformers' own save_pretrained (the head tied to the embedding,
+    stored once; sharded with its index), one checkpoint-N folder a step:
+    the window's Gram is that of the model's parameter updates (float64
+    reference), each parameter counted once."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    pytest.importorskip("safetensors", reason="the safetensors package is not installed")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=16,
+                                     bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    gen = torch.Generator().manual_seed(1)
+    flat = []
+    for step in range(6):
+        if step:
+            x = torch.randint(0, 50, (4, 8), generator=gen)
+            opt.zero_grad()
+            model(input_ids=x, labels=x).loss.backward()
+            opt.step()
+        folder = tmp_path / "ckpts" / f"checkpoint-{step}"
+        model.save_pretrained(str(folder), **({} if shard is None else {"max_shard_size": shard}))
+        flat.append(torch.cat([p.detach().double().flatten() for p in model.parameters()]))
+    assert (shard is None) == (not list((tmp_path / "ckpts" / "checkpoint-5").glob("*.index.json")))
+    off = analyze_checkpoints(str(tmp_path / "ckpts"), out=str(tmp_path / "o"), window=4, groups=None,
+                              progress=False, log=lambda s: None)
+    assert off.window.numel == flat[0].numel() == sum(p.numel() for p in model.parameters())
+    U = torch.stack([b - a for a, b in zip(flat, flat[1:])])[-4:]
+    G = (U @ U.T).numpy()
+    np.testing.assert_allclose(off.window.gram(), G, rtol=0, atol=4 * EPS32 * np.sqrt(U.shape[1]) * np.abs(G).max())
