@@ -38,6 +38,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from ..config import SKETCH_M
 from ..files import atomic_write
 
 BENCHMARKS = ("step", "gram", "analysis")
@@ -49,7 +50,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DEFAULTS = {
     "default": {
         "step": dict(P=([4e7], [1e7, 1e8, 5e8]), W=([16], [8, 16, 64]), dtypes=["fp32", "bf16"], tensors=100,
-                     gpt2=(False, True), sketch=4096, repeats=9, host_calls=3000,
+                     gpt2=(False, True), sketch=SKETCH_M, repeats=9, host_calls=3000,
                      backends=["torch", "cpp", "cuda", "triton"]),
         "gram": dict(P=[1e6, 1e7], W=[2, 4, 8, 16, 32, 64, 128], dtypes=["fp32", "bf16"], repeats=5),
         "analysis": dict(groups=64, window=64, params=4096, slides=200, repeats=30),
