@@ -225,7 +225,9 @@ class SpectralMonitor:
             ``AcceleratedOptimizer`` is followed through the optimizer it
             wraps, so only real steps count. Another optimizer that steps the
             monitored parameters is warned about at its first step (see
-            :meth:`attach`).
+            :meth:`attach`). The window's snapshot is taken again just before
+            the optimizer's first step: weights loaded after the monitor was
+            made are where training starts, not an update.
         options: a :class:`~spectral_edge_fast.config.MonitorOptions` (or a
             ``WindowOptions``: its fields are taken); its fields may also be
             given, or overridden, as keywords:
@@ -315,7 +317,7 @@ class SpectralMonitor:
         # The names of the module's parameters that the window holds: one unfrozen later is not (_check_unfrozen).
         self._trainable = None if self._module is None else frozenset(
             strip_wrappers(n) for n, p in self._module.named_parameters() if p.requires_grad)
-        self.optimizer = self._stepping = self._hook = self._others = self._traces = None
+        self.optimizer = self._stepping = self._hook = self._first = self._others = self._traces = None
         if optimizer is not None:
             self.attach(optimizer)
         self._write_meta()
@@ -356,19 +358,31 @@ class SpectralMonitor:
     # bookkeeping (counters, readbacks, analysis) runs eagerly.
     @torch.compiler.disable
     def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
+        if self._first is not None:  # removed here: not while the pre-hooks are being called
+            self._first.remove()
+            self._first = None
         self._step(None, None)
+
+    @torch.compiler.disable
+    def _on_first_step(self, optimizer, args, kwargs) -> None:
+        """Before the optimizer's first step: the window's snapshot becomes
+        the parameters that step starts from, so weights loaded or set since
+        the monitor was made are no update."""
+        if self.steps == 0:  # not resumed from a state meanwhile
+            self.window.reset()
 
     def _on_other_step(self, optimizer) -> None:
         """Another optimizer stepped (the process-wide hook, which skips the
         hooked one): warn once when it moved monitored parameters outside the
         hooked step, whose updates the window then sees late or never. Each
         optimizer is judged once."""
+        if self._others_seen is None:  # warned
+            return
         if optimizer not in self._others_seen:
             self._others_seen[optimizer] = self._other_verdict(optimizer)
         verdict = self._others_seen[optimizer]
         if verdict is not None:
-            self._others.remove()
-            self._others = None
+            self._others_seen = None  # the hook stays: it cannot be removed while the hooks are being called
             warnings.warn(verdict, RuntimeWarning, stacklevel=4)
 
     def _other_verdict(self, optimizer) -> Optional[str]:
@@ -724,17 +738,16 @@ class SpectralMonitor:
         self.detach()
         self.optimizer, self._stepping = optimizer, stepping
         self._hook = stepping.register_step_post_hook(self._on_optimizer_step)
+        self._first = stepping.register_step_pre_hook(self._on_first_step) if self.steps == 0 else None
         self._others, self._others_seen = _watch_other_optimizers(self), weakref.WeakKeyDictionary()
         self._traces, self._traced_state = _step_traces(optimizer, self.window.layout.params), optimizer.state
 
     def detach(self) -> None:
         """Stop listening to the optimizer (records and files stay)."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-        if self._others is not None:
-            self._others.remove()
-            self._others = None
+        for handle in (self._hook, self._first, self._others):
+            if handle is not None:
+                handle.remove()
+        self._hook = self._first = self._others = None
 
     def close(self) -> None:
         """Detach, finish a started analysis and close the sinks."""

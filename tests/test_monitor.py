@@ -1067,3 +1067,19 @@ def test_stepping_by_hand_a_monitor_on_an_optimizer_is_refused(tmp_path):
     mon.step(lr=0.1)
     assert mon.steps == 3 and mon.window.count == 3 and np.diagonal(mon.window.gram()).min() > 0
     mon.close()
+
+
+def test_weights_loaded_after_the_monitor_was_made_are_no_update(tmp_path):
+    """Weights loaded (or re-initialised) between making the monitor and the
+    first optimizer step are where training starts, not a step of it: the
+    window's first update is the first step's, as if the monitor had been
+    made after loading."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = SpectralMonitor(model, opt, window=4, analyze_every=1, sinks=())
+    model.load_state_dict(_model(seed=1).state_dict())
+    thetas = [_thetas(model)]
+    opt.register_step_post_hook(lambda *_: thetas.append(_thetas(model)))
+    _train(model, opt, 3)
+    _assert_gram_of(mon, thetas)
+    mon.close()
