@@ -144,9 +144,14 @@ def _qualname(obj) -> str:
 
 
 def _holds(owner, obj) -> bool:
-    """Whether ``obj`` is one of ``owner``'s attributes (an optimizer that
-    steps through another holds it: ZeroRedundancyOptimizer, Lookahead)."""
-    return any(v is obj for v in vars(owner).values())
+    """Whether ``obj`` is one of ``owner``'s attributes, or in a list, tuple
+    or dict that is one (an optimizer that steps through others holds them:
+    ZeroRedundancyOptimizer, Lookahead, combined optimizers)."""
+    for v in vars(owner).values():
+        items = v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else (v,)
+        if any(x is obj for x in items):
+            return True
+    return False
 
 
 def _watch_other_optimizers(monitor: "SpectralMonitor"):

@@ -979,18 +979,25 @@ def test_a_recreated_optimizer_is_warned_and_attach_follows_it(tmp_path):
 
 class _Inner(torch.optim.Optimizer):
     """An optimizer that steps through one it holds (as
-    ZeroRedundancyOptimizer steps its local partition's optimizer)."""
+    ZeroRedundancyOptimizer steps its local partition's optimizer), or
+    through a list of them (a combined optimizer)."""
 
-    def __init__(self, params, optimizer_class, **kwargs):
+    def __init__(self, params, optimizer_class, listed=False, **kwargs):
         params = list(params)
         super().__init__(params, kwargs)
-        self.optim = optimizer_class(params, **kwargs)
+        inner = optimizer_class(params, **kwargs)
+        if listed:
+            self.optims = [inner]
+        else:
+            self.optim = inner
 
     def step(self, closure=None):
-        self.optim.step(closure)
+        for optim in self.optims if hasattr(self, "optims") else [self.optim]:
+            optim.step(closure)
 
 
-def test_only_optimizers_outside_the_hooked_step_are_warned(tmp_path):
+@pytest.mark.parametrize("listed", [False, True], ids=["attribute", "list"])
+def test_only_optimizers_outside_the_hooked_step_are_warned(tmp_path, listed):
     """An optimizer the hooked one steps through is part of its step; one
     over other parameters is none of the monitor's business. But a second
     optimizer over part of the model, or a wrapper that changes the
@@ -999,7 +1006,7 @@ def test_only_optimizers_outside_the_hooked_step_are_warned(tmp_path):
     model = _model()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        opt = _Inner(model.parameters(), torch.optim.SGD, lr=0.1)
+        opt = _Inner(model.parameters(), torch.optim.SGD, lr=0.1, listed=listed)
         mon = SpectralMonitor(model, opt, window=3, sinks=())
         other = torch.nn.Linear(12, 3)
         other_opt = torch.optim.SGD(other.parameters(), lr=0.1)
