@@ -118,9 +118,19 @@ class SpectralEdgeCallback(TrainerCallback):
             self.monitor.step(lr=_lr_of(optimizer.param_groups), step=state.global_step + 1)
 
     def on_step_end(self, args, state, control, **kwargs):
+        self._report(control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # After the last step of an epoch, and after a stop decided later in the step (EarlyStoppingCallback
+        # decides at the evaluation, after on_step_end): the loggers are still open until on_train_end.
+        self._report(control)
+
+    def _report(self, control) -> None:
+        """Hand a newly finished analysis's summary to Trainer.log; at the
+        last step, the started one is finished first."""
         if self.monitor is None:
             return
-        if control.should_training_stop:  # the last step: its analysis is reported now, while the loggers are open
+        if control.should_training_stop:
             self.monitor.flush()
         latest = self.monitor.latest
         if latest is not None and latest is not self._reported and self._trainer is not None:

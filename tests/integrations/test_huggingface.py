@@ -182,3 +182,22 @@ def test_probes_read_gpt2s_transposed_c_attn(tmp_path):
     assert len(att["heads"]) == 4
     s = np.linalg.svd(q, compute_uv=False)
     np.testing.assert_allclose(record["probes"]["transformer.h.1.attn.c_attn.weight:q"]["sigma"], s[:8], rtol=1e-10)
+
+
+def test_an_early_stop_still_reports_its_last_analysis(tmp_path):
+    """EarlyStoppingCallback stops the run at an evaluation, after the step's
+    on_step_end: the analysis of that last step still goes through
+    Trainer.log, like every other one."""
+    cb = SpectralEdgeCallback(window=2, analyze_every=5, log_dir=str(tmp_path / "se"), report=False)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=40, per_device_train_batch_size=8,
+                                          learning_rate=1e-2, eval_strategy="steps", eval_steps=5, logging_steps=5,
+                                          save_strategy="no", metric_for_best_model="loss", report_to=[],
+                                          use_cpu=True, disable_tqdm=True)
+    # a threshold no improvement reaches: the run stops at its second evaluation
+    stop = transformers.EarlyStoppingCallback(early_stopping_patience=1, early_stopping_threshold=1e9)
+    trainer = transformers.Trainer(model=Tiny(), args=args, train_dataset=Data(), eval_dataset=Data(),
+                                   callbacks=[cb, stop])
+    trainer.train()
+    assert trainer.state.global_step == 10
+    assert [r["step"] for r in cb.monitor.history] == [5, 10]
+    assert [h["spectral/step"] for h in trainer.state.log_history if "spectral/step" in h] == [5, 10]
