@@ -82,6 +82,7 @@ class SpectralEdgeCallback(pl.Callback):
         self._restored: Optional[dict] = None
         self._recorded: dict = {}  # metric -> the value last recorded: each logged value is recorded once
         self._reported = None  # the last record whose summary went to the loggers
+        self._global_step = 0  # the trainer's at the last batch end: unchanged after an accumulating batch
 
     @property
     def state_key(self) -> str:
@@ -108,6 +109,7 @@ class SpectralEdgeCallback(pl.Callback):
             self.monitor.annotate(run_name=f"{trainer.logger.name}/{version}")
         self._recorded = {}
         self._reported = self.monitor.latest
+        self._global_step = trainer.global_step
 
     def _log(self, trainer) -> None:
         """Record the logged metrics whose value is new (a metric Lightning
@@ -129,8 +131,11 @@ class SpectralEdgeCallback(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.monitor is None:
             return
-        # The steps at which Lightning logs step metrics: values are read from the device only there.
-        if trainer.log_every_n_steps and (trainer.global_step % trainer.log_every_n_steps == 0 or trainer.should_stop):
+        # Lightning logs step metrics at a batch that stepped the optimizer (not at one that accumulates),
+        # every log_every_n_steps steps: values are read from the device only there.
+        stepped, self._global_step = trainer.global_step != self._global_step, trainer.global_step
+        n = trainer.log_every_n_steps
+        if stepped and n and (trainer.global_step % n == 0 or trainer.should_stop):
             self._log(trainer)
         self._report(trainer)
 

@@ -117,3 +117,22 @@ def test_callbacks_that_differ_in_any_recorded_setting_have_their_own_state_key(
                    dict(storage_dtype=torch.bfloat16)):
         assert SpectralEdgeCallback(**{"window": 4, **change}).state_key != base, change
     assert SpectralEdgeCallback(window=4, log_dir="elsewhere").state_key == base  # a resumed run may write elsewhere
+
+
+def test_metrics_under_gradient_accumulation_are_those_lightning_logs(tmp_path):
+    """accumulate_grad_batches=2: Lightning logs a step's metrics at the batch
+    that steps the optimizer, never at the accumulating one; the monitor
+    records the same values, once each, at the global step."""
+    cb = SpectralEdgeCallback(window=2, analyze_every=2, log_dir=str(tmp_path / "se"), report=False)
+    logger = pl.loggers.CSVLogger(str(tmp_path), name="tiny")
+    trainer = pl.Trainer(max_epochs=2, callbacks=[cb], default_root_dir=str(tmp_path), logger=logger,
+                         log_every_n_steps=2, accumulate_grad_batches=2, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Tiny(), _data(), _data())
+    assert cb.monitor.steps == trainer.global_step == 8
+    assert [r["step"] for r in cb.monitor.history] == [2, 4, 6, 8]
+    rows = list(csv.DictReader(open(tmp_path / "tiny" / "version_0" / "metrics.csv")))
+    logged = [float(r["train_loss"]) for r in rows if r.get("train_loss")]
+    recorded = [m for m in cb.monitor.metrics if "train_loss" in m]
+    assert [m["step"] for m in recorded] == [2, 4, 6, 8]
+    assert [m["train_loss"] for m in recorded] == pytest.approx(logged, rel=1e-6)
