@@ -15,7 +15,8 @@ checkpoint being resumed: both are read from ``Trainer.train``'s loop, with a
 warning where they cannot be.) The monitor's state is
 saved as ``spectral_monitor_rank<i>.pt`` in every checkpoint directory and
 restored from the checkpoint training resumes from (in whatever folder),
-with a warning when that checkpoint has none. The saved state
+with a warning when that checkpoint has none (the fresh monitor then counts
+its steps on from the global step). The saved state
 is the monitor's small one by default (counters, recent records, events: the
 window refills after a resume); ``exact_resume=True`` adds the window's ring
 and snapshot, ``W + 1`` times the model's size, for a resume that continues
@@ -107,9 +108,10 @@ class SpectralEdgeCallback(TrainerCallback):
                 self.monitor.load_state_dict(torch.load(saved, map_location="cpu"))
             else:
                 warnings.warn(f"SpectralEdgeCallback: resuming at step {state.global_step}, but {saved} does not "
-                              "exist: the monitor starts afresh (its step count restarts from 0 and its records before "
-                              "this step are not in memory); save checkpoints with the callback attached to keep them",
-                              RuntimeWarning, stacklevel=2)
+                              "exist: the monitor starts afresh (its records before this step are not in memory, and "
+                              "its steps count on from the global step); save checkpoints with the callback attached "
+                              "to keep them", RuntimeWarning, stacklevel=2)
+                self.monitor.steps = state.global_step  # analyses stay at multiples of analyze_every
         self._reported = self.monitor.latest
 
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):

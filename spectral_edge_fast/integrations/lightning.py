@@ -7,14 +7,17 @@
 The monitor attaches to the first optimizer's post-step hook when training
 starts (so skipped steps, e.g. under a gradient scaler's overflow, are not
 counted). It records the module's logged metrics as Lightning logs them:
-at each logging step (``log_every_n_steps``), after each validation and at
+at each logging step (every ``log_every_n_steps`` optimizer steps, at the
+batch that steps, not at one that accumulates), after each validation and at
 each training epoch's end, each value once. Each finished analysis's summary
 (``spectral/R``, ``spectral/k_star``...) goes to ``trainer.loggers`` at the
 trainer's global step, and the logger's name and version become the report's
 ``run_name``. The monitor travels in Lightning checkpoints (under a
 ``state_key`` made of ``window``, ``every``, ``analyze_every``, ``groups``
-and ``storage_dtype``, and ``sketch`` when set, so callbacks that differ in one of them coexist), and writes the
-report at the end of training. The checkpoint holds the monitor's small state by
+and ``storage_dtype``, and ``sketch`` when set, so callbacks that differ in one of them coexist; a
+resume from a checkpoint without it warns, and the fresh monitor counts its
+steps on from the trainer's global step), and writes the report at the end
+of training. The checkpoint holds the monitor's small state by
 default (counters, recent records, events: the window refills after a
 resume); ``exact_resume=True`` adds the window's ring and snapshot, ``W + 1``
 times the model's size, for a resume that continues exactly. Lightning
@@ -25,6 +28,7 @@ resume either way. Records go to ``log_dir`` (default:
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -102,6 +106,13 @@ class SpectralEdgeCallback(pl.Callback):
             if self.process_group is not None:  # rank 0's window shard: every rank refills instead
                 self._restored = {**self._restored, "window": None}
             self.monitor.load_state_dict(self._restored)
+        elif trainer.global_step > 0:
+            warnings.warn(f"SpectralEdgeCallback: resuming at step {trainer.global_step} from a checkpoint without this "
+                          "callback's state (saved without it, or with another window, every, analyze_every, groups, "
+                          "storage_dtype or sketch): the monitor starts afresh, its records before this step are not "
+                          "in memory, and its steps count on from the trainer's global step", RuntimeWarning,
+                          stacklevel=2)
+            self.monitor.steps = trainer.global_step  # the records' step labels and analysis times follow the trainer
         self._restored = None
         if trainer.logger is not None:
             version = trainer.logger.version

@@ -86,6 +86,23 @@ def test_resume_from_a_checkpoint_without_monitor_state_warns(tmp_path):
         _trainer(tmp_path, resumed, 16).train(resume_from_checkpoint=str(tmp_path / "checkpoint-8"))
 
 
+def test_a_monitor_started_afresh_on_resume_analyses_on_the_global_steps(tmp_path):
+    """Resumed at step 10 without monitor state: its count goes on from the
+    global step, so analyses stay at multiples of analyze_every (they came at
+    14 and 18, four and eight steps after the resume)."""
+    args = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, learning_rate=1e-2, save_steps=10,
+                report_to=[], use_cpu=True, disable_tqdm=True)
+    transformers.Trainer(model=Tiny(), args=transformers.TrainingArguments(max_steps=10, **args),
+                         train_dataset=Data()).train()
+    resumed = SpectralEdgeCallback(window=2, analyze_every=4, log_dir=str(tmp_path / "se"), report=False)
+    trainer = transformers.Trainer(model=Tiny(), args=transformers.TrainingArguments(max_steps=20, **args),
+                                   train_dataset=Data(), callbacks=[resumed])
+    with pytest.warns(RuntimeWarning, match="resuming at step 10.*steps count on from the global step"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-10"))
+    assert resumed.monitor.steps == trainer.state.global_step == 20
+    assert [r["step"] for r in resumed.monitor.history] == [12, 16, 20]
+
+
 def test_spectral_scalars_reach_the_trainers_loggers(tmp_path, monkeypatch):
     """Each finished analysis goes through Trainer.log: into the Trainer's log
     history and the Trainer's TensorBoard run (report_to), at the global

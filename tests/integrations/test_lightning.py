@@ -136,3 +136,21 @@ def test_metrics_under_gradient_accumulation_are_those_lightning_logs(tmp_path):
     recorded = [m for m in cb.monitor.metrics if "train_loss" in m]
     assert [m["step"] for m in recorded] == [2, 4, 6, 8]
     assert [m["train_loss"] for m in recorded] == pytest.approx(logged, rel=1e-6)
+
+
+def test_resuming_from_a_checkpoint_without_the_monitor_warns_and_keeps_the_global_step(tmp_path):
+    """A checkpoint saved without this callback (or with other settings):
+    the monitor starts afresh, says so, and labels its records with the
+    trainer's global step, as the metrics beside them are (it labelled them
+    4 and 8 while the trainer was at 12 and 16)."""
+    kw = dict(default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False, enable_model_summary=False,
+              accelerator="cpu", log_every_n_steps=4)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+    pl.Trainer(max_steps=8, callbacks=[ckpt], **kw).fit(Tiny(), _data(), _data())
+    cb = SpectralEdgeCallback(window=2, analyze_every=4, log_dir=str(tmp_path / "se"), report=False)
+    with pytest.warns(RuntimeWarning, match=r"resuming at step 8 from a checkpoint without this callback's state"):
+        pl.Trainer(max_steps=16, callbacks=[cb], **kw).fit(Tiny(), _data(), _data(),
+                                                           ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert cb.monitor.steps == 16
+    assert [r["step"] for r in cb.monitor.history] == [12, 16]
+    assert [m["step"] for m in cb.monitor.metrics if "train_loss" in m] == [12, 16]
