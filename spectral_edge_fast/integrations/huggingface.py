@@ -78,6 +78,8 @@ class SpectralEdgeCallback(TrainerCallback):
 
     Attributes:
         monitor: the :class:`SpectralMonitor` (None before training begins).
+        report_path: the HTML report written when training ended (also
+            printed, by the main process), or None.
     """
 
     def __init__(self, options: Optional[MonitorOptions] = None, *, process_group=None, report: bool = True,
@@ -89,6 +91,7 @@ class SpectralEdgeCallback(TrainerCallback):
         self.monitor: Optional[SpectralMonitor] = None
         self._trainer = None
         self._reported = None  # the last record whose scalars went to Trainer.log
+        self.report_path: Optional[str] = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         log_dir = self.options.log_dir or os.path.join(args.output_dir, "spectral-edge")
@@ -113,6 +116,7 @@ class SpectralEdgeCallback(TrainerCallback):
                               "to keep them", RuntimeWarning, stacklevel=2)
                 self.monitor.steps = state.global_step  # analyses stay at multiples of analyze_every
         self._reported = self.monitor.latest
+        self.report_path = None
 
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         # Before the scheduler steps: the learning rate is the one this step used.
@@ -159,7 +163,8 @@ class SpectralEdgeCallback(TrainerCallback):
             return
         self.monitor.close()
         if self.report and state.is_world_process_zero and self.monitor.history:
-            render(self.monitor.log_dir)
+            self.report_path = render(self.monitor.log_dir)
+            print(f"SpectralEdgeCallback: report written to {self.report_path}")
 
 
 __all__ = ["SpectralEdgeCallback"]

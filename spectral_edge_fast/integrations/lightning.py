@@ -73,6 +73,8 @@ class SpectralEdgeCallback(pl.Callback):
 
     Attributes:
         monitor: the :class:`SpectralMonitor` (None before training starts).
+        report_path: the HTML report written when training ended (also
+            logged, on global rank 0), or None.
     """
 
     def __init__(self, options: Optional[MonitorOptions] = None, *, process_group=None, report: bool = True,
@@ -87,6 +89,7 @@ class SpectralEdgeCallback(pl.Callback):
         self._recorded: dict = {}  # metric -> the value last recorded: each logged value is recorded once
         self._reported = None  # the last record whose summary went to the loggers
         self._global_step = 0  # the trainer's at the last batch end: unchanged after an accumulating batch
+        self.report_path: Optional[str] = None
 
     @property
     def state_key(self) -> str:
@@ -121,6 +124,7 @@ class SpectralEdgeCallback(pl.Callback):
         self._recorded = {}
         self._reported = self.monitor.latest
         self._global_step = trainer.global_step
+        self.report_path = None
 
     def _log(self, trainer) -> None:
         """Record the logged metrics whose value is new (a metric Lightning
@@ -163,7 +167,8 @@ class SpectralEdgeCallback(pl.Callback):
         self._report(trainer)  # the last analysis, finished by the flush
         self.monitor.close()
         if self.report and self.monitor.is_writer and self.monitor.history:
-            render(self.monitor.log_dir)
+            self.report_path = render(self.monitor.log_dir)
+            pl.utilities.rank_zero_info(f"SpectralEdgeCallback: report written to {self.report_path}")
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         if self.monitor is not None:

@@ -31,13 +31,14 @@ def _trainer(tmp_path, cb, max_steps):
     return transformers.Trainer(model=Tiny(), args=args, train_dataset=Data(), callbacks=[cb])
 
 
-def test_callback_steps_with_the_trainer_and_resumes(tmp_path):
+def test_callback_steps_with_the_trainer_and_resumes(tmp_path, capsys):
     cb = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se"))
     _trainer(tmp_path, cb, 16).train()
     assert [r["step"] for r in cb.monitor.history] == [4, 8, 12, 16]
     assert cb.monitor.history[-1]["lr"] is not None
     assert (tmp_path / "checkpoint-8" / "spectral_monitor_rank0.pt").exists()
-    assert (tmp_path / "se" / "report.html").exists()
+    assert cb.report_path == str(tmp_path / "se" / "report.html") and os.path.exists(cb.report_path)
+    assert f"report written to {cb.report_path}" in capsys.readouterr().out
     assert any("loss" in m for m in cb.monitor.metrics)
 
     # the small state by default: the window refills over W + 1 = 5 steps, so step 12 is not analysed

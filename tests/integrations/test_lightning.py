@@ -1,6 +1,7 @@
 """The Lightning callback, on a tiny LightningModule (needs lightning)."""
 import csv
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -37,14 +38,20 @@ def _data():
     return torch.utils.data.DataLoader(ds, batch_size=8)
 
 
-def test_callback_monitors_training_and_writes_the_report(tmp_path):
+def test_callback_monitors_training_and_writes_the_report(tmp_path, caplog):
     cb = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se"))
     trainer = pl.Trainer(max_epochs=2, callbacks=[cb], default_root_dir=str(tmp_path), logger=False,
                          enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
-    trainer.fit(Tiny(), _data(), _data())
+    lightning_log = logging.getLogger(pl.__name__)  # Lightning's info lines do not reach the root logger
+    lightning_log.addHandler(caplog.handler)
+    try:
+        trainer.fit(Tiny(), _data(), _data())
+    finally:
+        lightning_log.removeHandler(caplog.handler)
     assert cb.monitor.steps == trainer.global_step == 16
     assert [r["step"] for r in cb.monitor.history] == [4, 8, 12, 16]
-    assert (tmp_path / "se" / "report.html").exists()
+    assert cb.report_path == str(tmp_path / "se" / "report.html") and (tmp_path / "se" / "report.html").exists()
+    assert f"report written to {cb.report_path}" in caplog.text
     metrics = [json.loads(line) for line in (tmp_path / "se" / "metrics.jsonl").read_text().splitlines()]
     assert any("val_loss" in m for m in metrics)
     assert cb.state_dict()["steps"] == 16
