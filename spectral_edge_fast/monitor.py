@@ -388,7 +388,7 @@ class SpectralMonitor:
         verdict = self._others_seen[optimizer]
         if verdict is not None:
             self._others_seen = None  # the hook stays: it cannot be removed while the hooks are being called
-            warnings.warn(verdict, RuntimeWarning, stacklevel=4)
+            warnings.warn(verdict, RuntimeWarning, stacklevel=5)  # the caller of the optimizer's step
 
     def _other_verdict(self, optimizer) -> Optional[str]:
         monitored = self._module.parameters() if self._module is not None else self.window.layout.params
