@@ -777,9 +777,10 @@ class SpectralMonitor:
             warnings.warn(
                 "SpectralMonitor has seen no optimizer step, but the optimizer's state or the parameters changed "
                 "since it was attached. If optimizer.step was replaced on the instance by a function that bypasses "
-                "Optimizer.step, its post-step hooks do not run: call monitor.step() after each optimizer step, or "
-                "keep optimizer.step the optimizer's own. (Parameters loaded after the monitor was made also "
-                "change them: make the monitor after loading.)",
+                "Optimizer.step, its post-step hooks do not run: call monitor.detach(), then monitor.step() after "
+                "each optimizer step, or keep optimizer.step the optimizer's own. (Weights loaded after the monitor "
+                "was made change the parameters too: if that is all, nothing is wrong, and the first step's hook "
+                "takes the window's snapshot again.)",
                 RuntimeWarning,
                 stacklevel=3,
             )

@@ -563,7 +563,7 @@ def test_warns_once_when_the_optimizer_steps_without_its_hooks(tmp_path, optimiz
         _bypass_hooks(opt)
     _train(model, opt, 3)
     assert mon.steps == 0
-    with pytest.warns(RuntimeWarning, match=r"seen no optimizer step.*monitor\.step\(\)"):
+    with pytest.warns(RuntimeWarning, match=r"seen no optimizer step.*monitor\.detach\(\), then monitor\.step\(\)"):
         mon.log({"loss": 1.0})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
