@@ -11,8 +11,10 @@ at each logging step (every ``log_every_n_steps`` optimizer steps, at the
 batch that steps, not at one that accumulates), after each validation and at
 each training epoch's end, each value once. Each finished analysis's summary
 (``spectral/R``, ``spectral/k_star``...) goes to ``trainer.loggers`` at the
-trainer's global step, and the logger's name and version become the report's
-``run_name``. The monitor travels in Lightning checkpoints (under a
+trainer's global step, but for a logger whose run a sink of the monitor
+writes already (``sinks="wandb"`` beside a ``WandbLogger``, a TensorBoard
+sink given ``TensorBoardLogger.experiment``), which would get it twice. The
+logger's name and version become the report's ``run_name``. The monitor travels in Lightning checkpoints (under a
 ``state_key`` made of ``window``, ``every``, ``analyze_every``, ``groups``
 and ``storage_dtype``, and ``sketch`` when set, so callbacks that differ in one of them coexist; a
 resume from a checkpoint without it warns, and the fresh monitor counts its
@@ -46,6 +48,7 @@ except ImportError:
 from ..config import MonitorOptions, resolve
 from ..monitor import SpectralMonitor
 from ..report import render
+from ..sinks import TensorBoardSink, WandbSink
 from ._common import reported
 
 
@@ -89,6 +92,7 @@ class SpectralEdgeCallback(pl.Callback):
         self._recorded: dict = {}  # metric -> the value last recorded: each logged value is recorded once
         self._reported = None  # the last record whose summary went to the loggers
         self._global_step = 0  # the trainer's at the last batch end: unchanged after an accumulating batch
+        self._loggers: list = []  # the trainer's loggers that the summaries go to
         self.report_path: Optional[str] = None
 
     @property
@@ -125,6 +129,20 @@ class SpectralEdgeCallback(pl.Callback):
         self._reported = self.monitor.latest
         self._global_step = trainer.global_step
         self.report_path = None
+        self._loggers = [logger for logger in trainer.loggers if not self._sink_writes(logger)]
+
+    def _sink_writes(self, logger) -> bool:
+        """Whether a sink of the monitor writes into this logger's run, which
+        would then get each summary twice: the wandb sink joins the run that
+        WandbLogger started, and a TensorBoard sink may hold
+        TensorBoardLogger's writer."""
+        for sink in self.monitor.sinks:
+            if isinstance(sink, WandbSink) and isinstance(logger, pl.loggers.WandbLogger):
+                return True
+            if (isinstance(sink, TensorBoardSink) and isinstance(logger, pl.loggers.TensorBoardLogger)
+                    and sink._writer is logger.experiment):
+                return True
+        return False
 
     def _log(self, trainer) -> None:
         """Record the logged metrics whose value is new (a metric Lightning
@@ -136,11 +154,12 @@ class SpectralEdgeCallback(pl.Callback):
                 self.monitor.log(metrics, step=trainer.global_step)
 
     def _report(self, trainer) -> None:
-        """Hand a newly finished analysis's summary to the trainer's loggers."""
+        """Hand a newly finished analysis's summary to the trainer's loggers
+        (those no sink writes into)."""
         latest = self.monitor.latest
         if latest is not None and latest is not self._reported:
             self._reported = latest
-            for logger in trainer.loggers:
+            for logger in self._loggers:
                 logger.log_metrics(reported(latest), step=trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -2,6 +2,7 @@
 import csv
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -161,3 +162,32 @@ def test_resuming_from_a_checkpoint_without_the_monitor_warns_and_keeps_the_glob
     assert cb.monitor.steps == 16
     assert [r["step"] for r in cb.monitor.history] == [12, 16]
     assert [m["step"] for m in cb.monitor.metrics if "train_loss" in m] == [12, 16]
+
+
+def test_a_sink_that_writes_the_loggers_run_gets_each_summary_once(tmp_path, monkeypatch):
+    """The monitor's wandb sink joins WandbLogger's run, and a TensorBoard
+    sink given TensorBoardLogger's writer writes into its run (as the README
+    shows): the summaries are not logged there a second time at the global
+    step (each analysis came twice, at its step and one step later)."""
+    wandb = pytest.importorskip("wandb", reason="the wandb package is not installed")
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from test_sinks import _wandb_history
+
+    for name, value in (("WANDB_MODE", "offline"), ("WANDB_DIR", str(tmp_path)), ("WANDB_SILENT", "true")):
+        monkeypatch.setenv(name, value)
+    tb = pl.loggers.TensorBoardLogger(str(tmp_path), name="tb")
+    wb = pl.loggers.WandbLogger(project="tiny", save_dir=str(tmp_path), offline=True)
+    cb = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se"), report=False,
+                              sinks=("jsonl", "wandb", tb.experiment))
+    trainer = pl.Trainer(max_epochs=2, callbacks=[cb], default_root_dir=str(tmp_path), logger=[tb, wb],
+                         log_every_n_steps=2, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    try:
+        trainer.fit(Tiny(), _data(), _data())
+        run_dir = os.path.dirname(wandb.run.dir)
+    finally:
+        wandb.finish()
+    rows = [r for r in _wandb_history(run_dir) if "spectral/R" in r]
+    assert [r["spectral/step"] for r in rows] == [4, 8, 12, 16]
+    events = EventAccumulator(tb.log_dir).Reload()
+    assert [e.step for e in events.Scalars("spectral/R")] == [4, 8, 12, 16]
