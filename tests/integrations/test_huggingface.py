@@ -219,3 +219,11 @@ def test_an_early_stop_still_reports_its_last_analysis(tmp_path):
     assert trainer.state.global_step == 10
     assert [r["step"] for r in cb.monitor.history] == [5, 10]
     assert [h["spectral/step"] for h in trainer.state.log_history if "spectral/step" in h] == [5, 10]
+
+
+def test_a_monitor_state_saved_under_other_settings_is_refused_naming_its_file(tmp_path):
+    _trainer(tmp_path, SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se")), 8).train()
+    resumed = SpectralEdgeCallback(window=4, analyze_every=5, log_dir=str(tmp_path / "se2"))
+    with pytest.raises(ValueError, match=r"checkpoint-8.spectral_monitor_rank0.pt: the checkpoint analysed every 4 "
+                                         r"steps, this monitor every 5.*or delete"):
+        _trainer(tmp_path, resumed, 16).train(resume_from_checkpoint=True)
