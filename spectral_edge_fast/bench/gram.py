@@ -29,16 +29,14 @@ def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 def bench_case(W: int, P: int, dtype: str, device: torch.device, repeats: int, info: Dict,
                bandwidth: float) -> List[Dict]:
-    """Two rows, ``sef.gram`` then ``x @ x.T`` (or one ``skipped`` row when
-    x and its float64 blocks do not fit in free memory); ``bandwidth``: the
-    copy bandwidth (bytes/s) measured beside the case."""
-    from .. import gram
-
+    """A row per op of :func:`_ops`, ``sef.gram`` first (or one ``skipped``
+    row each when x and its float64 blocks do not fit in free memory);
+    ``bandwidth``: the copy bandwidth (bytes/s) measured beside the case."""
     base = dict(W=W, P=P, dtype=dtype)
     item = DTYPES[dtype].itemsize
     why = fits(device, W * P * item + W * min(P, 1 << 20) * 8 * 2)
     if why:
-        return [dict(base, op=op, skipped=why) for op in ("sef.gram", "x @ x.T")]
+        return [dict(base, op=op, skipped=why) for op, _ in _ops(torch.empty(0, dtype=DTYPES[dtype], device=device), device)]
     gen = torch.Generator(device=device).manual_seed(W * 7 + P)
     x = torch.empty(W, P, dtype=DTYPES[dtype], device=device)
     for i in range(W):  # row by row: no float32 copy of a bf16 x
@@ -46,7 +44,7 @@ def bench_case(W: int, P: int, dtype: str, device: torch.device, repeats: int, i
     want = reference(x)
     nbytes, flops = W * P * item, W * (W + 1) * P
     rows = []
-    for op, fn in (("sef.gram", lambda: gram(x)), ("x @ x.T", lambda: x @ x.T)):
+    for op, fn in _ops(x, device):
         r = dict(base, op=op, **timed(fn, device, repeats))
         r.update(gbps=nbytes / r["ms"] / 1e6, copy_gbps=bandwidth / 1e9, copy_fraction=nbytes / r["ms"] * 1e3 / bandwidth,
                  gflops=flops / r["ms"] / 1e6, fma_fraction=flops / r["ms"] / 1e6 / info["fma_rate_gflops"],
@@ -55,8 +53,36 @@ def bench_case(W: int, P: int, dtype: str, device: torch.device, repeats: int, i
         if note:
             r["cache_note"] = note
         rows.append(r)
-    rows[0]["speedup"] = rows[1]["ms"] / rows[0]["ms"]
+    torch_ms = next(r["ms"] for r in rows if r["op"] == "x @ x.T")
+    for r in rows:
+        if r["op"].startswith("sef.gram"):
+            r["speedup"] = torch_ms / r["ms"]
     return rows
+
+
+def _ops(x: torch.Tensor, device: torch.device):
+    """What is timed: ``sef.gram`` then ``x @ x.T``; on a GPU each compiled
+    backend of ``sef.gram``, and for float32 also cuBLAS with TF32 on (its
+    products rounded to 10-bit mantissas: faster, less accurate)."""
+    from .. import gram
+    from ..kernels import backend_status
+
+    if device.type != "cuda":
+        return [("sef.gram", lambda: gram(x)), ("x @ x.T", lambda: x @ x.T)]
+    ops = [(f"sef.gram {b}", lambda b=b: gram(x, b)) for b in ("cuda", "triton") if backend_status(b, device)[0]]
+    ops.append(("x @ x.T", lambda: _matmul(x, tf32=False)))
+    if x.dtype == torch.float32:
+        ops.append(("x @ x.T tf32", lambda: _matmul(x, tf32=True)))
+    return ops
+
+
+def _matmul(x: torch.Tensor, tf32: bool) -> torch.Tensor:
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        return x @ x.T
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def run(device: torch.device, config: Dict) -> Dict:
@@ -64,7 +90,7 @@ def run(device: torch.device, config: Dict) -> Dict:
     print(f"gram: {info['device']}, {info['threads']} threads; copy bandwidth {info['copy_bandwidth_gbps']:.1f} GB/s; "
           f"fp32 rate (torch.mm {config['rates']['fma_n']}^2) {info['fma_rate_gflops']:.1f} GFLOP/s; "
           f"1-minute load {info['load_1min']}; the copy measured again before each case", flush=True)
-    print(f"{'op':9} {'dtype':5} {'W':>4} {'P':>9} {'ms':>9} {'GB/s':>6} {'copy':>5} {'GFLOP/s':>8} {'fma':>5} "
+    print(f"{'op':15} {'dtype':5} {'W':>4} {'P':>9} {'ms':>9} {'GB/s':>6} {'copy':>5} {'GFLOP/s':>8} {'fma':>5} "
           f"{'rel err':>8} speedup")
     rows = []
     for P in config["P"]:
@@ -73,9 +99,9 @@ def run(device: torch.device, config: Dict) -> Dict:
                 bandwidth = copy_bandwidth(device, config["rates"]["copy_bytes"])  # beside the case, as the step's
                 for r in bench_case(W, P, dtype, device, config["repeats"], info, bandwidth):
                     if "skipped" in r:
-                        print(f"{r['op']:9} {dtype:5} {W:>4} {P:>9.0e} skipped: {r['skipped']}")
+                        print(f"{r['op']:15} {dtype:5} {W:>4} {P:>9.0e} skipped: {r['skipped']}")
                     else:
-                        print(f"{r['op']:9} {dtype:5} {W:>4} {P:>9.0e} {r['ms']:>9.2f} {r['gbps']:>6.2f} "
+                        print(f"{r['op']:15} {dtype:5} {W:>4} {P:>9.0e} {r['ms']:>9.2f} {r['gbps']:>6.2f} "
                               f"{r['copy_fraction']:>5.0%} {r['gflops']:>8.1f} {r['fma_fraction']:>5.0%} "
                               f"{r['rel_error']:>8.1e} {r.get('speedup', float('nan')):.2f}", flush=True)
                     rows.append(r)
