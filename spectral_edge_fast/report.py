@@ -596,7 +596,7 @@ def _page(title: str, body: str) -> str:
 
 
 def _write_page(path: str, title: str, body: str) -> str:
-    with atomic_write(path) as f:
+    with atomic_write(path, encoding="utf-8") as f:  # as the page declares, whatever the locale
         f.write(_page(title, body))
     return path
 

@@ -41,10 +41,11 @@ META_FILE = "meta.json"
 
 
 def _json_default(value):
-    # NumPy scalars and arrays reach the sinks from user metrics.
+    # NumPy scalars and arrays, torch tensors reach the sinks from user metrics and annotations; their
+    # NaN and infinities become null too (the encoder does not pass what this returns through _finite).
     for attr in ("tolist", "item"):
         if hasattr(value, attr):
-            return getattr(value, attr)()
+            return _finite(getattr(value, attr)())
     return str(value)
 
 
@@ -240,7 +241,7 @@ class CSVSink(_FileSink):
         if columns is None or new:
             self._rewrite(kind, (columns or []) + new)
         elif kind not in self._files:  # closed earlier: carry on
-            self._files[kind] = open(self.path(kind), "a", newline="")
+            self._files[kind] = open(self.path(kind), "a", newline="", encoding="utf-8")
         f = self._files[kind]
         csv.DictWriter(f, self._columns[kind]).writerow(row)
         f.flush()  # the whole row to the OS now: a crash loses at most the record being written
@@ -262,13 +263,13 @@ class CSVSink(_FileSink):
         if rows is None:
             rows = []
             if kind in self._columns:
-                with open(path, newline="") as f:
+                with open(path, newline="", encoding="utf-8") as f:
                     rows = list(csv.DictReader(f))
-        with atomic_write(path, newline="") as f:
+        with atomic_write(path, newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, columns)
             writer.writeheader()
             writer.writerows(rows)
-        self._files[kind], self._columns[kind] = open(path, "a", newline=""), columns
+        self._files[kind], self._columns[kind] = open(path, "a", newline="", encoding="utf-8"), columns
 
     def resume(self, records: Dict[str, List[dict]], start: Optional[Dict[str, int]] = None) -> None:
         self.close()
@@ -278,7 +279,7 @@ class CSVSink(_FileSink):
             header: List[str] = []
             kept: List[dict] = []
             if wanted and os.path.exists(path):
-                with open(path, newline="") as f:
+                with open(path, newline="", encoding="utf-8") as f:
                     reader = csv.DictReader(f)
                     header = list(reader.fieldnames or [])
                     kept = [row for _, row in zip(range(wanted), reader)]

@@ -314,3 +314,17 @@ def test_probes_are_plotted_and_the_gap_plot_draws_the_run_thresholds(tmp_path):
     assert report.probes_figure(_analysis(PEAK), {}) is None and report.event_thresholds({}) == (1.5, 1.25)
     sketched = {**run["meta"], "events": {**run["meta"]["events"], "null_P": 40}}  # sketch mode: the null at m
     assert report.event_thresholds(sketched)[0] == null_max_ratio(4, 40, MONITOR_SAMPLES).quantile(0.99)
+
+
+def test_the_report_is_utf8_whatever_the_locale(tmp_path):
+    """The page declares UTF-8 and holds σ, λ and the run's name: it is
+    written as UTF-8 under a locale that cannot encode them (rendering
+    failed there), in a folder whose name has spaces."""
+    from test_sinks import _in_ascii_locale
+
+    run = tmp_path / "my run"
+    _write(run, _analysis(PEAK[:10]), info={"name": "grokking ü 損失"})
+    done = _in_ascii_locale(f"from spectral_edge_fast.report import render; render({str(run)!r})", tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = (run / "report.html").read_text(encoding="utf-8")
+    assert "<meta charset='utf-8'>" in text and "Spectral-edge report: grokking ü 損失</h1>" in text and "σ" in text

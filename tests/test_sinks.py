@@ -466,3 +466,53 @@ def test_a_second_process_writing_the_same_run_directory_is_refused(tmp_path):
     csv_sink.write("analysis", {"step": 3})
     jsonl.close()
     csv_sink.close()
+
+
+def _strict(text):
+    """JSON as every reader parses it: NaN and Infinity are not JSON."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_nan_and_inf_inside_numpy_and_torch_values_are_written_as_null(tmp_path):
+    import torch
+
+    odd = {"step": 1, "f32": np.float32("nan"), "array": np.array([1.0, np.inf]), "tensor": torch.tensor([-math.inf]),
+           "scalar": torch.tensor(math.nan)}
+    sink = JSONLSink(str(tmp_path))
+    sink.write_meta({"info": {"config": odd}})
+    sink.write("metrics", odd)
+    sink.close()
+    expected = {"step": 1, "f32": None, "array": [1.0, None], "tensor": [None], "scalar": None}
+    assert _strict((tmp_path / "metrics.jsonl").read_text()) == expected
+    assert _strict((tmp_path / "meta.json").read_text())["info"]["config"] == expected
+
+
+def _in_ascii_locale(code, cwd):
+    """Run ``code`` in a Python whose default file encoding is ASCII (the C
+    locale without UTF-8 mode; Windows' cp1252 lacks σ and CJK alike)."""
+    import subprocess
+
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                          encoding="utf-8", timeout=120)
+
+
+def test_csv_files_are_utf8_whatever_the_locale(tmp_path):
+    """Metric and group names outside ASCII: the CSV sink writes UTF-8 (a
+    locale that cannot encode them stopped the training), and grows its
+    header by reading the file back as UTF-8."""
+    done = _in_ascii_locale(
+        "from spectral_edge_fast.sinks import CSVSink\n"
+        "s = CSVSink('run')\n"
+        "s.write('metrics', {'step': 1, 'Verlust': 0.5})\n"
+        f"s.write('metrics', {ascii({'step': 2, 'Verlust': 0.25, 'précision': 0.9, '損失': 1.0})})\n"
+        "s.close()\n", tmp_path)
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "run" / "metrics.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows == [{"step": "1", "Verlust": "0.5", "précision": "", "損失": ""},
+                    {"step": "2", "Verlust": "0.25", "précision": "0.9", "損失": "1.0"}]
