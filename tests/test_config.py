@@ -60,7 +60,7 @@ def _window(entry: str, tmp_path, kw: dict):
     if entry == "lightning":
         cb = pytest.importorskip("spectral_edge_fast.integrations.lightning").SpectralEdgeCallback(**kw)
         trainer = types.SimpleNamespace(log_dir=str(tmp_path), default_root_dir=str(tmp_path), optimizers=[],
-                                        logger=None)
+                                        logger=None, loggers=[], global_step=0)
         cb.on_train_start(trainer, _model())
     else:
         cb = pytest.importorskip("spectral_edge_fast.integrations.huggingface").SpectralEdgeCallback(**kw)

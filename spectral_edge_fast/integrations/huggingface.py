@@ -46,8 +46,7 @@ if not hasattr(TrainerCallback, "on_optimizer_step"):  # the event the monitor s
 from ..config import MonitorOptions, resolve
 from ..files import atomic_write
 from ..monitor import SpectralMonitor, _lr_of
-from ..report import render
-from ._common import PREFIX, reported
+from ._common import PREFIX, check_report, reported, write_report
 
 STATE_FILE = "spectral_monitor_rank{}.pt"  # one per process: the window may be split over ranks
 
@@ -86,7 +85,7 @@ class SpectralEdgeCallback(TrainerCallback):
                  exact_resume: bool = False, **overrides):
         self.options = resolve(MonitorOptions, options, overrides, "SpectralEdgeCallback")
         self.process_group = process_group
-        self.report = report
+        self.report = check_report(report, self.options.sinks)
         self.exact_resume = exact_resume
         self.monitor: Optional[SpectralMonitor] = None
         self._trainer = None
@@ -166,9 +165,9 @@ class SpectralEdgeCallback(TrainerCallback):
         if self.monitor is None:
             return
         self.monitor.close()
-        if self.report and state.is_world_process_zero and self.monitor.history:
-            self.report_path = render(self.monitor.log_dir)
-            print(f"SpectralEdgeCallback: report written to {self.report_path}")
+        if self.report and state.is_world_process_zero:
+            self.report_path, line = write_report(self.monitor)
+            print(line)
 
 
 __all__ = ["SpectralEdgeCallback"]

@@ -47,9 +47,8 @@ except ImportError:
 
 from ..config import MonitorOptions, resolve
 from ..monitor import SpectralMonitor
-from ..report import render
 from ..sinks import TensorBoardSink, WandbSink
-from ._common import reported
+from ._common import check_report, reported, write_report
 
 
 def _numbers(metrics) -> dict:
@@ -85,7 +84,7 @@ class SpectralEdgeCallback(pl.Callback):
         super().__init__()
         self.options = resolve(MonitorOptions, options, overrides, "SpectralEdgeCallback")
         self.process_group = process_group
-        self.report = report
+        self.report = check_report(report, self.options.sinks)
         self.exact_resume = exact_resume
         self.monitor: Optional[SpectralMonitor] = None
         self._restored: Optional[dict] = None
@@ -185,9 +184,9 @@ class SpectralEdgeCallback(pl.Callback):
         self.monitor.flush()
         self._report(trainer)  # the last analysis, finished by the flush
         self.monitor.close()
-        if self.report and self.monitor.is_writer and self.monitor.history:
-            self.report_path = render(self.monitor.log_dir)
-            pl.utilities.rank_zero_info(f"SpectralEdgeCallback: report written to {self.report_path}")
+        if self.report and self.monitor.is_writer:
+            self.report_path, line = write_report(self.monitor)
+            pl.utilities.rank_zero_info(line)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         if self.monitor is not None:

@@ -227,3 +227,20 @@ def test_a_monitor_state_saved_under_other_settings_is_refused_naming_its_file(t
     with pytest.raises(ValueError, match=r"checkpoint-8.spectral_monitor_rank0.pt: the checkpoint analysed every 4 "
                                          r"steps, this monitor every 5.*or delete"):
         _trainer(tmp_path, resumed, 16).train(resume_from_checkpoint=True)
+
+
+def test_a_report_without_the_jsonl_sink_warns_when_the_callback_is_made(tmp_path):
+    """The report reads spectral.jsonl: report=True without that sink crashed
+    at the end of training (FileNotFoundError from the report)."""
+    with pytest.warns(RuntimeWarning, match=r"report=True needs the 'jsonl' sink.*sinks=\('csv',\): no report"):
+        cb = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se"), sinks=("csv",))
+    _trainer(tmp_path, cb, 8).train()
+    assert (tmp_path / "se" / "spectral.csv").exists() and cb.report_path is None
+
+
+def test_a_run_shorter_than_its_first_analysis_says_why_it_has_no_report(tmp_path, capsys):
+    cb = SpectralEdgeCallback(window=4, analyze_every=10, log_dir=str(tmp_path / "se"))
+    _trainer(tmp_path, cb, 8).train()
+    assert cb.report_path is None and not (tmp_path / "se" / "report.html").exists()
+    assert ("no report: training ended after 8 steps, before the monitor's first analysis (analyze_every=10)"
+            in capsys.readouterr().out)

@@ -3,6 +3,7 @@ import csv
 import json
 import logging
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -191,3 +192,11 @@ def test_a_sink_that_writes_the_loggers_run_gets_each_summary_once(tmp_path, mon
     assert [r["spectral/step"] for r in rows] == [4, 8, 12, 16]
     events = EventAccumulator(tb.log_dir).Reload()
     assert [e.step for e in events.Scalars("spectral/R")] == [4, 8, 12, 16]
+
+
+def test_a_report_without_the_jsonl_sink_warns_when_the_callback_is_made():
+    with pytest.warns(RuntimeWarning, match=r"report=True needs the 'jsonl' sink.*sinks=None: no report"):
+        assert not SpectralEdgeCallback(window=4, sinks=None).report
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SpectralEdgeCallback(window=4, sinks=None, report=False)
