@@ -500,6 +500,9 @@ def guide_html() -> str:
         "σ<sub>2</sub>/σ<sub>3</sub> of each probed weight matrix itself (an attention W<sub>Q</sub>, not the "
         "updates), and the ratios of the largest |λ| of each attention layer's W<sub>Q</sub>ᵀW<sub>K</sub>, "
         "whole and per head (docs/math.md#weight-probes).",
+        "<b>Sketch</b> (when the monitor has <code>sketch=m</code>): the window holds each update sketched to m "
+        "numbers, so every quantity above is an estimate; <i>rel_err</i> in the summary is the estimated standard "
+        "error of the Gram's entries relative to the Gram (docs/numerics.md#sketch-mode).",
     ]
     return ('<div class="guide"><h3>How to read this report</h3><ul>' + "".join(f"<li>{i}</li>" for i in items)
             + "</ul><p>Definitions: the project's docs/ folder (docs/README.md; each item above names its page and "
@@ -560,6 +563,14 @@ def run_summary(run: dict) -> Dict[str, object]:
     if np.isfinite(R).any():
         out["median R"] = float(np.nanmedian(R))
         out["max R (step)"] = f"{np.nanmax(R):.3g} ({recs[int(np.nanargmax(R))]['step']})"
+    sketched = [r["sketch"] for r in recs if r.get("sketch")]
+    if sketched:  # the spectra are estimates: how far off their Gram may be
+        out["sketch m (groups kept exactly)"] = f"{sketched[-1]['m']} ({sketched[-1]['exact_groups']})"
+        err = [(r["sketch"]["rel_err"], r["step"]) for r in recs if (r.get("sketch") or {}).get("rel_err") is not None]
+        if err:
+            worst = max(err)
+            out["sketch rel_err of G: median, max (step)"] = (f"{np.median([e for e, _ in err]):.3g}, "
+                                                               f"{worst[0]:.3g} ({worst[1]})")
     for name, step in _milestones(meta).items():
         out[name] = step
     for k, v in (meta.get("info") or {}).items():

@@ -27,6 +27,7 @@ installed the sink is left out with one warning naming the package to install.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -139,7 +140,12 @@ def _check_kept(path: str, kept: int, wanted: int) -> None:
 class _FileSink(Sink):
     """Files under ``log_dir``, one per kind, created (truncated) at the first
     write and appended to afterwards, also after ``close()``; a monitor
-    restored from a checkpoint rewrites them through ``resume``."""
+    restored from a checkpoint rewrites them through ``resume``.
+
+    A write that fails (a full disk, a file-size quota) does not stop the
+    training: the sink warns once, naming the file and the step, and writes
+    no more; its files keep the records before that one. A directory that
+    cannot be made or claimed raises at the first write."""
 
     suffix = ""
 
@@ -147,6 +153,7 @@ class _FileSink(Sink):
         self.log_dir = log_dir
         self._files: Dict[str, object] = {}
         self._claimed = False
+        self._stopped = False  # a write failed: the files end there
 
     def _claim(self) -> None:
         """One writing process per run directory (files.claim_dir), taken at
@@ -160,18 +167,48 @@ class _FileSink(Sink):
         return os.path.join(self.log_dir, FILES[kind] + self.suffix)
 
     def write_meta(self, meta: dict) -> None:
+        path = os.path.join(self.log_dir, META_FILE)
         self._claim()
-        with atomic_write(os.path.join(self.log_dir, META_FILE)) as f:
+        if not self._stopped:
+            self._guarded(path, "it", self._write_meta, path, meta)
+
+    @staticmethod
+    def _write_meta(path: str, meta: dict) -> None:
+        with atomic_write(path) as f:
             json.dump(_finite(meta), f, indent=2, default=_json_default)
+
+    def write(self, kind: str, record: dict) -> None:
+        path = self.path(kind)
+        if not self._stopped:
+            self._guarded(path, f"the {kind} record of step {record.get('step')}", self._write, kind, record)
+
+    def _write(self, kind: str, record: dict) -> None:
+        raise NotImplementedError
+
+    def _guarded(self, path: str, what: str, write, *args) -> None:
+        """``write(*args)``; when it fails, stop the sink with one warning."""
+        try:
+            write(*args)
+        except OSError as exc:
+            self._stopped = True
+            self._close_files()
+            warnings.warn(f"{path}: cannot write {what} ({exc.strerror or exc}): this sink stops, the training "
+                          "goes on. Its files keep the records before (a line the failed write cut is skipped "
+                          "when read); the monitor keeps its last records in memory (monitor.history, .metrics)",
+                          RuntimeWarning, stacklevel=4)
+
+    def _close_files(self) -> None:
+        for f in self._files.values():
+            with contextlib.suppress(OSError):  # what a failed write left in the buffer cannot be written either
+                f.close()
+        self._files.clear()
 
     def flush(self) -> None:
         for f in self._files.values():
             f.flush()
 
     def close(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
+        self._close_files()
         if self._claimed:
             release_dir(self.log_dir)
             self._claimed = False
@@ -193,7 +230,7 @@ class JSONLSink(_FileSink):
             self._started.add(kind)
         return self._files[kind]
 
-    def write(self, kind: str, record: dict) -> None:
+    def _write(self, kind: str, record: dict) -> None:
         f = self._file(kind)
         f.write(dumps(record) + "\n")
         f.flush()  # the whole line to the OS now: a crash loses at most the record being written
@@ -234,7 +271,7 @@ class CSVSink(_FileSink):
         super().__init__(log_dir)
         self._columns: Dict[str, List[str]] = {}
 
-    def write(self, kind: str, record: dict) -> None:
+    def _write(self, kind: str, record: dict) -> None:
         row = self._row(kind, record)
         columns = self._columns.get(kind)
         new = [c for c in row if c not in (columns or ())]

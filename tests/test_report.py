@@ -328,3 +328,17 @@ def test_the_report_is_utf8_whatever_the_locale(tmp_path):
     assert done.returncode == 0, done.stderr
     text = (run / "report.html").read_text(encoding="utf-8")
     assert "<meta charset='utf-8'>" in text and "Spectral-edge report: grokking ü 損失</h1>" in text and "σ" in text
+
+
+def test_a_sketch_mode_run_says_so_with_its_error(tmp_path):
+    """Sketch-mode records carry ``sketch`` (m, the groups kept exactly,
+    rel_err): the summary gives m and the median and largest rel_err; an
+    exact run's summary has no sketch rows."""
+    errors = [0.02, 0.05, None, 0.03]  # None: a window of zero updates
+    recs = [{**r, "sketch": {"m": 256, "exact_groups": 1, "rel_err": e}} for r, e in zip(_analysis(PEAK[:4]), errors)]
+    s = run_summary({"analysis": recs, "metrics": [], "meta": {"sketch": 256}})
+    assert s["sketch m (groups kept exactly)"] == "256 (1)"
+    assert s["sketch rel_err of G: median, max (step)"] == "0.03, 0.05 (20)"
+    _write(tmp_path, recs)
+    assert "sketch rel_err of G: median, max (step)</td><td>0.03, 0.05 (20)" in open(render(str(tmp_path))).read()
+    assert not any("sketch" in k for k in run_summary({"analysis": _analysis(PEAK[:4]), "metrics": [], "meta": {}}))

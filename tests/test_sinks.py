@@ -3,9 +3,11 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -516,3 +518,53 @@ def test_csv_files_are_utf8_whatever_the_locale(tmp_path):
         rows = list(csv.DictReader(f))
     assert rows == [{"step": "1", "Verlust": "0.5", "précision": "", "損失": ""},
                     {"step": "2", "Verlust": "0.25", "précision": "0.9", "損失": "1.0"}]
+
+
+def test_a_full_disk_stops_the_file_sinks_with_a_warning_naming_the_file_and_the_training_goes_on(tmp_path):
+    """A write that fails (the disk full; here a file-size limit, which fails
+    it alike) stopped the training from the optimizer's hook with an error
+    naming no file. Now each file sink warns once, naming its file and the
+    step, and stops; the training, the other sink and the records in memory
+    go on, and the files read back up to the failed record."""
+    import subprocess
+
+    code = """if True:
+        import resource, signal, warnings, torch
+        from spectral_edge_fast import SpectralMonitor
+        from spectral_edge_fast.sinks import JSONLSink, Sink
+        class Count(Sink):
+            n = 0
+            def write(self, kind, record):
+                Count.n += 1
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails (EFBIG) instead of killing
+        torch.manual_seed(0)
+        model = torch.nn.Linear(8, 8)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        mon = SpectralMonitor(model, opt, window=4, analyze_every=1, log_dir='run', sinks=('jsonl', 'csv', Count()))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+        x = torch.randn(16, 8)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            for step in range(1, 101):
+                loss = model(x).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                mon.log({'loss': loss}, step=step)
+            mon.close()
+        print(mon.steps, Count.n, len(mon.history))
+        for w in caught:
+            print(w.message)
+    """
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr
+    counts, *messages = done.stdout.splitlines()
+    assert counts == "100 200 100"  # every step, every record to the other sink and in memory
+    for name in ("spectral.jsonl", "spectral.csv"):
+        (message,) = [m for m in messages if f"run/{name}" in m]
+        assert re.search(r"cannot write the analysis record of step \d+ \(.*\): this sink stops", message), message
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the line the failed write cut, if any
+        steps = [r["step"] for r in read_records(str(tmp_path / "run"))["analysis"]]
+    assert 5 < len(steps) < 100 and steps == list(range(1, len(steps) + 1))
