@@ -9,7 +9,8 @@ starts (so skipped steps, e.g. under a gradient scaler's overflow, are not
 counted). It records the module's logged metrics as Lightning logs them:
 at each logging step (every ``log_every_n_steps`` optimizer steps, at the
 batch that steps, not at one that accumulates), after each validation and at
-each training epoch's end, each value once. Each finished analysis's summary
+each training epoch's end: each value logged, once (an unchanged value
+logged again, again), under the names Lightning logs. Each finished analysis's summary
 (``spectral/R``, ``spectral/k_star``...) goes to ``trainer.loggers`` at the
 trainer's global step, but for a logger whose run a sink of the monitor
 writes already (``sinks="wandb"`` beside a ``WandbLogger``, a TensorBoard
@@ -51,17 +52,6 @@ from ..sinks import TensorBoardSink, WandbSink
 from ._common import check_report, reported, write_report
 
 
-def _numbers(metrics) -> dict:
-    """The scalar entries of Lightning's metric dict, as floats."""
-    out = {}
-    for key, value in metrics.items():
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            out[key] = float(value)
-        elif isinstance(value, (int, float)):
-            out[key] = float(value)
-    return out
-
-
 class SpectralEdgeCallback(pl.Callback):
     """Live spectral-edge diagnostics of a Lightning run.
 
@@ -88,7 +78,7 @@ class SpectralEdgeCallback(pl.Callback):
         self.exact_resume = exact_resume
         self.monitor: Optional[SpectralMonitor] = None
         self._restored: Optional[dict] = None
-        self._recorded: dict = {}  # metric -> the value last recorded: each logged value is recorded once
+        self._recorded: dict = {}  # metric -> the value last recorded (its tensor): each logged value is recorded once
         self._reported = None  # the last record whose summary went to the loggers
         self._global_step = 0  # the trainer's at the last batch end: unchanged after an accumulating batch
         self._loggers: list = []  # the trainer's loggers that the summaries go to
@@ -144,13 +134,27 @@ class SpectralEdgeCallback(pl.Callback):
         return False
 
     def _log(self, trainer) -> None:
-        """Record the logged metrics whose value is new (a metric Lightning
-        keeps showing since it was logged is recorded once)."""
-        if self.monitor is not None and not trainer.sanity_checking:
-            metrics = {k: v for k, v in _numbers(trainer.callback_metrics).items() if self._recorded.get(k) != v}
-            if metrics:
-                self._recorded.update(metrics)
-                self.monitor.log(metrics, step=trainer.global_step)
+        """Record the scalar metrics logged since the last record. Each
+        ``self.log`` call makes a new tensor, so a value logged again is new
+        even when equal, while one Lightning keeps showing since it was
+        logged (val_loss through the training steps) is the tensor already
+        recorded, which ``_recorded`` keeps alive so that its memory is not
+        another's. A metric logged both on_step and on_epoch goes to the
+        loggers as ``<name>_step`` and ``<name>_epoch`` only: so here."""
+        if self.monitor is None or trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        new = {}
+        for key, value in metrics.items():
+            if f"{key}_step" in metrics or f"{key}_epoch" in metrics:
+                continue
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                old = self._recorded.get(key)
+                if old is None or old.data_ptr() != value.data_ptr():
+                    new[key] = value
+        if new:
+            self._recorded.update(new)
+            self.monitor.log({k: float(v) for k, v in new.items()}, step=trainer.global_step)
 
     def _report(self, trainer) -> None:
         """Hand a newly finished analysis's summary to the trainer's loggers

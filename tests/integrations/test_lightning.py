@@ -200,3 +200,34 @@ def test_a_report_without_the_jsonl_sink_warns_when_the_callback_is_made():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SpectralEdgeCallback(window=4, sinks=None, report=False)
+
+
+def test_a_value_logged_again_unchanged_is_recorded_again(tmp_path):
+    """An accuracy that stays at 1.0 is logged at every logging step and
+    every validation: the monitor records each of those points (it kept the
+    first only, taking a repeated value for one Lightning keeps showing), as
+    Lightning names them."""
+
+    class Constant(Tiny):
+        def training_step(self, batch, batch_idx):
+            self.log("acc", 1.0)
+            self.log("seen", float(batch_idx), on_step=True, on_epoch=True)
+            return super().training_step(batch, batch_idx)
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_acc", 1.0)
+            super().validation_step(batch, batch_idx)
+
+    cb = SpectralEdgeCallback(window=4, analyze_every=4, log_dir=str(tmp_path / "se"), report=False)
+    logger = pl.loggers.CSVLogger(str(tmp_path), name="tiny")
+    trainer = pl.Trainer(max_epochs=2, callbacks=[cb], default_root_dir=str(tmp_path), logger=logger, log_every_n_steps=2,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Constant(), _data(), _data())
+    rows = list(csv.DictReader(open(tmp_path / "tiny" / "version_0" / "metrics.csv")))
+    steps = {key: [m["step"] for m in cb.monitor.metrics if key in m] for key in ("acc", "val_acc", "val_loss")}
+    assert steps == {"acc": [2, 4, 6, 8, 10, 12, 14, 16], "val_acc": [8, 16], "val_loss": [8, 16]}
+    assert len(steps["acc"]) == sum(bool(r.get("acc")) for r in rows)  # as many as Lightning logged
+    # logged on_step and on_epoch: under the two names Lightning logs, never under the plain one
+    assert [m["seen_step"] for m in cb.monitor.metrics if "seen_step" in m] == [1.0, 3.0, 5.0, 7.0] * 2
+    assert [m["seen_epoch"] for m in cb.monitor.metrics if "seen_epoch" in m] == [3.5, 3.5]
+    assert not any("seen" in m for m in cb.monitor.metrics)
