@@ -244,3 +244,35 @@ def test_a_run_shorter_than_its_first_analysis_says_why_it_has_no_report(tmp_pat
     assert cb.report_path is None and not (tmp_path / "se" / "report.html").exists()
     assert ("no report: training ended after 8 steps, before the monitor's first analysis (analyze_every=10)"
             in capsys.readouterr().out)
+
+
+def test_bf16_accumulated_steps_of_a_llama_match_its_saved_weights(tmp_path):
+    """A tiny Llama under bf16 autocast, two micro-batches a step, saved each
+    step as safetensors (fp32 weights): the window at step 6 holds the
+    updates of steps 5 and 6, whose singular values a float64 computation
+    from the saved weights gives."""
+    from safetensors.torch import load_file
+
+    from helpers import EPS32
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    tokens = torch.randint(0, 64, (64, 16), generator=torch.Generator().manual_seed(0))
+    cb = SpectralEdgeCallback(window=2, analyze_every=2, groups=None, log_dir=str(tmp_path / "se"), report=False)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4,
+                                          gradient_accumulation_steps=2, bf16=True, learning_rate=1e-3, save_steps=1,
+                                          report_to=[], use_cpu=True, disable_tqdm=True)
+    trainer = transformers.Trainer(model=transformers.LlamaForCausalLM(config), args=args,
+                                   train_dataset=[{"input_ids": t, "labels": t} for t in tokens], callbacks=[cb])
+    trainer.train()
+    assert cb.monitor.steps == trainer.state.global_step == 6
+    weights = [load_file(str(tmp_path / f"checkpoint-{s}" / "model.safetensors")) for s in (4, 5, 6)]
+    assert all(w.dtype == torch.float32 for w in weights[0].values())
+    names = sorted(weights[0])
+    X = torch.stack([torch.cat([(b[n].double() - a[n].double()).flatten() for n in names])
+                     for a, b in zip(weights, weights[1:])])
+    ref = torch.linalg.svdvals(X).numpy()
+    record = cb.monitor.history[-1]
+    assert record["step"] == 6 and record["n"] == 2
+    np.testing.assert_allclose(record["sigmas"][:2], ref, rtol=0, atol=8 * EPS32 * X.shape[1] ** 0.5 * ref[0])
