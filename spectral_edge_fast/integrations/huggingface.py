@@ -110,8 +110,9 @@ class SpectralEdgeCallback(TrainerCallback):
                 try:
                     self.monitor.load_state_dict(torch.load(saved, map_location="cpu"))
                 except ValueError as exc:
-                    raise ValueError(f"SpectralEdgeCallback: {saved}: {str(exc).rstrip('.')}. Make the callback with the settings of "
-                                     f"the run that saved it, or delete {saved} to start the monitor afresh") from exc
+                    raise ValueError(f"SpectralEdgeCallback: {saved}: {str(exc).rstrip('.')}. Make the callback "
+                                     f"with the settings of the run that saved it, or delete {saved} to start the "
+                                     "monitor afresh") from exc
             else:
                 warnings.warn(f"SpectralEdgeCallback: resuming at step {state.global_step}, but {saved} does not "
                               "exist: the monitor starts afresh (its records before this step are not in memory, and "

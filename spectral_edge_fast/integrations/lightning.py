@@ -103,10 +103,10 @@ class SpectralEdgeCallback(pl.Callback):
                 self._restored = {**self._restored, "window": None}
             self.monitor.load_state_dict(self._restored)
         elif trainer.global_step > 0:
-            warnings.warn(f"SpectralEdgeCallback: resuming at step {trainer.global_step} from a checkpoint without this "
-                          "callback's state (saved without it, or with another window, every, analyze_every, groups, "
-                          "storage_dtype or sketch): the monitor starts afresh, its records before this step are not "
-                          "in memory, and its steps count on from the trainer's global step", RuntimeWarning,
+            warnings.warn(f"SpectralEdgeCallback: resuming at step {trainer.global_step} from a checkpoint without "
+                          "this callback's state (saved without it, or with another window, every, analyze_every, "
+                          "groups, storage_dtype or sketch): the monitor starts afresh, its records before this step "
+                          "are not in memory, and its steps count on from the trainer's global step", RuntimeWarning,
                           stacklevel=2)
             self.monitor.steps = trainer.global_step  # the records' step labels and analysis times follow the trainer
         self._restored = None
