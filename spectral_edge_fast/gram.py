@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from .kernels import get_backend
+from .kernels import backend_status, get_backend
+
+#: The most rows the CUDA extension's Gram kernel takes (csrc/kernels/gram.h,
+#: kGramMaxRowsCuda: each thread owns a 4 x 4 block of the Gram); "auto" hands
+#: a larger x to the Triton kernel, which tiles pairs of row blocks.
+CUDA_GRAM_MAX_ROWS = 64
 
 
 def gram(x, backend: str = "auto") -> torch.Tensor:
@@ -28,4 +33,6 @@ def gram(x, backend: str = "auto") -> torch.Tensor:
         x = x.float() if x.dtype != torch.float64 else x
     if x.dtype == torch.float64:
         return x @ x.T
+    if backend == "auto" and x.device.type == "cuda" and x.shape[0] > CUDA_GRAM_MAX_ROWS:
+        backend = "triton" if backend_status("triton", x.device)[0] else "torch"
     return get_backend(backend, x.device).gram(x)

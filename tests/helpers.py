@@ -53,8 +53,9 @@ class OnDevice:
                 return type(x)(map(to_device, x)) if isinstance(x, (list, tuple)) else x
 
             out = fn(*map(to_device, args), **{k: to_device(v) for k, v in kwargs.items()})
-            for host, dev in moved:
-                host.copy_(dev)
+            with torch.no_grad():  # a Parameter given to the op is written back as the op wrote it
+                for host, dev in moved:
+                    host.copy_(dev)
             return out.cpu() if isinstance(out, torch.Tensor) else out
 
         return call

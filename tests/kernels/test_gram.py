@@ -19,6 +19,30 @@ def test_gram_matches_float64(backend, dtype, W, P):
     assert torch.equal(got, sef.gram(x.to(device), backend=name)), "same bits twice"
 
 
+def test_cuda_row_limit_is_the_kernels():
+    """gram's "auto" hands more rows than the CUDA kernel takes to Triton: its
+    limit must be the one compiled into the kernel."""
+    import pathlib
+    import re
+
+    from spectral_edge_fast.gram import CUDA_GRAM_MAX_ROWS
+
+    header = (pathlib.Path(__file__).resolve().parents[2] / "csrc" / "kernels" / "gram.h").read_text()
+    assert int(re.search(r"kGramMaxRowsCuda = (\d+);", header).group(1)) == CUDA_GRAM_MAX_ROWS
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_auto_gram_on_cuda_takes_any_number_of_rows(dtype):
+    from spectral_edge_fast.gram import CUDA_GRAM_MAX_ROWS
+
+    W, P = 2 * CUDA_GRAM_MAX_ROWS, 4099
+    x = torch.randn(W, P, generator=torch.Generator().manual_seed(W)).to(dtype)
+    want = x.double() @ x.double().T
+    tol = torch.stack([dot_tolerance(x, x[i], (0, P))[0] for i in range(W)])
+    assert_dots_close(sef.gram(x.cuda()).cpu(), want, tol, "auto gram, W = 128")
+
+
 def test_gram_accepts_a_list_of_tensors():
     rows = [torch.randn(3, 5, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     x = torch.stack([r.reshape(-1) for r in rows]).double()
