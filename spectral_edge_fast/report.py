@@ -59,10 +59,11 @@ EVENT_STYLES = {
     "gap_collapse": {"color": "tab:red", "ls": ":", "lw": 1.8, "label": "gap collapse"},
     "gap_opening": {"color": "tab:green", "ls": "-", "lw": 1.2, "label": "gap opening"},
     "k_star_shift": {"color": "tab:purple", "ls": "-.", "lw": 1.0, "label": "k* shift"},
+    "nonfinite_rows": {"color": "tab:brown", "ls": (0, (6, 1.5, 1, 1.5, 1, 1.5)), "lw": 2.0, "label": "non-finite updates"},
 }
 MILESTONE_STYLE = {"color": "black", "ls": "--", "lw": 1.5}
 HEATMAP_MILESTONE_COLOR = "tab:cyan"  # black and white each vanish on part of the magma map
-_LINE_WORDS = {"-": "solid", ":": "dotted", "-.": "dash-dot", "--": "dashed"}
+_LINE_WORDS = {"-": "solid", ":": "dotted", "-.": "dash-dot", "--": "dashed", (0, (6, 1.5, 1, 1.5, 1, 1.5)): "dash-dot-dot"}
 TOP_COLORS = ("tab:blue", "tab:orange", "tab:green")  # sigma_1..sigma_3; the rest grey
 WIDTH = 11.0  # inches: the plot and, at its right, the legend
 MARKERS_UP_TO = 60  # points in a series: fewer get markers (a lone point would be invisible without)
@@ -92,6 +93,18 @@ def _series(records: List[dict], key: str) -> np.ndarray:
 
 def _steps(records: List[dict]) -> np.ndarray:
     return np.array([r["step"] for r in records], dtype=float)
+
+
+def _marker(n: int) -> Optional[str]:
+    """Markers on a series of few points: a lone point is no line."""
+    return "o" if n <= MARKERS_UP_TO else None
+
+
+def _span(ax, steps: np.ndarray) -> None:
+    """The x-axis over every record: records without a finite value (the
+    updates turned NaN) would end the autoscaled axis at the last finite one."""
+    pad = 0.05 * (steps[-1] - steps[0]) or 0.5
+    ax.set_xlim(steps[0] - pad, steps[-1] + pad)
 
 
 def metric_series(metrics: List[dict], key: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -216,8 +229,10 @@ def sigmas_figure(records: List[dict], meta: dict):
     for j in range(width - 1, -1, -1):  # sigma_1 drawn last, on top
         top = j < len(TOP_COLORS)
         ax.plot(steps, sig[:, j], color=TOP_COLORS[j] if top else "0.6", lw=1.8 if top else 0.7,
-                label=f"σ{j + 1}" if top else ("σ4 … σW" if j == len(TOP_COLORS) else None))
+                label=f"σ{j + 1}" if top else ("σ4 … σW" if j == len(TOP_COLORS) else None),
+                marker=_marker(len(steps)), ms=3)
     _mark(ax, model_events(records), _milestones(meta))
+    _span(ax, steps)
     _log_axis(ax, sig)
     ax.set_xlabel("step")
     ax.set_ylabel("singular value σ_j of the window")
@@ -260,14 +275,14 @@ def gap_figure(records: List[dict], meta: dict, open_above: Optional[float] = No
     fig, axes = plt.subplots(rows, 1, figsize=(WIDTH, 2.6 * rows + 0.6), sharex=True)
     events, milestones = model_events(records), _milestones(meta)
     ax = axes[0]
-    ax.plot(steps, R, color="tab:blue", lw=1.5, label="R = σ_k* / σ_k*+1")
+    ax.plot(steps, R, color="tab:blue", lw=1.5, label="R = σ_k* / σ_k*+1", marker=_marker(len(steps)), ms=3)
     ax.axhline(open_above, color="tab:green", ls=(0, (6, 3)), lw=0.9, label=f"open: R ≥ {open_above:g}")
     ax.axhline(close_below, color="tab:red", ls=(0, (6, 3)), lw=0.9, label=f"collapsed: R < {close_below:g}")
     _log_axis(ax, np.append(R, (open_above, close_below)))
     ax.set_ylabel("gap ratio R")
     _mark(ax, events, milestones)
     ax = axes[1]
-    ax.step(steps, k, where="post", color="tab:purple", lw=1.3)
+    ax.step(steps, k, where="post", color="tab:purple", lw=1.3, marker=_marker(len(steps)), ms=3)
     ax.set_ylabel("gap position k*")
     top = int(np.nanmax(k)) if np.isfinite(k).any() else 1
     ax.set_yticks(range(1, top + 1, max(1, top // 8)))
@@ -275,7 +290,7 @@ def gap_figure(records: List[dict], meta: dict, open_above: Optional[float] = No
     _mark(ax, events, milestones, label=False)
     if has_A:
         ax = axes[2]
-        ax.plot(steps, A, color="tab:orange", lw=1.2)
+        ax.plot(steps, A, color="tab:orange", lw=1.2, marker=_marker(len(steps)), ms=3)
         ax.axhline(1.0, color="grey", ls=(0, (6, 3)), lw=0.9, label="A = 1")
         _log_axis(ax, np.append(A, 1.0))
         ax.set_ylabel("adiabatic A")
@@ -283,6 +298,7 @@ def gap_figure(records: List[dict], meta: dict, open_above: Optional[float] = No
     for ax in axes:
         ax.grid(alpha=0.3)
         _legend(ax)
+    _span(axes[-1], steps)
     axes[-1].set_xlabel("step")
     axes[0].set_title("Spectral gap of the update window: ratio R, position k*" + (", adiabatic parameter A" if has_A else ""))
     fig.tight_layout()
@@ -348,7 +364,7 @@ def probes_figure(records: List[dict], meta: dict):
     for ax, key, label in ((axes[0], "sigma_12", "σ1 / σ2"), (axes[1], "sigma_23", "σ2 / σ3")):
         series = [values("probes", w, key) for w in weights]
         for i, (w, v) in enumerate(zip(weights, series)):
-            ax.plot(steps, v, color=colors[i % len(colors)], lw=1.3, label=w)
+            ax.plot(steps, v, color=colors[i % len(colors)], lw=1.3, label=w, marker=_marker(len(steps)), ms=3)
         _log_axis(ax, np.concatenate(series + [np.ones(1)]))
         ax.set_ylabel(f"{label} of the weight")
     if modules:
@@ -357,8 +373,9 @@ def probes_figure(records: List[dict], meta: dict):
         for i, m in enumerate(modules):
             color = colors[i % len(colors)]
             drawn += [values("attention", m, "ratio_12"), values("attention", m, "ratio_23")]
-            ax.plot(steps, drawn[-2], color=color, lw=1.5, label=f"{m}: |λ1|/|λ2|")
-            ax.plot(steps, drawn[-1], color=color, lw=1.0, ls="--", label=f"{m}: |λ2|/|λ3|")
+            ax.plot(steps, drawn[-2], color=color, lw=1.5, label=f"{m}: |λ1|/|λ2|", marker=_marker(len(steps)), ms=3)
+            ax.plot(steps, drawn[-1], color=color, lw=1.0, ls="--", label=f"{m}: |λ2|/|λ3|",
+                    marker=_marker(len(steps)), ms=3)
             heads = max(len(((r.get("attention") or {}).get(m) or {}).get("heads") or ()) for r in probed)
             for h in range(heads):
                 drawn.append(values("attention", m, "ratio_12", h))
@@ -421,7 +438,7 @@ def comparison_figure(runs: Dict[str, dict]):
         color = colors(i % 10)
         label = (run["meta"].get("info") or {}).get("name") or name
         recs = run["analysis"]
-        axes[0].plot(_steps(recs), _series(recs, "R"), color=color, lw=1.3, label=label)
+        axes[0].plot(_steps(recs), _series(recs, "R"), color=color, lw=1.3, label=label, marker=_marker(len(recs)), ms=3)
         metrics = run["metrics"]
         acc = [k for k in sorted({k for m in metrics for k in m}) if "acc" in k.lower()]
         for key in sorted(acc, key=lambda k: ("test" not in k and "val" not in k, k)):
@@ -491,7 +508,8 @@ def guide_html() -> str:
         f"row, a gap <i>collapse</i> when it stays below {CLOSE_BELOW:g} for {PERSIST} analyses (in between, the "
         f"state holds), a <i>k* shift</i> when a decisive k* (its ratio at least {K_STAR_MARGIN:g} times the "
         f"runner-up's) changes and keeps its new value for {PERSIST} analyses, so the wandering k* of a flat "
-        f"spectrum makes none; each is dated at the first analysis of its run. These are the defaults: the gap "
+        f"spectrum makes none; each is dated at the first analysis of its run; <i>non-finite updates</i> where a "
+        f"NaN or infinity enters the window (no spectrum until it leaves). These are the defaults: the gap "
         f"plot draws the run's own thresholds. On the plots: {lines}; milestones (e.g. grokking) "
         f"{_line_words(MILESTONE_STYLE)} (docs/math.md#events).",
         "<b>Groups</b>: the same gap ratio for each group of parameters (a repeated block, the embeddings, the "

@@ -342,3 +342,30 @@ def test_a_sketch_mode_run_says_so_with_its_error(tmp_path):
     _write(tmp_path, recs)
     assert "sketch rel_err of G: median, max (step)</td><td>0.03, 0.05 (20)" in open(render(str(tmp_path))).read()
     assert not any("sketch" in k for k in run_summary({"analysis": _analysis(PEAK[:4]), "metrics": [], "meta": {}}))
+
+
+
+def test_a_run_of_one_record_shows_its_point():
+    """One analysis (a run stopped early): a line through one point draws
+    nothing, so the gap, k*, A and sigma plots showed empty axes; short
+    series get markers, as the training panel's do."""
+    (record,) = _analysis([3.0])
+    for fig in (report.gap_figure([record], {}), report.sigmas_figure([record], {})):
+        lines = [ln for ax in fig.axes for ln in ax.get_lines() if len(ln.get_xdata()) == 1]
+        assert len(lines) >= 3 and all(ln.get_marker() == "o" for ln in lines), [ln.get_label() for ln in lines]
+
+
+def test_the_time_plots_span_the_run_and_mark_where_the_updates_turned_non_finite():
+    """A run whose updates turned NaN: its records from there on have no R,
+    k* or sigmas. The plots stopped at the last finite record as if the run
+    had ended there; they span every record and mark the non-finite event."""
+    recs = _analysis(PEAK[:30])
+    for r in recs[20:]:
+        r.update(R=None, k_star=None, A=None, sigmas=[], groups={})
+    recs[20]["events"] = [{"kind": "nonfinite_rows", "step": recs[20]["step"], "index": 20, "value": [0, 1]}]
+    last = recs[-1]["step"]
+    for fig in (report.gap_figure(recs, {}), report.sigmas_figure(recs, {})):
+        for ax in fig.axes:
+            assert ax.get_xlim()[1] >= last
+        assert _lines_at(fig.axes[0], recs[20]["step"]), "the non-finite event is not drawn"
+    assert "non-finite" in report.guide_html()
