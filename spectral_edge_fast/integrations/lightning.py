@@ -6,7 +6,9 @@
 
 The monitor attaches to the first optimizer's post-step hook when training
 starts (so skipped steps, e.g. under a gradient scaler's overflow, are not
-counted). It records the module's logged metrics as Lightning logs them:
+counted); with one optimizer its records are labelled with the trainer's
+global step, which counts skipped steps too, and with several with the
+first optimizer's steps. It records the module's logged metrics as Lightning logs them:
 at each logging step (every ``log_every_n_steps`` optimizer steps, at the
 batch that steps, not at one that accumulates), after each validation and at
 each training epoch's end: each value logged, once (an unchanged value
@@ -82,6 +84,7 @@ class SpectralEdgeCallback(pl.Callback):
         self._reported = None  # the last record whose summary went to the loggers
         self._global_step = 0  # the trainer's at the last batch end: unchanged after an accumulating batch
         self._loggers: list = []  # the trainer's loggers that the summaries go to
+        self._counting = None  # the optimizer pre-step hook that sets the monitor's count to the global step
         self.report_path: Optional[str] = None
 
     @property
@@ -98,6 +101,11 @@ class SpectralEdgeCallback(pl.Callback):
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         self.monitor = SpectralMonitor(pl_module, optimizer, self.options, log_dir=log_dir,
                                        process_group=self.process_group)
+        if len(trainer.optimizers) == 1:
+            # Lightning's global step counts a step a gradient scaler skipped, the monitor's hook does not: the
+            # count restarts from the global step before each step, so records carry the step they analyse.
+            self._counting = optimizer.register_step_pre_hook(
+                lambda *_: setattr(self.monitor, "steps", trainer.global_step))
         if self._restored is not None:
             if self.process_group is not None:  # rank 0's window shard: every rank refills instead
                 self._restored = {**self._restored, "window": None}
@@ -187,14 +195,20 @@ class SpectralEdgeCallback(pl.Callback):
             return
         self.monitor.flush()
         self._report(trainer)  # the last analysis, finished by the flush
-        self.monitor.close()
+        self._close()
         if self.report and self.monitor.is_writer:
             self.report_path, line = write_report(self.monitor)
             pl.utilities.rank_zero_info(line)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         if self.monitor is not None:
-            self.monitor.close()
+            self._close()
+
+    def _close(self) -> None:
+        if self._counting is not None:
+            self._counting.remove()
+            self._counting = None
+        self.monitor.close()
 
     def state_dict(self) -> dict:
         return self.monitor.state_dict(exact=self.exact_resume) if self.monitor is not None else {}

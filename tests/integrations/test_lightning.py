@@ -231,3 +231,25 @@ def test_a_value_logged_again_unchanged_is_recorded_again(tmp_path):
     assert [m["seen_step"] for m in cb.monitor.metrics if "seen_step" in m] == [1.0, 3.0, 5.0, 7.0] * 2
     assert [m["seen_epoch"] for m in cb.monitor.metrics if "seen_epoch" in m] == [3.5, 3.5]
     assert not any("seen" in m for m in cb.monitor.metrics)
+
+
+def test_records_keep_the_global_step_when_a_step_is_skipped(tmp_path):
+    """A step whose optimizer.step is not called (a gradient scaler's
+    overflow) still counts in Lightning's global step: the records after it
+    are labelled with the global step they analyse (they were labelled with
+    the monitor's count, one behind the metrics beside them)."""
+
+    class Skipping(Tiny):
+        def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+            if epoch == 0 and batch_idx == 2:
+                optimizer_closure()  # what a scaler does at an overflow: the closure runs, the step does not
+            else:
+                optimizer.step(closure=optimizer_closure)
+
+    cb = SpectralEdgeCallback(window=2, analyze_every=4, log_dir=str(tmp_path / "se"), report=False)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[cb], default_root_dir=str(tmp_path), logger=False,
+                         log_every_n_steps=4, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Skipping(), _data(), _data())
+    assert trainer.global_step == 16
+    assert [r["step"] for r in cb.monitor.history] == [4, 8, 12, 16]
+    assert [m["step"] for m in cb.monitor.metrics if "train_loss" in m] == [4, 8, 12, 16]
