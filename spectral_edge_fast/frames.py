@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, NamedTuple
 
-from .sinks import event_labels, read_records, scalars
+from .sinks import DETAIL_FIELDS, event_labels, read_records, scalars
 
 
 class RunFrames(NamedTuple):
@@ -50,8 +50,8 @@ def frames(analysis: List[dict], metrics: List[dict], meta: Dict[str, Any]) -> R
     pd = _pandas()
     rows, groups, events = [], [], []
     for record in analysis:
-        # a summary field that is None (A without a learning rate) stays a column, of NaN
-        row = {k: None for k, v in record.items() if v is None}
+        # a summary field that is None (A without a learning rate) stays a column, of NaN; the detail is in no frame
+        row = {k: None for k, v in record.items() if v is None and k not in DETAIL_FIELDS}
         row.update((k, v) for k, v in scalars("analysis", record).items() if not k.startswith("groups/"))
         rows.append({**row, "events": event_labels(record)})
         step = record["step"]
@@ -72,7 +72,7 @@ def read_run(run_dir: str) -> RunFrames:
     is not installed; :func:`spectral_edge_fast.sinks.read_records` gives the
     same records as dicts without it."""
     _pandas()
-    run = read_records(run_dir)
+    run = read_records(run_dir, detail=False)
     return frames(run["analysis"], run["metrics"], run["meta"])
 
 

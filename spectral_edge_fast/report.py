@@ -647,7 +647,7 @@ def _plot_run(run_dir: str, run: dict) -> Dict[str, Optional[str]]:
 
 
 def _read(run_dir: str) -> dict:
-    run = read_records(run_dir)
+    run = read_records(run_dir, detail=False)
     if not run["analysis"]:
         raise ValueError(f"{run_dir} holds no analysis records ({FILES['analysis']}.jsonl is missing or empty)")
     return run
@@ -675,7 +675,7 @@ def render(run_dir: str) -> str:
     sections = []
     for d in subdirs:
         path = os.path.join(run_dir, d)
-        run = read_records(path)
+        run = read_records(path, detail=False)
         if not run["analysis"]:  # e.g. killed before its first analysis: the other runs still get their report
             warnings.warn(f"{path}: left out of the report, it holds no analysis records "
                           f"({FILES['analysis']}.jsonl is empty)", RuntimeWarning, stacklevel=2)

@@ -506,10 +506,11 @@ def make_sinks(spec, log_dir: Optional[str]) -> List[Sink]:
     return out
 
 
-def read_jsonl(path: str) -> List[dict]:
-    """Every record of a JSONL file (an absent file gives no records). A line
-    that is not a JSON object (the last one, cut by a crash while it was
-    written) is skipped with one warning naming the file and the line."""
+def read_jsonl(path: str, drop: Sequence[str] = ()) -> List[dict]:
+    """Every record of a JSONL file (an absent file gives no records), without
+    its fields named in ``drop``. A line that is not a JSON object (the last
+    one, cut by a crash while it was written) is skipped with one warning
+    naming the file and the line."""
     if not os.path.exists(path):
         return []
     records, broken = [], []
@@ -523,6 +524,8 @@ def read_jsonl(path: str) -> List[dict]:
                 broken.append(f"line {number} ({exc})")
                 continue
             if isinstance(record, dict):
+                for key in drop:
+                    record.pop(key, None)
                 records.append(record)
             else:
                 broken.append(f"line {number} (a JSON {type(record).__name__}, not an object)")
@@ -533,10 +536,15 @@ def read_jsonl(path: str) -> List[dict]:
     return records
 
 
-def read_records(run_dir: str) -> Dict[str, object]:
+def read_records(run_dir: str, detail: bool = True) -> Dict[str, object]:
     """``{"meta": dict, "analysis": [records], "metrics": [records]}`` of a run
     directory written by the JSONL sink. A broken ``meta.json`` is left out
-    (``meta`` is empty) with a warning naming it."""
+    (``meta`` is empty) with a warning naming it.
+
+    ``detail=False`` leaves out of each analysis record the detail that the
+    report and the DataFrames do not use (``spectrum``, ``stability``,
+    ``adiabatic``, ``flow``, ``overlaps``, ``decomposition``): most of a
+    record, so a long run's records take several times less memory."""
     meta_path = os.path.join(run_dir, META_FILE)
     meta = {}
     if os.path.exists(meta_path):
@@ -549,7 +557,9 @@ def read_records(run_dir: str) -> Dict[str, object]:
             meta = {}
             warnings.warn(f"{meta_path} is unreadable ({exc}); going on without it (no run name, window or "
                           "milestones in the report)", RuntimeWarning, stacklevel=2)
-    run: Dict[str, object] = {kind: read_jsonl(os.path.join(run_dir, FILES[kind] + ".jsonl")) for kind in FILES}
+    drop = {"analysis": () if detail else tuple(f for f in DETAIL_FIELDS if f != "events"), "metrics": ()}
+    run: Dict[str, object] = {kind: read_jsonl(os.path.join(run_dir, FILES[kind] + ".jsonl"), drop[kind])
+                              for kind in FILES}
     run["meta"] = meta
     return run
 

@@ -79,3 +79,17 @@ def test_without_pandas_the_error_names_it_and_the_dict_reader(tmp_path, monkeyp
     monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas -> ImportError
     with pytest.raises(ImportError, match=r"need pandas: pip install pandas.*sinks\.read_records"):
         spectral_edge_fast.read_run(str(tmp_path))
+
+
+def test_read_run_and_frames_of_records_with_their_detail_agree(tmp_path):
+    """read_run reads the records without their detail (spectrum, flow...,
+    which no frame holds): a detail field that is None makes no column
+    either way."""
+    record = {**RECORD, "A": None, "flow": None, "overlaps": {"x": 1.0}}  # A None, as a monitor records NaN
+    sink = JSONLSink(str(tmp_path))
+    sink.write("analysis", record)
+    sink.close()
+    memory = spectral_edge_fast.frames.frames([record], [], {})
+    files = spectral_edge_fast.read_run(str(tmp_path))
+    assert "flow" not in memory.records.columns
+    pd.testing.assert_frame_equal(memory.records, files.records, check_dtype=False)

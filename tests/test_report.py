@@ -369,3 +369,21 @@ def test_the_time_plots_span_the_run_and_mark_where_the_updates_turned_non_finit
             assert ax.get_xlim()[1] >= last
         assert _lines_at(fig.axes[0], recs[20]["step"]), "the non-finite event is not drawn"
     assert "non-finite" in report.guide_html()
+
+
+def test_the_report_reads_the_records_without_their_detail(tmp_path, monkeypatch):
+    """The report draws the summary fields; the spectrum, stability, flow
+    and overlap detail is most of a record (a 100k-record run took 3.2 GB
+    to render): it is left out as the files are read, here and in a
+    directory of runs. read_records gives it unless told not to."""
+    detail = {"spectrum": {"eigenvalues": [1.0] * 16}, "stability": {"x": 1.0}, "flow": {}, "overlaps": {}}
+    for d in ("a", "b"):
+        _write(tmp_path / d, [{**r, **detail} for r in _analysis(PEAK[:6])])
+    seen = []
+    plot = report._plot_run
+    monkeypatch.setattr(report, "_plot_run", lambda path, run: seen.append(run) or plot(path, run))
+    render(str(tmp_path / "a"))
+    render(str(tmp_path))
+    assert len(seen) == 3 and all(r["analysis"] and not detail.keys() & set().union(*r["analysis"]) for r in seen)
+    assert all(r["events"] == [] and r["groups"] for r in seen[0]["analysis"])
+    assert read_records(str(tmp_path / "a"))["analysis"][0]["spectrum"] == detail["spectrum"]
