@@ -21,6 +21,8 @@ appended, each reaching the operating system whole as it is written, so at
 most the record being written is lost (:func:`read_jsonl` skips a line cut
 that way, with a warning); whole-file rewrites (``meta.json``, a CSV header
 that grows, ``resume``) go through :func:`~spectral_edge_fast.files.atomic_write`.
+A record a file sink cannot write (a full disk) stops that sink with one
+warning naming the file; the training goes on. CSV files are UTF-8.
 
 TensorBoard and Weights & Biases are optional: when their package is not
 installed the sink is left out with one warning naming the package to install.
