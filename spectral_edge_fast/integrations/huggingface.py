@@ -5,8 +5,9 @@
     trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[SpectralEdgeCallback()])
 
 The monitor steps at each optimizer step that was taken (``on_optimizer_step``:
-a step a gradient scaler skipped is not counted), labelled with the Trainer's
-global step and the learning rate that step used; it records the Trainer's
+a step a gradient scaler skipped is not an update), labelled with the
+Trainer's global step and the learning rate that step used, and analyses at
+the global steps that are multiples of ``analyze_every``; it records the Trainer's
 logs (loss, learning rate, eval metrics), and each finished analysis's
 summary (``spectral/R``, ``spectral/k_star``...) goes through ``Trainer.log``
 to the integrations of ``args.report_to`` (TensorBoard, W&B...) at the
@@ -118,13 +119,15 @@ class SpectralEdgeCallback(TrainerCallback):
                               "exist: the monitor starts afresh (its records before this step are not in memory, and "
                               "its steps count on from the global step); save checkpoints with the callback attached "
                               "to keep them", RuntimeWarning, stacklevel=2)
-                self.monitor.steps = state.global_step  # analyses stay at multiples of analyze_every
         self._reported = self.monitor.latest
         self.report_path = None
 
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         # Before the scheduler steps: the learning rate is the one this step used.
         if self.monitor is not None and not getattr(optimizer, "step_was_skipped", False):
+            # The count goes on from the global step, which counts skipped steps and those before a resume
+            # without monitor state: analyses stay at multiples of analyze_every.
+            self.monitor.steps = state.global_step
             self.monitor.step(lr=_lr_of(optimizer.param_groups), step=state.global_step + 1)
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -276,3 +276,29 @@ def test_bf16_accumulated_steps_of_a_llama_match_its_saved_weights(tmp_path):
     record = cb.monitor.history[-1]
     assert record["step"] == 6 and record["n"] == 2
     np.testing.assert_allclose(record["sigmas"][:2], ref, rtol=0, atol=8 * EPS32 * X.shape[1] ** 0.5 * ref[0])
+
+
+def test_a_skipped_step_keeps_the_analyses_on_the_global_steps(tmp_path):
+    """A step the gradient scaler skipped (step_was_skipped) is not an update,
+    but the global step counts it: the analyses stay at multiples of
+    analyze_every (one came at step 5, labelled so, after a skip at step 3)."""
+    import types
+
+    model = Tiny()
+    cb = SpectralEdgeCallback(window=2, analyze_every=4, groups=None, log_dir=str(tmp_path / "se"), report=False)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    state, control = transformers.TrainerState(), transformers.TrainerControl()
+    with pytest.warns(RuntimeWarning, match="no Trainer.train"):  # driven by hand here
+        cb.on_train_begin(args, state, control, model=model)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(1, 9):
+        skipped = step == 3
+        if not skipped:
+            with torch.no_grad():
+                model.net.weight.add_(torch.randn(model.net.weight.shape, generator=gen))
+        optimizer = types.SimpleNamespace(param_groups=[{"lr": 0.1}], step_was_skipped=skipped)
+        cb.on_optimizer_step(args, state, control, optimizer=optimizer)
+        state.global_step = step
+    cb.on_train_end(args, state, control)
+    assert cb.monitor.steps == 8
+    assert [r["step"] for r in cb.monitor.history] == [4, 8]
