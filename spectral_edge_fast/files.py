@@ -27,7 +27,8 @@ def atomic_write(path: str, mode: str = "w", **open_kwargs) -> Iterator[IO]:
     :func:`os.replace`, so a reader, or a crash at any instant, sees the old
     content or the new one. On an exception the temporary file is removed and
     ``path`` stays as it was. Only a process killed inside the block leaves its
-    temporary file (``.<name>.<pid>.<random>.tmp``) behind.
+    temporary file (``.<name>.<pid>.<random>.tmp``) behind. An ``OSError``
+    that names no file (a full disk) is raised again naming ``path``.
 
     The parent directory is created if needed."""
     if mode not in ("w", "wb"):
@@ -43,9 +44,12 @@ def atomic_write(path: str, mode: str = "w", **open_kwargs) -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            # a full disk fails write, flush or fsync naming no file
+            raise type(exc)(exc.errno, exc.strerror, path) from exc
         raise
     _fsync_directory(directory)
 

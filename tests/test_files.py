@@ -39,3 +39,23 @@ def test_usual_permissions_and_whole_file_modes_only(tmp_path):
     with pytest.raises(ValueError, match="mode must be 'w' or 'wb'"):
         with atomic_write(str(path), "a"):
             pass
+
+
+def test_a_failed_write_names_the_file(tmp_path, monkeypatch):
+    """A full disk fails the write, the flush or the fsync with an error that
+    names no file ('[Errno 28] No space left on device'): it now names the
+    file being replaced, which keeps its old content."""
+    import errno
+
+    path = tmp_path / "report.html"
+    path.write_text("old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match=r"No space left on device: '.*report\.html'") as raised:
+        with atomic_write(str(path)) as f:
+            f.write("new")
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(path)
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["report.html"]
