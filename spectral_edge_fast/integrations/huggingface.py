@@ -4,26 +4,25 @@
 
     trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[SpectralEdgeCallback()])
 
-The monitor steps at each optimizer step that was taken (``on_optimizer_step``:
-a step a gradient scaler skipped is not an update), labelled with the
-Trainer's global step and the learning rate that step used, and analyses at
-the global steps that are multiples of ``analyze_every``; it records the Trainer's
-logs (loss, learning rate, eval metrics), and each finished analysis's
-summary (``spectral/R``, ``spectral/k_star``...) goes through ``Trainer.log``
-to the integrations of ``args.report_to`` (TensorBoard, W&B...) at the
-global step. (transformers gives callbacks neither the Trainer nor the
-checkpoint being resumed: both are read from ``Trainer.train``'s loop, with a
-warning where they cannot be.) The monitor's state is
-saved as ``spectral_monitor_rank<i>.pt`` in every checkpoint directory and
-restored from the checkpoint training resumes from (in whatever folder),
-with a warning when that checkpoint has none (the fresh monitor then counts
-its steps on from the global step). The saved state
-is the monitor's small one by default (counters, recent records, events: the
-window refills after a resume); ``exact_resume=True`` adds the window's ring
-and snapshot, ``W + 1`` times the model's size, for a resume that continues
-exactly. The full records go to
-``log_dir`` (default: ``<output_dir>/spectral-edge``), whose ``meta.json``
-carries ``args.run_name``; only the main process writes.
+The monitor steps at each optimizer step that was taken
+(``on_optimizer_step``: a step a gradient scaler skipped is not an update),
+labelled with the Trainer's global step and the learning rate that step used,
+and analyses at the global steps that are multiples of ``analyze_every``; it
+records the Trainer's logs (loss, learning rate, eval metrics), and each
+finished analysis's summary (``spectral/R``, ``spectral/k_star``...) goes
+through ``Trainer.log`` to the integrations of ``args.report_to``
+(TensorBoard, W&B...) at the global step. (transformers gives callbacks
+neither the Trainer nor the checkpoint being resumed: both are read from
+``Trainer.train``'s loop, with a warning where they cannot be.) The monitor's
+state is saved as ``spectral_monitor_rank<i>.pt`` in every checkpoint
+directory and restored from the checkpoint training resumes from (in whatever
+folder), with a warning when that checkpoint has none (the fresh monitor then
+counts its steps on from the global step). The saved state is the monitor's
+small one by default (counters, recent records, events: the window refills
+after a resume); ``exact_resume=True`` adds the window's ring and snapshot,
+``W + 1`` times the model's size, for a resume that continues exactly. The
+full records go to ``log_dir`` (default: ``<output_dir>/spectral-edge``),
+whose ``meta.json`` carries ``args.run_name``; only the main process writes.
 """
 from __future__ import annotations
 

@@ -7,28 +7,29 @@
 The monitor attaches to the first optimizer's post-step hook when training
 starts (so skipped steps, e.g. under a gradient scaler's overflow, are not
 counted); with one optimizer its records are labelled with the trainer's
-global step, which counts skipped steps too, and with several with the
-first optimizer's steps. It records the module's logged metrics as Lightning logs them:
-at each logging step (every ``log_every_n_steps`` optimizer steps, at the
-batch that steps, not at one that accumulates), after each validation and at
-each training epoch's end: each value logged, once (an unchanged value
-logged again, again), under the names Lightning logs. Each finished analysis's summary
-(``spectral/R``, ``spectral/k_star``...) goes to ``trainer.loggers`` at the
-trainer's global step, but for a logger whose run a sink of the monitor
-writes already (``sinks="wandb"`` beside a ``WandbLogger``, a TensorBoard
-sink given ``TensorBoardLogger.experiment``), which would get it twice. The
-logger's name and version become the report's ``run_name``. The monitor travels in Lightning checkpoints (under a
-``state_key`` made of ``window``, ``every``, ``analyze_every``, ``groups``
-and ``storage_dtype``, and ``sketch`` when set, so callbacks that differ in one of them coexist; a
-resume from a checkpoint without it warns, and the fresh monitor counts its
-steps on from the trainer's global step), and writes the report at the end
-of training. The checkpoint holds the monitor's small state by
-default (counters, recent records, events: the window refills after a
-resume); ``exact_resume=True`` adds the window's ring and snapshot, ``W + 1``
-times the model's size, for a resume that continues exactly. Lightning
-writes rank 0's state, so with a ``process_group`` the window refills on
-resume either way. Records go to ``log_dir`` (default:
-``<trainer.log_dir>/spectral-edge``); only global rank 0 writes.
+global step, which counts skipped steps too, and with several with the first
+optimizer's steps. It records the module's logged metrics as Lightning logs
+them: at each logging step (every ``log_every_n_steps`` optimizer steps, at
+the batch that steps, not at one that accumulates), after each validation and
+at each training epoch's end: each value logged, once (an unchanged value
+logged again, again), under the names Lightning logs. Each finished analysis's
+summary (``spectral/R``, ``spectral/k_star``...) goes to ``trainer.loggers``
+at the trainer's global step, but for a logger whose run a sink of the monitor
+writes already (``sinks="wandb"`` beside a ``WandbLogger``, a TensorBoard sink
+given ``TensorBoardLogger.experiment``), which would get it twice. The
+logger's name and version become the report's ``run_name``. The monitor
+travels in Lightning checkpoints (under a ``state_key`` made of ``window``,
+``every``, ``analyze_every``, ``groups`` and ``storage_dtype``, and ``sketch``
+when set, so callbacks that differ in one of them coexist; a resume from a
+checkpoint without it warns, and the fresh monitor counts its steps on from
+the trainer's global step), and writes the report at the end of training. The
+checkpoint holds the monitor's small state by default (counters, recent
+records, events: the window refills after a resume); ``exact_resume=True``
+adds the window's ring and snapshot, ``W + 1`` times the model's size, for a
+resume that continues exactly. Lightning writes rank 0's state, so with a
+``process_group`` the window refills on resume either way. Records go to
+``log_dir`` (default: ``<trainer.log_dir>/spectral-edge``); only global rank 0
+writes.
 """
 from __future__ import annotations
 
