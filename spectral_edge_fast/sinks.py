@@ -35,7 +35,7 @@ import json
 import math
 import os
 import warnings
-from typing import Dict, Iterable, List, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .files import atomic_write, claim_dir, release_dir
 
@@ -132,6 +132,10 @@ class Sink:
         pass
 
 
+# (directory, suffix) -> the sink of this process that writes those files
+_writing: Dict[Tuple[str, str], "_FileSink"] = {}
+
+
 def _check_kept(path: str, kept: int, wanted: int) -> None:
     if kept < wanted:
         warnings.warn(f"{path} holds {kept} of the {wanted} records before the checkpoint's last ones: the file was "
@@ -147,7 +151,9 @@ class _FileSink(Sink):
     A write that fails (a full disk, a file-size quota) does not stop the
     training: the sink warns once, naming the file and the step, and writes
     no more; its files keep the records before that one. A directory that
-    cannot be made or claimed raises at the first write."""
+    cannot be made or claimed raises at the first write. A second sink of
+    the same files in this process (another monitor with the same log_dir)
+    takes them over: this one warns once and stops."""
 
     suffix = ""
 
@@ -159,10 +165,26 @@ class _FileSink(Sink):
 
     def _claim(self) -> None:
         """One writing process per run directory (files.claim_dir), taken at
-        the first write and freed at close()."""
+        the first write and freed at close(); in this process, the files go
+        to the sink that claimed them last."""
         if not self._claimed:
             claim_dir(self.log_dir)
             self._claimed = True
+            _writing[self._key()] = self
+
+    def _key(self) -> Tuple[str, str]:
+        return os.path.realpath(self.log_dir), self.suffix
+
+    def _superseded(self) -> bool:
+        """Another sink of this process took the files over: stop, once, with a warning."""
+        if not self._stopped and self._claimed and _writing.get(self._key()) is not self:
+            self._stopped = True
+            self._close_files()
+            warnings.warn(f"{os.path.join(self.log_dir, '*' + self.suffix)} is written by a newer sink of this process "
+                          "(another monitor with the same log_dir): this one stops, its later records are not written; "
+                          "close a monitor before making another on its log_dir, or give each its own",
+                          RuntimeWarning, stacklevel=4)
+        return self._stopped
 
     def path(self, kind: str) -> str:
         self._claim()
@@ -170,8 +192,8 @@ class _FileSink(Sink):
 
     def write_meta(self, meta: dict) -> None:
         path = os.path.join(self.log_dir, META_FILE)
-        self._claim()
-        if not self._stopped:
+        if not self._superseded():
+            self._claim()
             self._guarded(path, "it", self._write_meta, path, meta)
 
     @staticmethod
@@ -180,8 +202,8 @@ class _FileSink(Sink):
             json.dump(_finite(meta), f, indent=2, default=_json_default)
 
     def write(self, kind: str, record: dict) -> None:
-        path = self.path(kind)
-        if not self._stopped:
+        if not self._superseded():
+            path = self.path(kind)
             self._guarded(path, f"the {kind} record of step {record.get('step')}", self._write, kind, record)
 
     def _write(self, kind: str, record: dict) -> None:
@@ -211,6 +233,8 @@ class _FileSink(Sink):
 
     def close(self) -> None:
         self._close_files()
+        if _writing.get(self._key()) is self:
+            del _writing[self._key()]
         if self._claimed:
             release_dir(self.log_dir)
             self._claimed = False

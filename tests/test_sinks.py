@@ -568,3 +568,32 @@ def test_a_full_disk_stops_the_file_sinks_with_a_warning_naming_the_file_and_the
         warnings.simplefilter("ignore")  # the line the failed write cut, if any
         steps = [r["step"] for r in read_records(str(tmp_path / "run"))["analysis"]]
     assert 5 < len(steps) < 100 and steps == list(range(1, len(steps) + 1))
+
+
+def test_a_second_sink_of_the_same_files_in_one_process_takes_them_over(tmp_path):
+    """Two monitors of one process with the same log_dir (a notebook cell
+    that makes the monitor run again while the first stays hooked, or two
+    monitors over two parts of a model): their sinks wrote the same files
+    at two offsets, overwriting each other into cut lines. The newer one
+    takes the files over; the older warns once, naming them, and stops."""
+    for cls, name in ((JSONLSink, "spectral.jsonl"), (CSVSink, "spectral.csv")):
+        log_dir = tmp_path / cls.__name__
+        old, new = cls(str(log_dir)), cls(str(log_dir))
+        old.write("analysis", {"step": 1, "who": 1.0, "pad": [1.0] * 5})
+        new.write("analysis", {"step": 1, "who": 2.0})
+        newer = rf"{cls.__name__}/\*{cls.suffix} is written by a newer sink of this process"
+        with pytest.warns(RuntimeWarning, match=newer) as warned:
+            for step in range(2, 6):
+                old.write("analysis", {"step": step, "who": 1.0, "pad": [1.0] * 5})
+                new.write("analysis", {"step": step, "who": 2.0})
+        assert len(warned) == 1
+        old.close()
+        new.write("analysis", {"step": 6, "who": 2.0})  # the older one's close leaves the newer one's files alone
+        new.close()
+        if cls is JSONLSink:
+            records = read_records(str(log_dir))["analysis"]
+            assert [(r["step"], r["who"]) for r in records] == [(s, 2.0) for s in range(1, 7)]
+        else:
+            with open(log_dir / name, newline="") as f:
+                rows = list(csv.DictReader(f))
+            assert [(r["step"], r["who"]) for r in rows] == [(str(s), "2.0") for s in range(1, 7)]
