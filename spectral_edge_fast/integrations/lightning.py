@@ -4,32 +4,33 @@
 
     trainer = lightning.Trainer(callbacks=[SpectralEdgeCallback(window=16, analyze_every=10)])
 
-The monitor attaches to the first optimizer's post-step hook when training
-starts (so skipped steps, e.g. under a gradient scaler's overflow, are not
-counted); with one optimizer its records are labelled with the trainer's
-global step, which counts skipped steps too, and with several with the first
-optimizer's steps. It records the module's logged metrics as Lightning logs
-them: at each logging step (every ``log_every_n_steps`` optimizer steps, at
-the batch that steps, not at one that accumulates), after each validation and
-at each training epoch's end: each value logged, once (an unchanged value
-logged again, again), under the names Lightning logs. Each finished analysis's
-summary (``spectral/R``, ``spectral/k_star``...) goes to ``trainer.loggers``
-at the trainer's global step, but for a logger whose run a sink of the monitor
-writes already (``sinks="wandb"`` beside a ``WandbLogger``, a TensorBoard sink
-given ``TensorBoardLogger.experiment``), which would get it twice. The
-logger's name and version become the report's ``run_name``. The monitor
-travels in Lightning checkpoints (under a ``state_key`` made of ``window``,
-``every``, ``analyze_every``, ``groups`` and ``storage_dtype``, and ``sketch``
-when set, so callbacks that differ in one of them coexist; a resume from a
-checkpoint without it warns, and the fresh monitor counts its steps on from
-the trainer's global step), and writes the report at the end of training. The
-checkpoint holds the monitor's small state by default (counters, recent
-records, events: the window refills after a resume); ``exact_resume=True``
-adds the window's ring and snapshot, ``W + 1`` times the model's size, for a
-resume that continues exactly. Lightning writes rank 0's state, so with a
-``process_group`` the window refills on resume either way. Records go to
-``log_dir`` (default: ``<trainer.log_dir>/spectral-edge``); only global rank 0
-writes.
+The monitor attaches to the optimizer's post-step hook when training starts
+(so skipped steps, e.g. under a gradient scaler's overflow, are not updates);
+with several optimizers it steps once per batch in which they stepped, after
+all of them, so that an update is everything the batch changed. Its records
+are labelled with the trainer's global step, which counts skipped steps and
+the steps of every optimizer. It records the module's logged metrics as
+Lightning logs them: at each logging step (every ``log_every_n_steps``
+optimizer steps, at the batch that steps, not at one that accumulates), after
+each validation and at each training epoch's end: each value logged, once (an
+unchanged value logged again, again), under the names Lightning logs. Each
+finished analysis's summary (``spectral/R``, ``spectral/k_star``...) goes to
+``trainer.loggers`` at the trainer's global step, but for a logger whose run a
+sink of the monitor writes already (``sinks="wandb"`` beside a
+``WandbLogger``, a TensorBoard sink given ``TensorBoardLogger.experiment``),
+which would get it twice. The logger's name and version become the report's
+``run_name``. The monitor travels in Lightning checkpoints (under a
+``state_key`` made of ``window``, ``every``, ``analyze_every``, ``groups`` and
+``storage_dtype``, and ``sketch`` when set, so callbacks that differ in one of
+them coexist; a resume from a checkpoint without it warns, and the fresh
+monitor counts its steps on from the trainer's global step), and writes the
+report at the end of training. The checkpoint holds the monitor's small state
+by default (counters, recent records, events: the window refills after a
+resume); ``exact_resume=True`` adds the window's ring and snapshot, ``W + 1``
+times the model's size, for a resume that continues exactly. Lightning writes
+rank 0's state, so with a ``process_group`` the window refills on resume
+either way. Records go to ``log_dir`` (default:
+``<trainer.log_dir>/spectral-edge``); only global rank 0 writes.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ except ImportError:
         ) from exc
 
 from ..config import MonitorOptions, resolve
-from ..monitor import SpectralMonitor
+from ..monitor import SpectralMonitor, _lr_of
 from ..sinks import TensorBoardSink, WandbSink
 from ._common import check_report, reported, write_report
 
@@ -64,7 +65,8 @@ class SpectralEdgeCallback(pl.Callback):
     ``storage_dtype``, ``backend``, ``sketch``, ``sinks``, ``log_dir``,
     ``history``; and ``process_group``), ``report``: write the HTML report when
     training ends, and ``exact_resume``: checkpoint the window too (see the
-    module's docstring). With several optimizers the first one is followed.
+    module's docstring). With several optimizers the monitor steps once per
+    batch, after all of them.
 
     Attributes:
         monitor: the :class:`SpectralMonitor` (None before training starts).
@@ -99,10 +101,12 @@ class SpectralEdgeCallback(pl.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         log_dir = self.options.log_dir or os.path.join(trainer.log_dir or trainer.default_root_dir, "spectral-edge")
-        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        # One optimizer: the monitor steps in its hook. Several: once per batch in which they stepped, after
+        # all of them (on_train_batch_end), so that an update is everything the batch changed.
+        optimizer = trainer.optimizers[0] if len(trainer.optimizers) == 1 else None
         self.monitor = SpectralMonitor(pl_module, optimizer, self.options, log_dir=log_dir,
                                        process_group=self.process_group)
-        if len(trainer.optimizers) == 1:
+        if optimizer is not None:
             # Lightning's global step counts a step a gradient scaler skipped, the monitor's hook does not: the
             # count restarts from the global step before each step, so records carry the step they analyse.
             self._counting = optimizer.register_step_pre_hook(
@@ -117,7 +121,6 @@ class SpectralEdgeCallback(pl.Callback):
                           "groups, storage_dtype or sketch): the monitor starts afresh, its records before this step "
                           "are not in memory, and its steps count on from the trainer's global step", RuntimeWarning,
                           stacklevel=2)
-            self.monitor.steps = trainer.global_step  # the records' step labels and analysis times follow the trainer
         self._restored = None
         if trainer.logger is not None:
             version = trainer.logger.version
@@ -180,6 +183,8 @@ class SpectralEdgeCallback(pl.Callback):
         # Lightning logs step metrics at a batch that stepped the optimizer (not at one that accumulates),
         # every log_every_n_steps steps: values are read from the device only there.
         stepped, self._global_step = trainer.global_step != self._global_step, trainer.global_step
+        if stepped and len(trainer.optimizers) > 1:
+            self.monitor.step(lr=_lr_of(trainer.optimizers[0].param_groups), step=trainer.global_step)
         n = trainer.log_every_n_steps
         if stepped and n and (trainer.global_step % n == 0 or trainer.should_stop):
             self._log(trainer)

@@ -11,6 +11,7 @@ import torch
 
 pl = pytest.importorskip("lightning.pytorch", reason="PyTorch Lightning (pip install lightning) is not installed")
 
+from helpers import EPS32  # noqa: E402
 from spectral_edge_fast.integrations.lightning import SpectralEdgeCallback  # noqa: E402
 
 
@@ -253,3 +254,50 @@ def test_records_keep_the_global_step_when_a_step_is_skipped(tmp_path):
     assert trainer.global_step == 16
     assert [r["step"] for r in cb.monitor.history] == [4, 8, 12, 16]
     assert [m["step"] for m in cb.monitor.metrics if "train_loss" in m] == [4, 8, 12, 16]
+
+
+def test_two_optimizers_make_one_update_per_batch_labelled_with_the_global_step(tmp_path):
+    """Manual optimization with two optimizers over two parts of the module:
+    an update is everything the batch changed, after both stepped, and the
+    records carry the global step, which counts both (the first optimizer's
+    hook saw the second's change a batch late, and labelled its records with
+    half the global step)."""
+
+    class TwoOptimizers(Tiny):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.other = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            first, second = self.optimizers()
+            for optimizer, net in ((first, self.net), (second, self.other)):
+                loss = torch.nn.functional.mse_loss(net(x), y)
+                optimizer.zero_grad()
+                self.manual_backward(loss)
+                optimizer.step()
+            self.log("train_loss", loss)
+
+        def configure_optimizers(self):
+            return (torch.optim.SGD(self.net.parameters(), lr=0.05),
+                    torch.optim.SGD(self.other.parameters(), lr=0.05))
+
+    class Snapshots(pl.Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            self.seen.append(torch.cat([p.detach().double().flatten() for p in pl_module.parameters()]))
+
+    cb = SpectralEdgeCallback(window=2, analyze_every=4, groups=None, log_dir=str(tmp_path / "se"), report=False)
+    snapshots = Snapshots()
+    trainer = pl.Trainer(max_epochs=2, callbacks=[cb, snapshots], default_root_dir=str(tmp_path), logger=False,
+                         log_every_n_steps=4, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(TwoOptimizers(), _data(), _data())
+    assert trainer.global_step == 32 and cb.monitor.steps == 16
+    assert [r["step"] for r in cb.monitor.history] == [8, 16, 24, 32]
+    X = torch.stack([snapshots.seen[-2] - snapshots.seen[-3], snapshots.seen[-1] - snapshots.seen[-2]])
+    ref = torch.linalg.svdvals(X).numpy()
+    np.testing.assert_allclose(cb.monitor.history[-1]["sigmas"][:2], ref, rtol=0,
+                               atol=8 * EPS32 * X.shape[1] ** 0.5 * ref[0])
