@@ -84,7 +84,7 @@ for P in (int(float(p)) for p in os.environ["SKETCH_P"].split()):
                       flush=True)
         del named, layout, views
 with open(os.environ["SKETCH_OUT"], "w") as f:
-    json.dump(dict(benchmark="sketch_kernels", machine=machine(device), copy_bandwidth_gbps=bandwidth / 1e9,
+    json.dump(dict(benchmark="sketch_kernels", command=f"STAGES=sketch SKETCH_P=\"{os.environ['SKETCH_P']}\" bash benchmarks/gpu_session.sh", machine=machine(device), copy_bandwidth_gbps=bandwidth / 1e9,
                    results=rows), f, indent=1)
 EOF
   tail -20 "$OUT/sketch.log"
