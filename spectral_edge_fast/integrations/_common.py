@@ -23,7 +23,7 @@ def check_report(report: bool, sinks) -> bool:
     """Whether the report can be written: it reads the jsonl sink's files,
     so ``report=True`` without that sink warns when the callback is made
     (it failed when training ended) and is off."""
-    items = list(sinks) if isinstance(sinks, (list, tuple)) else [sinks]
+    items = list(sinks) if isinstance(sinks, (list, tuple, set, frozenset)) else [sinks]
     if report and not any(item == "jsonl" or isinstance(item, JSONLSink) for item in items):
         warnings.warn(f"SpectralEdgeCallback: report=True needs the 'jsonl' sink, whose files the report reads, but "
                       f"sinks={sinks!r}: no report will be written; add 'jsonl' to sinks, or pass report=False",

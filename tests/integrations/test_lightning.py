@@ -201,6 +201,7 @@ def test_a_report_without_the_jsonl_sink_warns_when_the_callback_is_made():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SpectralEdgeCallback(window=4, sinks=None, report=False)
+        assert SpectralEdgeCallback(window=4, sinks={"csv", "jsonl"}).report
 
 
 def test_a_value_logged_again_unchanged_is_recorded_again(tmp_path):
