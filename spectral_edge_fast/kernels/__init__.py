@@ -148,6 +148,16 @@ class Backend:
         sketch_torch(views, segs, groups, out)
 
 
+def upload(table: torch.Tensor, device) -> torch.Tensor:
+    """A host table (a plan, a work table) on ``device`` without making the
+    host wait: on a GPU through pinned memory, the copy queued on the stream
+    (a copy from pageable memory would synchronise)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return table.to(device)
+    return table.pin_memory().to(device, non_blocking=True)
+
+
 def _load(name: str):
     if name not in _MODULES:
         raise ValueError(f"unknown backend {name!r}; choose one of {sorted(_MODULES)} or 'auto'")

@@ -22,7 +22,7 @@ from typing import Tuple
 import numpy as np
 import torch
 
-from . import Backend
+from . import Backend, upload
 from .sketch import sketch_work
 
 BUILD_HINT = "build it with `python setup.py build_ext --inplace` (or `make build`)"
@@ -44,10 +44,7 @@ _C, LOAD_ERROR = _load_library()
 
 @functools.lru_cache(maxsize=64)
 def _plan(sizes: Tuple[int, ...], bounds: Tuple[int, ...], device: torch.device) -> torch.Tensor:
-    plan = _C.plan(list(sizes), list(bounds))
-    if device.type == "cpu":
-        return plan
-    return plan.pin_memory().to(device, non_blocking=True)
+    return upload(_C.plan(list(sizes), list(bounds)), device)
 
 
 CUDA_SKETCH_SPAN = 8192  # elements per block of the CUDA sketch kernel (32 per thread)
@@ -60,7 +57,7 @@ def _sketch_work(segs: bytes, groups: bytes, sizes: Tuple[int, ...], out_size: i
     a plan."""
     rows = sketch_work(np.frombuffer(segs, dtype=np.int64), np.frombuffer(groups, dtype=np.int64), sizes, out_size,
                        CUDA_SKETCH_SPAN)
-    return torch.from_numpy(rows).pin_memory().to(device, non_blocking=True)
+    return upload(torch.from_numpy(rows), device)
 
 
 class NativeBackend(Backend):

@@ -43,7 +43,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import Backend, Bounds
+from . import Backend, Bounds, upload
 from .sketch import OFFSET_SALT, sketch_work
 
 try:
@@ -335,8 +335,8 @@ class _Chunks:
         else:
             self.codes = []
         self.n = len(lo)
-        self.table = torch.from_numpy(rows).to(device)
-        self.first = torch.from_numpy(np.searchsorted(lo, bounds).astype(np.int64)).to(device)
+        self.table = upload(torch.from_numpy(rows), device)
+        self.first = upload(torch.from_numpy(np.searchsorted(lo, bounds).astype(np.int64)), device)
 
 
 def _check_views(views: Sequence[torch.Tensor], device) -> None:
@@ -361,11 +361,11 @@ class _SketchWork:
         codes, counts = np.unique(codes[order], return_counts=True)
         firsts = np.cumsum(counts) - counts
         self.launches = [(int(c), int(f), int(n)) for c, f, n in zip(codes, firsts, counts)]
-        self.table = torch.from_numpy(np.ascontiguousarray(rows[order])).to(out.device)
+        self.table = upload(torch.from_numpy(np.ascontiguousarray(rows[order])), out.device)
         self.addresses = self.table
         if len(views) > 1:
             ptrs = np.array([v.data_ptr() for v in views], dtype=np.uint64).view(np.int64)
-            self.addresses = torch.from_numpy(ptrs).to(out.device)
+            self.addresses = upload(torch.from_numpy(ptrs), out.device)
 
 
 def _tiles(rows: int):
