@@ -91,7 +91,8 @@ class SketchPlan:
         for i in sorted(range(len(layout.params)), key=lambda i: tensor_group[i]):
             base[i] = full[tensor_group[i]]
             full[tensor_group[i]] += layout.params[i].numel()
-        self.group_m = [n if n <= m else m for n in full]
+        # a group of empty tensors keeps one bucket, always 0: the kernels take no group of none
+        self.group_m = [max(n, 1) if n <= m else m for n in full]
         self.identity = [n <= m for n in full]
         self.bounds = tuple(np.concatenate(([0], np.cumsum(self.group_m))).tolist())
         self.size = self.bounds[-1]

@@ -77,6 +77,21 @@ def test_groups_of_at_most_m_numbers_are_exact():
     assert np.allclose(sketched.project(y), exact.project(y), rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+@pytest.mark.parametrize("sketch", [8, 403])  # "a" hashed, or every group kept exactly
+def test_a_group_of_empty_tensors_is_sketched_as_zeros(backend, sketch):
+    """A group holding only empty tensors (groups="tensor") has no numbers to
+    sketch; it must not stop the others (the kernels refused a group of none)."""
+    backend_or_skip(backend)
+    model = torch.nn.ModuleDict({"a": torch.nn.Linear(20, 20), "e": torch.nn.Linear(0, 0, bias=False)})
+    exact = GramWindow(model, window=3, groups="tensor", backend=backend)
+    sketched = GramWindow(model, window=3, groups="tensor", sketch=sketch, backend=backend)
+    _train(model, _Both(exact, sketched), 5)
+    assert not np.any(sketched.group_grams()["e.weight"]) and not np.any(exact.group_grams()["e.weight"])
+    if sketch == 403:
+        assert np.allclose(sketched.gram(), exact.gram(), rtol=1e-5, atol=0)
+
+
 class _Both:
     def __init__(self, *wins):
         self.wins = wins
