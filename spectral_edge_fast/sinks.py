@@ -136,6 +136,19 @@ class Sink:
 _writing: Dict[Tuple[str, str], "_FileSink"] = {}
 
 
+def _replacing(path: str, header: int = 0) -> None:
+    """A run's first record truncates its file: one warning when the file
+    holds records (lines past ``header``) of an earlier run."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb") as f:
+        lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    if lines > header:
+        warnings.warn(f"{path} held {lines - header} record(s) of an earlier run, which this run's replace: give each "
+                      "run its own log_dir to keep both; to continue a run, load its monitor's state "
+                      "(monitor.load_state_dict)", RuntimeWarning, stacklevel=6)
+
+
 def _check_kept(path: str, kept: int, wanted: int) -> None:
     if kept < wanted:
         warnings.warn(f"{path} holds {kept} of the {wanted} records before the checkpoint's last ones: the file was "
@@ -252,6 +265,8 @@ class JSONLSink(_FileSink):
     def _file(self, kind: str):
         if kind not in self._files:
             os.makedirs(self.log_dir, exist_ok=True)
+            if kind not in self._started:
+                _replacing(self.path(kind))
             self._files[kind] = open(self.path(kind), "a" if kind in self._started else "w")
             self._started.add(kind)
         return self._files[kind]
@@ -325,7 +340,9 @@ class CSVSink(_FileSink):
             self._files.pop(kind).close()
         if rows is None:
             rows = []
-            if kind in self._columns:
+            if kind not in self._columns:  # this sink's first record
+                _replacing(path, header=1)
+            else:
                 with open(path, newline="", encoding="utf-8") as f:
                     rows = list(csv.DictReader(f))
         with atomic_write(path, newline="", encoding="utf-8") as f:

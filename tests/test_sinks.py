@@ -464,7 +464,8 @@ def test_a_second_process_writing_the_same_run_directory_is_refused(tmp_path):
         holder.kill()
         holder.wait()
     jsonl, csv_sink = JSONLSink(str(tmp_path)), CSVSink(str(tmp_path))  # one process may hold it twice
-    jsonl.write("analysis", {"step": 3})
+    with pytest.warns(RuntimeWarning, match=r"spectral\.jsonl held 1 record\(s\) of an earlier run"):
+        jsonl.write("analysis", {"step": 3})
     csv_sink.write("analysis", {"step": 3})
     jsonl.close()
     csv_sink.close()
@@ -580,7 +581,8 @@ def test_a_second_sink_of_the_same_files_in_one_process_takes_them_over(tmp_path
         log_dir = tmp_path / cls.__name__
         old, new = cls(str(log_dir)), cls(str(log_dir))
         old.write("analysis", {"step": 1, "who": 1.0, "pad": [1.0] * 5})
-        new.write("analysis", {"step": 1, "who": 2.0})
+        with pytest.warns(RuntimeWarning, match="held 1 record"):  # the older's, replaced
+            new.write("analysis", {"step": 1, "who": 2.0})
         newer = rf"{cls.__name__}/\*{cls.suffix} is written by a newer sink of this process"
         with pytest.warns(RuntimeWarning, match=newer) as warned:
             for step in range(2, 6):
@@ -597,3 +599,29 @@ def test_a_second_sink_of_the_same_files_in_one_process_takes_them_over(tmp_path
             with open(log_dir / name, newline="") as f:
                 rows = list(csv.DictReader(f))
             assert [(r["step"], r["who"]) for r in rows] == [(str(s), "2.0") for s in range(1, 7)]
+
+
+def test_a_new_run_in_the_directory_of_an_earlier_one_says_it_replaces_its_records(tmp_path):
+    """A script run again with the same log_dir (not resumed from the
+    monitor's state) truncated the earlier run's files at its first record
+    without a word. It still replaces them, one warning per file naming it
+    and the count; resuming, or writing again after close(), appends
+    without one."""
+    for cls, name in ((JSONLSink, "spectral.jsonl"), (CSVSink, "spectral.csv")):
+        first = cls(str(tmp_path))
+        for step in (1, 2, 3):
+            first.write("analysis", {"step": step, "R": 2.0})
+        first.close()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            first.write("analysis", {"step": 4, "R": 2.0})  # the same run, carrying on
+            first.close()
+            resumed = cls(str(tmp_path))
+            resumed.resume({"analysis": [{"step": 1, "R": 2.0}], "metrics": []})
+            resumed.write("analysis", {"step": 2, "R": 2.0})
+            resumed.close()
+        again = cls(str(tmp_path))
+        with pytest.warns(RuntimeWarning, match=rf"{name} held 2 record\(s\) of an earlier run, which this run's replace"):
+            again.write("analysis", {"step": 1, "R": 3.0})
+        again.close()
+        assert (tmp_path / name).read_text().count("\n") == (1 if cls is JSONLSink else 2)
