@@ -315,7 +315,8 @@ class CSVSink(_FileSink):
     def _write(self, kind: str, record: dict) -> None:
         row = self._row(kind, record)
         columns = self._columns.get(kind)
-        new = [c for c in row if c not in (columns or ())]
+        known = set(columns or ())  # a set: a wide record (thousands of metrics) is no quadratic scan
+        new = [c for c in row if c not in known]
         if columns is None or new:
             self._rewrite(kind, (columns or []) + new)
         elif kind not in self._files:  # closed earlier: carry on
