@@ -370,8 +370,9 @@ class CSVSink(_FileSink):
             # column goes), then the given records' new ones
             used = {c for row in kept for c, v in row.items() if v not in ("", None)} | {c for row in rows for c in row}
             columns = [c for c in header if c in used]
+            known = set(columns)
             for row in rows:
-                columns += [c for c in row if c not in columns]
+                columns += [c for c in row if c not in known and not known.add(c)]
             self._rewrite(kind, columns, [{c: row.get(c, "") for c in columns} for row in kept] + rows)
 
 
