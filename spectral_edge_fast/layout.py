@@ -244,6 +244,19 @@ def _unflatten_sharded(named: List[Tuple[str, torch.Tensor]], module: Optional[t
     return out
 
 
+def _check_disjoint(names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
+    """Raises when two monitored tensors share memory (a parameter and a view
+    of it given apart): their numbers would be counted twice."""
+    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), i)
+                   for i, t in enumerate(tensors) if t.numel() > 0)
+    for (_, end, i), (start, _, j) in zip(spans, spans[1:]):
+        if start < end:
+            raise ValueError(
+                f"parameters {names[i]!r} and {names[j]!r} share memory (one is a view of the other, or both of one "
+                "buffer's overlapping parts): their numbers would be counted twice; monitor one of them"
+            )
+
+
 def _local(p: torch.Tensor) -> Tuple[torch.Tensor, bool]:
     """The tensor this process holds, and whether it is a shard of a larger one."""
     if isinstance(p, FlatPart):
@@ -335,6 +348,7 @@ class ParamLayout:
             self.locals.append(local)
             sharded.append(is_shard)
         self.device: torch.device = device
+        _check_disjoint(self.names, self.locals)
         self.shapes = [tuple(t.shape) for t in self.locals]
         self.dtypes = [t.dtype for t in self.locals]
         self.full_shapes = [tuple(p.shape) for p in self.params]

@@ -93,3 +93,14 @@ def test_names_that_would_merge_without_the_wrapper_are_kept_whole():
     model.module.head = nn.Linear(2, 2)  # module.head.weight would become head.weight
     layout = ParamLayout(model, groups="tensor")
     assert len(set(layout.groups)) == len(layout.names) == 6
+
+
+@pytest.mark.parametrize("second", ["view", "overlapping slice"])
+def test_tensors_sharing_memory_are_refused(second):
+    """A parameter and a view of it, given apart, are not the same object but
+    the same numbers: counted twice, every Gram entry would be off."""
+    p = torch.nn.Parameter(torch.randn(4, 5))
+    params = [("w", p), ("w_flat", p.view(-1))] if second == "view" else [("a", p[:2]), ("b", p[1:])]
+    with pytest.raises(ValueError, match="share memory .* counted twice"):
+        ParamLayout(params)
+    ParamLayout([("a", p[:2]), ("b", p[2:])])  # disjoint parts of one buffer are fine
