@@ -441,6 +441,31 @@ def test_wandb_beside_a_trainer_reporting_to_wandb_keeps_every_record(tmp_path, 
     assert [r["metrics/step"] for r in rows if "metrics/step" in r] == [m["step"] for m in files["metrics"]]
     assert [r["metrics/step"] for r in rows if "metrics/eval_loss" in r] == [10, 20, 30]
     assert len(files["analysis"]) == 6 and sum("eval/loss" in r for r in rows) == 3  # the Trainer's own
+    assert not any("train/spectral/R" in r for r in rows), "the summaries once, from the sink"
+
+
+def test_wandb_sink_beside_a_trainer_reporting_to_wandb_and_more_warns(tmp_path, wandb_offline, monkeypatch):
+    """With report_to also feeding TensorBoard the summaries go through
+    Trainer.log, so the W&B run gets them twice: said when training begins."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
+    import torch
+
+    from helpers import TinyRegressor
+    from spectral_edge_fast.integrations.huggingface import SpectralEdgeCallback
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    data = [{"x": row, "labels": row.sum(0, keepdim=True)} for row in x]
+    callback = SpectralEdgeCallback(window=4, analyze_every=4, sinks=("jsonl", "wandb"), report=False,
+                                    log_dir=str(tmp_path / "spectral"))
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=8, per_device_train_batch_size=8,
+                                          save_strategy="no", report_to=["wandb", "tensorboard"], use_cpu=True,
+                                          disable_tqdm=True)
+    trainer = transformers.Trainer(model=TinyRegressor(), args=args, train_dataset=data, callbacks=[callback])
+    with pytest.warns(RuntimeWarning, match=r"summary is in it twice .* also feeds tensorboard"):
+        trainer.train()
+    assert [h["spectral/step"] for h in trainer.state.log_history if "spectral/R" in h] == [4, 8]
 
 
 def test_a_second_process_writing_the_same_run_directory_is_refused(tmp_path):

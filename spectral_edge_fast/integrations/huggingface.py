@@ -11,7 +11,10 @@ and analyses at the global steps that are multiples of ``analyze_every``; it
 records the Trainer's logs (loss, learning rate, eval metrics), and each
 finished analysis's summary (``spectral/R``, ``spectral/k_star``...) goes
 through ``Trainer.log`` to the integrations of ``args.report_to``
-(TensorBoard, W&B...) at the global step. (transformers gives callbacks
+(TensorBoard, W&B...) at the global step (not when ``report_to`` is W&B
+alone and the monitor has the ``"wandb"`` sink, which writes that run
+already; beside other integrations that is warned about, the summaries
+being in the run twice). (transformers gives callbacks
 neither the Trainer nor the checkpoint being resumed: both are read from
 ``Trainer.train``'s loop, with a warning where they cannot be.) The monitor's
 state is saved as ``spectral_monitor_rank<i>.pt`` in every checkpoint
@@ -46,6 +49,7 @@ if not hasattr(TrainerCallback, "on_optimizer_step"):  # the event the monitor s
 from ..config import MonitorOptions, resolve
 from ..files import atomic_write
 from ..monitor import SpectralMonitor, _lr_of
+from ..sinks import WandbSink
 from ._common import PREFIX, check_report, reported, write_report
 
 STATE_FILE = "spectral_monitor_rank{}.pt"  # one per process: the window may be split over ranks
@@ -89,6 +93,7 @@ class SpectralEdgeCallback(TrainerCallback):
         self.exact_resume = exact_resume
         self.monitor: Optional[SpectralMonitor] = None
         self._trainer = None
+        self._log_summaries = False  # whether summaries go through Trainer.log (set when training begins)
         self._reported = None  # the last record whose scalars went to Trainer.log
         self.report_path: Optional[str] = None
 
@@ -120,6 +125,17 @@ class SpectralEdgeCallback(TrainerCallback):
                               "to keep them", RuntimeWarning, stacklevel=2)
         self._reported = self.monitor.latest
         self.report_path = None
+        self._log_summaries = self._trainer is not None
+        reporting = {r for r in args.report_to or () if r not in (None, "none")}
+        if "wandb" in reporting and any(isinstance(s, WandbSink) for s in self.monitor.sinks):
+            if reporting == {"wandb"}:  # the sink writes the run Trainer.log would: the summaries once, as spectral/*
+                self._log_summaries = False
+            else:
+                warnings.warn("SpectralEdgeCallback: the monitor's 'wandb' sink and report_to's wandb both write the "
+                              "W&B run, so each analysis's summary is in it twice (spectral/* from the sink, "
+                              "train/spectral/* through Trainer.log, which also feeds "
+                              f"{', '.join(sorted(reporting - {'wandb'}))}); leave 'wandb' out of the callback's sinks "
+                              "to have it once", RuntimeWarning, stacklevel=2)
 
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         # Before the scheduler steps: the learning rate is the one this step used.
@@ -145,7 +161,7 @@ class SpectralEdgeCallback(TrainerCallback):
         if control.should_training_stop:
             self.monitor.flush()
         latest = self.monitor.latest
-        if latest is not None and latest is not self._reported and self._trainer is not None:
+        if latest is not None and latest is not self._reported and self._log_summaries:
             self._reported = latest
             self._trainer.log(reported(latest))
 
