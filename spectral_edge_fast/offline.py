@@ -73,6 +73,7 @@ import torch
 
 from .config import MonitorOptions, WindowOptions, resolve
 from .monitor import SpectralMonitor, _lr_of
+from .sinks import FILES
 
 EXTENSIONS = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 # Weight files of a Hugging Face folder, preferred first.
@@ -620,9 +621,13 @@ def _output_dir(ckpt_dir: str, out: Optional[str], overwrite: bool) -> str:
         while _has_results(out):
             k += 1
             out = f"{base}-{k}"
-    elif _has_results(out) and not overwrite:
-        raise FileExistsError(f"{out} holds results of an earlier analysis; name another output directory "
-                              f"(--out), or pass --overwrite (overwrite=True) to replace them")
+    elif _has_results(out):
+        if not overwrite:
+            raise FileExistsError(f"{out} holds results of an earlier analysis; name another output directory "
+                                  f"(--out), or pass --overwrite (overwrite=True) to replace them")
+        for entry in os.scandir(out):  # the earlier records go, as asked (the sinks warn of records they replace)
+            if entry.is_file() and entry.name.split(".")[0] in FILES.values():
+                os.remove(entry.path)
     return writable_dir(out)
 
 

@@ -3,6 +3,7 @@ import gc
 import json
 import os
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 import spectral_edge_fast.offline as offline
 from spectral_edge_fast.monitor import SpectralMonitor
 from spectral_edge_fast.offline import CheckpointError, analyze_checkpoints, list_checkpoints, load_checkpoint
+from spectral_edge_fast.sinks import read_records
 
 from helpers import CHUNK_MAX, EPS32
 
@@ -519,7 +521,10 @@ def test_results_are_never_overwritten_unasked(tmp_path, monkeypatch):
     assert len(dirs) == 3 and all(os.path.exists(os.path.join(d, "spectral.jsonl")) for d in dirs)
     with pytest.raises(FileExistsError, match=r"holds results.*overwrite"):
         analyze_checkpoints("exp1/ckpts", out=first.log_dir, window=3, progress=False)
-    analyze_checkpoints("exp1/ckpts", out=first.log_dir, window=3, progress=False, overwrite=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # asked to overwrite: no warning that the records are replaced
+        again = analyze_checkpoints("exp1/ckpts", out=first.log_dir, window=3, progress=False, overwrite=True)
+    assert len(read_records(again.log_dir)["analysis"]) == len(again.history), "the old records are gone"
     (tmp_path / "afile").write_text("")
     with pytest.raises(OSError, match=r"afile"):
         analyze_checkpoints("exp1/ckpts", out="afile/out", window=3, progress=False)
