@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from bisect import bisect_right
 from typing import Callable, List, Sequence, Tuple
 
@@ -248,7 +249,12 @@ def _differences(setups: List[dict]) -> str:
 
 
 def is_writer() -> bool:
-    """True on the process that writes logs: rank 0 of the default group."""
+    """True on the process that writes logs: rank 0 of the default group, or,
+    before the group exists, the process a launcher (torchrun) numbered 0 in
+    ``RANK``: a monitor built before ``init_process_group`` made every rank a
+    writer of one directory."""
     import torch.distributed as dist
 
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0").strip() in ("", "0")

@@ -448,3 +448,18 @@ def test_ranks_that_slide_at_different_steps_raise_on_every_rank():
         for sketch in (None, 16):
             assert out[f"agree{sketch}"] == (3, 3)
             assert "slid at different step counts" in (out[f"drift{sketch}"] or ""), out
+
+
+@pytest.mark.parametrize("rank,writes", [(None, True), ("0", True), ("1", False)])
+def test_before_the_process_group_the_launchers_rank_0_writes(monkeypatch, rank, writes):
+    """A monitor built before init_process_group under torchrun: only the
+    process numbered 0 writes (every rank wrote, and the second died on the
+    first's lock of the run directory)."""
+    from spectral_edge_fast.distributed import is_writer
+
+    assert not dist.is_initialized()
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    assert is_writer() is writes
