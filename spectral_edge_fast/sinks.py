@@ -175,6 +175,10 @@ class _FileSink(Sink):
         self._files: Dict[str, object] = {}
         self._claimed = False
         self._stopped = False  # a write failed: the files end there
+        # meta.json waits for the run's first record (or resume): until then the directory stays the earlier
+        # run's, whole, also when this one is killed before writing anything
+        self._begun = False
+        self._meta: Optional[dict] = None
 
     def _claim(self) -> None:
         """One writing process per run directory (files.claim_dir), taken at
@@ -204,10 +208,18 @@ class _FileSink(Sink):
         return os.path.join(self.log_dir, FILES[kind] + self.suffix)
 
     def write_meta(self, meta: dict) -> None:
-        path = os.path.join(self.log_dir, META_FILE)
-        if not self._superseded():
+        self._meta = meta
+        if self._begun and not self._superseded():
+            path = os.path.join(self.log_dir, META_FILE)
             self._claim()
             self._guarded(path, "it", self._write_meta, path, meta)
+
+    def _begin(self) -> None:
+        """The run's first record or resume: its meta.json now, before its records."""
+        if not self._begun:
+            self._begun = True
+            if self._meta is not None:
+                self.write_meta(self._meta)
 
     @staticmethod
     def _write_meta(path: str, meta: dict) -> None:
@@ -215,6 +227,7 @@ class _FileSink(Sink):
             json.dump(_finite(meta), f, indent=2, default=_json_default)
 
     def write(self, kind: str, record: dict) -> None:
+        self._begin()
         if not self._superseded():
             path = self.path(kind)
             self._guarded(path, f"the {kind} record of step {record.get('step')}", self._write, kind, record)
@@ -278,6 +291,7 @@ class JSONLSink(_FileSink):
 
     def resume(self, records: Dict[str, List[dict]], start: Optional[Dict[str, int]] = None) -> None:
         self.close()
+        self._begin()
         self._started.clear()
         for kind, recs in records.items():
             path, wanted = self.path(kind), (start or {}).get(kind, 0)
@@ -354,6 +368,7 @@ class CSVSink(_FileSink):
 
     def resume(self, records: Dict[str, List[dict]], start: Optional[Dict[str, int]] = None) -> None:
         self.close()
+        self._begin()
         self._columns.clear()
         for kind, recs in records.items():
             path, wanted = self.path(kind), (start or {}).get(kind, 0)

@@ -626,6 +626,28 @@ def test_a_second_sink_of_the_same_files_in_one_process_takes_them_over(tmp_path
             assert [(r["step"], r["who"]) for r in rows] == [(str(s), "2.0") for s in range(1, 7)]
 
 
+@pytest.mark.parametrize("cls", [JSONLSink, CSVSink])
+def test_a_new_runs_meta_waits_for_its_first_record(tmp_path, cls):
+    """meta.json was replaced when the new run's monitor was made, its records
+    only at its first: killed in between, the directory held the earlier
+    run's records under the new run's meta (the report showed the new model's
+    size over the old run). The meta now comes with the first record."""
+    first = cls(str(tmp_path))
+    first.write_meta({"numel": 20})
+    first.write("analysis", {"step": 1, "R": 2.0})
+    first.close()
+    again = cls(str(tmp_path))
+    again.write_meta({"numel": 99})  # a new monitor's meta, then annotations
+    again.write_meta({"numel": 99, "run_name": "b"})
+    assert json.loads((tmp_path / "meta.json").read_text()) == {"numel": 20}, "the earlier run, whole"
+    with pytest.warns(RuntimeWarning, match="of an earlier run"):
+        again.write("analysis", {"step": 1, "R": 3.0})
+    assert json.loads((tmp_path / "meta.json").read_text()) == {"numel": 99, "run_name": "b"}
+    again.write_meta({"numel": 99, "run_name": "c"})  # once begun, at once
+    assert json.loads((tmp_path / "meta.json").read_text())["run_name"] == "c"
+    again.close()
+
+
 def test_a_new_run_in_the_directory_of_an_earlier_one_says_it_replaces_its_records(tmp_path):
     """A script run again with the same log_dir (not resumed from the
     monitor's state) truncated the earlier run's files at its first record
