@@ -3,9 +3,10 @@ as a live :class:`SpectralMonitor`, from saved parameters.
 
 Layouts read, anywhere under the folder:
 
-* files written by ``torch.save`` (``.pt``, ``.pth``, ``.bin``): a state
-  dict, or a dict holding one under ``"model"``, ``"state_dict"`` or
-  ``"model_state_dict"`` (PyTorch's tutorial; a dict with tensors beside
+* files written by ``torch.save`` (``.pt``, ``.pth``, ``.pth.tar``,
+  ``.bin``): a state dict, or a dict holding one under ``"model"``,
+  ``"state_dict"``, ``"model_state_dict"`` (PyTorch's tutorial) or
+  ``"module"`` (DeepSpeed's) (a dict with tensors beside
   dicts of tensors under other keys is refused, not guessed), or, with
   ``allow_pickle``, a module saved whole (``torch.save(model)``), alone or
   under one of those keys;
@@ -22,7 +23,23 @@ Layouts read, anywhere under the folder:
   such files and no weights is a save that did not finish, named as such;
 * sharded weights (``model-00001-of-00002.safetensors``,
   ``pytorch_model-00001-of-00003.bin``, with or without their
-  ``*.index.json``): the shards of one checkpoint are read as one state dict.
+  ``*.index.json``): the shards of one checkpoint are read as one state dict;
+* ``torch.distributed.checkpoint`` (DCP) folders, as FSDP, Lightning's and
+  Accelerate's sharded saves and torchtitan write them (``.metadata`` beside
+  ``__0_0.distcp``...): read on this process alone, without a process group,
+  each tensor assembled from its shards; only the model's weights are read
+  (optimizer state is left alone), named as the model names them; an
+  optimizer's own folder (Accelerate's ``optimizer_0``) is not a checkpoint.
+  The pickled ``.metadata`` is loaded only as the classes it is made of
+  unless ``allow_pickle``. DCP stores a tied weight under each of its names:
+  a tensor equal to another in every checkpoint is counted once;
+* DeepSpeed tag folders (``global_step500/mp_rank_00_model_states.pt``, the
+  weights under ``"module"`` as ZeRO stages 0-2 save them); the optimizer
+  partitions (``*_optim_states.pt``) are training state. A ZeRO-3 save (its
+  weights partitioned into those files) and a model-parallel one are
+  refused, saying to convert them first (DeepSpeed's ``zero_to_fp32.py``);
+  the tag folder inside a Trainer checkpoint that holds the weights is
+  left alone.
 
 A checkpoint's step is, in this order: ``global_step`` of a Trainer folder's
 ``trainer_state.json``; a number tagged ``step`` in its name (``step=1200``,
@@ -35,7 +52,8 @@ step), or the only number there is (``iter1200.pt``). A name of
 newest checkpoint yield to it: Lightning's ``last.ckpt``, and the final model
 a Trainer saves beside its ``checkpoint-N`` folders (read only when its
 ``trainer_state.json`` gives its step); a link to another checkpoint is read
-once.
+once. Accelerate's ``pytorch_model_fsdp_0`` takes the step of the folder
+holding it.
 
 Which tensors: the floating-point ones of the first readable checkpoint,
 narrowed by ``include`` / ``exclude`` name patterns (fnmatch globs). A tensor
@@ -63,8 +81,10 @@ import fnmatch
 import json
 import math
 import os
+import pickle
 import re
 import stat
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
@@ -75,12 +95,13 @@ from .config import MonitorOptions, WindowOptions, resolve
 from .monitor import SpectralMonitor, _lr_of
 from .sinks import FILES
 
-EXTENSIONS = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+EXTENSIONS = (".pt", ".pth", ".pth.tar", ".bin", ".safetensors", ".ckpt")
 # Weight files of a Hugging Face folder, preferred first.
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
               "adapter_model.safetensors", "adapter_model.bin")
 # Training state a Trainer, Accelerate or a loop saves beside the weights: never a checkpoint.
-_TRAINING_STATE = re.compile(r"^((optimizer|scheduler|scaler)(_\d+)?\.(pt|bin)|rng_state(_\d+)?\.pth|training_args\.bin)$")
+_TRAINING_STATE = re.compile(r"^((optimizer|scheduler|scaler)(_\d+)?\.(pt|bin)|rng_state(_\d+)?\.pth|training_args\.bin"
+                             r"|.*optim_states\.pt)$")  # the last: DeepSpeed's optimizer partitions
 _SHARD = re.compile(r"^(?P<stem>.*)-(?P<k>\d+)-of-(?P<n>\d+)(?P<ext>\.safetensors|\.bin|\.pth?)$")
 _STEP = re.compile(r"step[=_-]?(\d+)", re.IGNORECASE)
 _FIELD = re.compile(r"[A-Za-z_]+=\d")
@@ -88,8 +109,17 @@ _NUMBER = re.compile(r"\d+")
 _ALONE = re.compile(r"(?<![A-Za-z\d])\d+")  # not joined to letters before it, as in bf16, v2, gpt2
 _LAST = re.compile(r"^last(-v\d+)?\.ckpt$")
 _TRAINER_DIR = re.compile(r"^checkpoint-\d+$")
-_NESTED = ("model", "state_dict", "model_state_dict")
+_NESTED = ("model", "state_dict", "model_state_dict", "module")  # "module": DeepSpeed's
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+# torch.distributed.checkpoint (DCP) folders: a pickled .metadata beside the *.distcp shards; Accelerate names the
+# model's folder pytorch_model_fsdp_<k> (its step is the folder above's) and the optimizer's optimizer_<k>
+_DCP_METADATA = ".metadata"
+_DCP_MODEL = re.compile(r"^pytorch_model_fsdp_\d+$")
+_DCP_OPTIMIZER = re.compile(r"^optimizer(_\d+)?$")
+# DeepSpeed: global_step<N>/ holding mp_rank_<mp>_model_states.pt (ZeRO 0-2: the weights under "module") or, under
+# ZeRO-3, zero_pp_rank_<dp>_mp_rank_<mp>_model_states.pt (the weights partitioned into the *_optim_states.pt files)
+_DEEPSPEED = re.compile(r"^(?P<zero3>zero_pp_rank_\d+_)?mp_rank_(?P<mp>\d+)_model_states\.pt$")
+_DEEPSPEED_TAG = re.compile(r"^global_step\d+$")
 # the floating-point dtypes of a .safetensors header
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                        "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
@@ -262,9 +292,24 @@ def _index_shards(index: str) -> Tuple[str, ...]:
 def _in_folder(root: str, rel: str, names: List[str], dirs: List[str], allow_pickle: bool,
                problem: Callable[[CheckpointError], None]) -> Iterable[Checkpoint]:
     present = set(names)
+    if _DCP_METADATA in present:  # a torch.distributed.checkpoint folder: one checkpoint (or an optimizer's state)
+        folder = os.path.basename(os.path.abspath(root))
+        if _DCP_OPTIMIZER.match(folder):
+            return
+        try:
+            _check_file(os.path.join(root, _DCP_METADATA))
+            step = (_folder_step(os.path.dirname(os.path.abspath(root)), os.path.dirname(rel) or ".")
+                    if _DCP_MODEL.match(folder) else _folder_step(root, rel))
+        except CheckpointError as exc:
+            problem(exc)
+            return
+        yield Checkpoint(step, root, (root,))
+        return
     weights = next((w for w in HF_WEIGHTS if w in present), None)
     if weights is None and "trainer_state.json" in present:  # its .pt/.pth/.bin files are training state
-        problem(CheckpointError(root, f"a Trainer checkpoint folder without model weights ({', '.join(HF_WEIGHTS)})"))
+        if not any(_DCP_MODEL.match(d) or _DEEPSPEED_TAG.match(d) for d in dirs):  # FSDP's or DeepSpeed's weights
+            problem(CheckpointError(root, f"a Trainer checkpoint folder without model weights "
+                                          f"({', '.join(HF_WEIGHTS)})"))
         return
     state = [n for n in names if _TRAINING_STATE.match(n)]
     names = [n for n in names if n not in state]
@@ -288,7 +333,29 @@ def _in_folder(root: str, rel: str, names: List[str], dirs: List[str], allow_pic
             problem(exc)
             return
         optimizer = os.path.join(root, "optimizer.pt") if "optimizer.pt" in present else None
+        dirs[:] = [d for d in dirs if not _DEEPSPEED_TAG.match(d)]  # DeepSpeed's copy of these weights
         yield Checkpoint(step, path, files, optimizer, secondary=final)
+        return
+    deepspeed = {n: m for n in names for m in [_DEEPSPEED.match(n)] if m}
+    if deepspeed:  # a DeepSpeed tag folder: one checkpoint
+        path = os.path.join(root, min(deepspeed))
+        try:
+            if any(m["zero3"] for m in deepspeed.values()):
+                raise CheckpointError(root, "a DeepSpeed ZeRO-3 checkpoint: its weights are partitioned across the "
+                                            "ranks' *_optim_states.pt files; convert it to one state dict first with "
+                                            "the zero_to_fp32.py DeepSpeed saves beside the tag folders (python "
+                                            "zero_to_fp32.py CKPT_DIR OUT_DIR -t TAG) and analyse those files")
+            ranks = {int(m["mp"]) for m in deepspeed.values()}
+            if ranks != {0}:
+                raise CheckpointError(root, f"a DeepSpeed model-parallel checkpoint ({len(ranks)} "
+                                            "mp_rank_*_model_states.pt files, each a slice of the weights): merge "
+                                            "them into one state dict first")
+            _check_file(path)
+            step = _file_step(path, os.path.join(rel, os.path.basename(path)), allow_pickle)
+        except CheckpointError as exc:
+            problem(exc)
+            return
+        yield Checkpoint(step, path, (path,))
         return
     shards: Dict[Tuple[str, int, str], Dict[int, str]] = {}
     for name in names:
@@ -371,8 +438,8 @@ def list_checkpoints(ckpt_dir: str, allow_pickle: bool = False,
         for c in _in_folder(root, os.path.relpath(root, ckpt_dir), sorted(files), dirs, allow_pickle, problem):
             found.setdefault(c.step, []).append(c)
     if not found and not problems:
-        raise FileNotFoundError(f"no checkpoints ({', '.join(EXTENSIONS)} files, or Hugging Face checkpoint "
-                                f"folders) in {ckpt_dir}")
+        raise FileNotFoundError(f"no checkpoints ({', '.join(EXTENSIONS)} files, or Hugging Face, "
+                                f"torch.distributed.checkpoint or DeepSpeed checkpoint folders) in {ckpt_dir}")
     out = []
     for step in sorted(found):
         same = _distinct(found[step])
@@ -466,6 +533,112 @@ def _safetensors(path: str, names: Optional[Set[str]]):
     return shapes, dtypes, tensors
 
 
+class _DcpMetadata(pickle.Unpickler):
+    """A DCP folder's ``.metadata`` is a pickle: unless ``allow_pickle``,
+    only the classes it is made of are loaded."""
+
+    ALLOWED = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
+               ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("pathlib", "PosixPath"),
+               ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath")}
+
+    def find_class(self, module, name):
+        if ((module, name) in self.ALLOWED or module == "torch.distributed.checkpoint.metadata"
+                or module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {module}.{name}")  # named as torch.load names it
+
+
+def _dcp_entries(metadata, folder: str):
+    """The model's floating-point tensors in a DCP checkpoint (name ->
+    metadata key) and the key of its first optimizer's learning rate.
+
+    A saved dict is flattened into keys (``model.layers.0.weight``), each
+    with its path (``("model", "layers.0.weight")``). An optimizer's state is
+    the dict holding ``param_groups`` (or, flattened by
+    ``flatten_optimizer_state_dict``, ``param_groups.<name>...`` keys); the
+    model's weights are the floating-point tensors of the one other dict
+    holding some (or of the one under "model", "state_dict"...), named as
+    in that dict: as the model names them."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
+
+    planner_data = metadata.planner_data if isinstance(metadata.planner_data, dict) else {}
+    paths = {key: tuple(planner_data.get(key) or (key,)) for key in metadata.state_dict_metadata}
+
+    def is_groups(part) -> bool:
+        return isinstance(part, str) and (part == "param_groups" or part.startswith("param_groups."))
+
+    optimizers = list(dict.fromkeys(p[:i] for p in paths.values() for i, part in enumerate(p) if is_groups(part)))
+    containers: Dict[Tuple, Dict[str, str]] = {}
+    lr_key = None
+    for key, path in paths.items():
+        entry = metadata.state_dict_metadata[key]
+        within = next((o for o in optimizers if path[:len(o)] == o), None)
+        if within is not None:
+            rest = path[len(within):]
+            if (lr_key is None and within == optimizers[0] and isinstance(entry, BytesStorageMetadata)
+                    and (rest[:1] + rest[2:] == ("param_groups", "lr") and rest[1] == 0
+                         or len(rest) == 1 and is_groups(rest[0]) and rest[0].endswith(".lr"))):
+                lr_key = key
+        elif isinstance(entry, TensorStorageMetadata) and entry.properties.dtype.is_floating_point:
+            containers.setdefault(path[:-1], {})[str(path[-1])] = key
+    if not containers:
+        raise CheckpointError(folder, "holds no model weights (no floating-point tensor outside optimizer state)")
+    if len(containers) > 1:
+        named = [c for c in containers if c and c[-1] in _NESTED]
+        if len(named) != 1:
+            where = ", ".join(repr(".".join(map(str, c))) if c else "the top level" for c in containers)
+            raise CheckpointError(folder, f"holds tensors under {where}: which are the model's is not known; save "
+                                          "the model's state dict alone, or under 'model'")
+        containers = {named[0]: containers[named[0]]}
+    return next(iter(containers.values())), lr_key
+
+
+def _distributed_checkpoint(folder: str, names: Optional[Set[str]], allow_pickle: bool):
+    """A torch.distributed.checkpoint folder read on this process alone,
+    without a process group: the model's tensors asked for, whole (the
+    shards of each assembled), and the learning rate."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    path = os.path.join(folder, _DCP_METADATA)
+    _check_file(path, need_data=True)
+    try:
+        with open(path, "rb") as f:
+            metadata = pickle.load(f) if allow_pickle else _DcpMetadata(f).load()
+    except Exception as exc:
+        raise _unreadable(path, exc) from exc
+    entries, lr_key = _dcp_entries(metadata, folder)
+    shapes, dtypes = {}, {}
+    for name, key in entries.items():
+        props = metadata.state_dict_metadata[key]
+        shapes[name], dtypes[name] = tuple(props.size), props.properties.dtype
+    tensors = {n: torch.empty(shapes[n], dtype=dtypes[n]) for n in entries if names is None or n in names}
+
+    class Reader(dcp.FileSystemReader):
+        def read_metadata(self, *args, **kwargs):  # the one read above, not pickle.load again
+            return metadata
+
+    class Planner(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value):  # the learning rate: a float, unpickled without running code
+            try:
+                self.lr = float(torch.load(value, weights_only=not allow_pickle))
+            except Exception:  # the learning rate only: one that cannot be read is left unknown
+                self.lr = None
+
+    request = {entries[n]: t for n, t in tensors.items()}
+    planner = Planner(flatten_state_dict=False)
+    if lr_key is not None:
+        request[lr_key] = None
+    with warnings.catch_warnings():  # that it reads on this process alone, as asked
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        try:
+            dcp.load(request, storage_reader=Reader(folder), planner=planner, no_dist=True)
+        except CheckpointException as exc:  # a BaseException wrapping the reader's own exception
+            raise next(iter(exc.failures.values()))[0] from exc
+    return shapes, dtypes, tensors, getattr(planner, "lr", None)
+
+
 def read_weights(checkpoint: Union[Checkpoint, str], allow_pickle: bool = False,
                  names: Optional[Iterable[str]] = None) -> Weights:
     """Read one checkpoint (a :class:`Checkpoint`, or the path of one file):
@@ -482,10 +655,14 @@ def read_weights(checkpoint: Union[Checkpoint, str], allow_pickle: bool = False,
     lr = None
     for file in ckpt.files:
         try:
-            _check_file(file, need_data=True)
-            if file.endswith(".safetensors"):
+            if os.path.isdir(file):  # a torch.distributed.checkpoint folder
+                part_shapes, part_dtypes, part, part_lr = _distributed_checkpoint(file, wanted, allow_pickle)
+                lr = part_lr if lr is None else lr
+            elif file.endswith(".safetensors"):
+                _check_file(file, need_data=True)
                 part_shapes, part_dtypes, part = _safetensors(file, wanted)
             else:
+                _check_file(file, need_data=True)
                 obj = _torch_load(file, allow_pickle)
                 part_shapes, part_dtypes, part, part_tied = _torch_tensors(_find_state_dict(obj, file), wanted)
                 tied.update(part_tied)
@@ -575,7 +752,8 @@ def _survey(checkpoints: List[Checkpoint], allow_pickle: bool, include, exclude,
             fail: Callable[[CheckpointError], None], bar) -> _Survey:
     """The first pass: which checkpoints can be read and match the first,
     and which tensors change. Only tensors not yet seen changing are read
-    (and of ``.pt`` files, which are memory-mapped, only those pages)."""
+    (and of ``.pt`` files, which are memory-mapped, only those pages), and
+    of a DCP checkpoint those still equal to another."""
     readable: List[Checkpoint] = []
     names: List[str] = []
     shapes: Dict[str, Tuple[int, ...]] = {}
@@ -583,19 +761,25 @@ def _survey(checkpoints: List[Checkpoint], allow_pickle: bool, include, exclude,
     first_ckpt, weights = None, None
     reference: Dict[str, torch.Tensor] = {}  # the first checkpoint's tensors not yet seen changing
     tied: Dict[str, str] = {}
+    copies: Dict[str, str] = {}  # a tensor equal to another in every checkpoint so far -> that one
     for ckpt in checkpoints:
         bar.set_postfix_str(f"reading step {ckpt.step}")
         try:
             if first_ckpt is None:
                 weights = read_weights(ckpt, allow_pickle)
                 names = _select(weights.shapes, include, exclude)
-                shapes, dtypes, tied, first_ckpt = weights.shapes, weights.dtypes, weights.tied, ckpt
+                shapes, dtypes, tied, first_ckpt = weights.shapes, weights.dtypes, dict(weights.tied), ckpt
                 reference = {n: weights.tensors[n] for n in names}
+                # a DCP checkpoint stores a tied weight under each of its names: a copy is a tensor equal to another
+                # in every checkpoint
+                copies = _equal_to_another(weights.tensors, names) if os.path.isdir(ckpt.files[0]) else {}
             else:
-                weights = read_weights(ckpt, allow_pickle, names=reference)
+                weights = read_weights(ckpt, allow_pickle, names=set(reference) | set(copies) | set(copies.values()))
                 _check_against(weights, names, shapes, dtypes, ckpt, first_ckpt)
                 for name in [n for n, t in reference.items() if not torch.equal(weights.tensors[n], t)]:
                     del reference[name]
+                for name in [n for n, o in copies.items() if not torch.equal(weights.tensors[n], weights.tensors[o])]:
+                    del copies[name]
             readable.append(ckpt)
         except CheckpointError as exc:
             fail(exc)
@@ -603,12 +787,35 @@ def _survey(checkpoints: List[Checkpoint], allow_pickle: bool, include, exclude,
             weights = None
             bar.update(1)
     unchanged = [n for n in names if n in reference] if len(readable) > 1 else []
+    if len(readable) > 1:
+        tied.update((n, o) for n, o in copies.items() if n not in reference)
     excluded = [n for n in shapes if n not in names]
-    return _Survey(readable, [n for n in names if n not in unchanged], shapes, dtypes, unchanged, excluded, tied)
+    return _Survey(readable, [n for n in names if n not in unchanged and n not in tied], shapes, dtypes, unchanged,
+                   excluded, tied)
+
+
+def _equal_to_another(tensors: Dict[str, torch.Tensor], names: Sequence[str]) -> Dict[str, str]:
+    """Each tensor equal to an earlier one -> that one's name (candidates
+    are found by shape, dtype, first values and sum, then compared)."""
+    copies: Dict[str, str] = {}
+    seen: Dict[tuple, List[str]] = {}
+    for name in names:
+        t = tensors[name]
+        key = (tuple(t.shape), t.dtype, tuple(t.reshape(-1)[:16].tolist()), float(t.sum(dtype=torch.float64)))
+        same = seen.setdefault(key, [])
+        original = next((o for o in same if torch.equal(tensors[o], t)), None)
+        if original is None:
+            same.append(name)
+        else:
+            copies[name] = original
+    return copies
 
 
 def _has_results(path: str) -> bool:
-    return os.path.isdir(path) and any(True for _ in os.scandir(path))
+    if not os.path.isdir(path):
+        return False
+    with os.scandir(path) as entries:  # closed, though any() stops at the first
+        return any(True for _ in entries)
 
 
 def _output_dir(ckpt_dir: str, out: Optional[str], overwrite: bool) -> str:
