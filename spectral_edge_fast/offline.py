@@ -53,7 +53,8 @@ newest checkpoint yield to it: Lightning's ``last.ckpt``, and the final model
 a Trainer saves beside its ``checkpoint-N`` folders (read only when its
 ``trainer_state.json`` gives its step); a link to another checkpoint is read
 once. Accelerate's ``pytorch_model_fsdp_0`` takes the step of the folder
-holding it.
+holding it; a Lightning DCP folder named without its step (``last.ckpt/``)
+the ``global_step`` of its ``meta.pt``.
 
 Which tensors: the floating-point ones of the first readable checkpoint,
 narrowed by ``include`` / ``exclude`` name patterns (fnmatch globs). A tensor
@@ -298,12 +299,17 @@ def _in_folder(root: str, rel: str, names: List[str], dirs: List[str], allow_pic
             return
         try:
             _check_file(os.path.join(root, _DCP_METADATA))
-            step = (_folder_step(os.path.dirname(os.path.abspath(root)), os.path.dirname(rel) or ".")
-                    if _DCP_MODEL.match(folder) else _folder_step(root, rel))
+            step = None
+            if _DCP_MODEL.match(folder):
+                step = _folder_step(os.path.dirname(os.path.abspath(root)), os.path.dirname(rel) or ".")
+            elif "meta.pt" in present and not _STEP.search(folder):  # Lightning's: the checkpoint's other entries
+                step = _global_step(os.path.join(root, "meta.pt"), allow_pickle)
+            if step is None:
+                step = _folder_step(root, rel)
         except CheckpointError as exc:
             problem(exc)
             return
-        yield Checkpoint(step, root, (root,))
+        yield Checkpoint(step, root, (root,), secondary=bool(_LAST.match(folder)))
         return
     weights = next((w for w in HF_WEIGHTS if w in present), None)
     if weights is None and "trainer_state.json" in present:  # its .pt/.pth/.bin files are training state

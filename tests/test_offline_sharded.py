@@ -157,6 +157,10 @@ def test_dcp_layouts_of_lightning_accelerate_and_torchtitan(tmp_path, layout):
     for step in steps:
         layout(tmp_path, step, model, opt)
         flats.append(_flat(model))
+    if layout is _lightning:  # ModelCheckpoint(save_last=True): a copy of the newest, its step in meta.pt
+        _lightning(tmp_path, 4, model, opt)
+        (tmp_path / "epoch=0-step=4.ckpt").rename(tmp_path / "last.ckpt")
+        _lightning(tmp_path, 4, model, opt)
     found = list_checkpoints(str(tmp_path))
     assert [c.step for c in found] == list(range(5))
     assert all(c.path.endswith("pytorch_model_fsdp_0") for c in found) == (layout is _accelerate)
