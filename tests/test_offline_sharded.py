@@ -270,6 +270,11 @@ def test_deepspeed_zero3_and_model_parallel_saves_are_refused_saying_what_to_do(
     with pytest.raises(CheckpointError, match=r"global_step10: a DeepSpeed model-parallel checkpoint \(2 "
                                               r"mp_rank_\*_model_states\.pt files, each a slice of the weights\)"):
         list_checkpoints(str(tmp_path / "mp"))
+    # a Trainer's checkpoint under ZeRO-3 without gathered weights: the same advice, not "without model weights"
+    _deepspeed(tmp_path / "trainer" / "checkpoint-10", 10, model, opt, stage=3)
+    (tmp_path / "trainer" / "checkpoint-10" / "trainer_state.json").write_text(json.dumps({"global_step": 10}))
+    with pytest.raises(CheckpointError, match=r"checkpoint-10/global_step10: a DeepSpeed ZeRO-3 checkpoint"):
+        list_checkpoints(str(tmp_path / "trainer"))
     # the model states never written: the optimizer partitions alone are a save that did not finish
     _deepspeed(tmp_path / "cut", 10, model, opt)
     (tmp_path / "cut" / "global_step10" / "mp_rank_00_model_states.pt").unlink()
