@@ -39,6 +39,7 @@ from ..analysis.gapflow import TERMS
 from ..monitor import SpectralMonitor
 from ..report import render
 from .common import Settings, claim, table
+from .training import clear_records
 
 SUMMARY = ("Theorem 14.2's gap flow term by term (curvatures v_j^T H v_j by Hessian-vector products) against the "
            "measured d(gap)/dt, through grokking and on a small LM; Corollary 11.5's level repulsion per slide")
@@ -57,7 +58,9 @@ def track(name: str, *, model, optimizer, train_step: Callable[[], object], prob
 
     Returns ``{"name", "intervals": [...], "flows": [EigenFlow, ...],
     "metrics": [...]}``; each interval holds the step, ``k``, the measured
-    and predicted ``dg/dt`` and the three terms."""
+    and predicted ``dg/dt`` and the three terms. An earlier run's records
+    there are replaced."""
+    clear_records(os.path.join(settings.out, name))
     monitor = SpectralMonitor(model, optimizer, window=window, every=every, analyze_every=analyze_every,
                               log_dir=os.path.join(settings.out, name))
     monitor.annotate(name=name)

@@ -129,6 +129,18 @@ def _json(value):
     return value
 
 
+def clear_records(log_dir: str) -> None:
+    """Remove the records and meta an earlier run left in ``log_dir``
+    (unfinished, or with other settings), which the run about to start there
+    replaces (the sinks would warn of each file they replace)."""
+    from ..sinks import FILES, META_FILE
+
+    if os.path.isdir(log_dir):
+        for entry in os.scandir(log_dir):
+            if entry.is_file() and (entry.name.split(".")[0] in FILES.values() or entry.name == META_FILE):
+                os.remove(entry.path)
+
+
 def run_or_reuse(config, steps: int, log_dir: str, settings, window: int = 16, every: int = 10,
                  analyze_every: int = 10, eval_every: int = 50, patience: Optional[int] = None, probes=None,
                  also: Optional[Dict[str, dict]] = None) -> Dict[str, dict]:
@@ -142,6 +154,8 @@ def run_or_reuse(config, steps: int, log_dir: str, settings, window: int = 16, e
     done = {d: finished_run(d, config, steps, *w, patience=patience, eval_every=eval_every) for d, w in dirs.items()}
     if all(done.values()):
         return done
+    for d in dirs:
+        clear_records(d)
     train_monitored(config, steps, log_dir, window, every, analyze_every, eval_every, progress=settings.progress,
                     patience=patience, probes=probes, also=also)
     return {d: read_records(d) for d in dirs}

@@ -3,13 +3,15 @@ run end to end (grokking and the byte-level LM)."""
 import json
 import math
 import os
+import warnings
 
 import pytest
+import torch
 
 from spectral_edge_fast import reproduce
 from spectral_edge_fast.analysis import prediction_fit
 from spectral_edge_fast.analysis.gapflow import TERMS
-from spectral_edge_fast.reproduce import gapflow
+from spectral_edge_fast.reproduce import gapflow, training
 from spectral_edge_fast.reproduce.common import VERDICTS
 
 
@@ -44,3 +46,29 @@ def test_quick_run(tmp_path):
     claims = [c["claim"] for c in r["claims"]]
     assert sum("Theorem 14.2" in c for c in claims) == 4 and sum("Corollary 11.5" in c for c in claims) == 2
     assert "grokking" in r["summary"] and "LM" in r["summary"]
+
+
+def test_a_run_again_in_the_same_directory_replaces_it_quietly(tmp_path):
+    # every rerun into the same --out warned four times that the records "of an earlier run" were replaced
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x, y = torch.randn(32, 4), torch.randint(3, (32,))
+
+    def loss(batch):
+        return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    def step():
+        opt.zero_grad()
+        loss((x, y)).backward()
+        opt.step()
+
+    settings = reproduce.Settings(mode="quick", out=str(tmp_path), progress=False)
+    kw = dict(model=model, optimizer=opt, train_step=step, probe_loss=loss, probe_batch=(x, y), weight_decay=0.01,
+              grad_clip=None, steps=12, window=4, every=1, analyze_every=4, settings=settings)
+    gapflow.track("toy", **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = gapflow.track("toy", **kw)
+    steps = [r["step"] for r in training.read_records(str(tmp_path / "toy"))["analysis"]]
+    assert steps == sorted(set(steps)) and len(again["intervals"]) >= 1
