@@ -201,6 +201,12 @@ def reproduce(args) -> int:
         args.parser.error(f"no experiment {args.name!r}; choose one of {', '.join(experiments.available())}")
     mode = "quick" if args.quick else "full" if args.full else "default"
     out = args.out or os.path.join("runs", f"reproduce-{args.name}" + ("" if mode == "default" else f"-{mode}"))
+    try:  # before the output directory is made
+        settings = experiments.Settings(mode=mode, seeds=args.seeds, device=args.device, out=out,
+                                        progress=not args.quiet)
+        experiments.check(args.name, settings)
+    except ValueError as exc:
+        args.parser.error(str(exc))
     try:
         writable_dir(out)
     except OSError as exc:
@@ -208,10 +214,17 @@ def reproduce(args) -> int:
         return 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = experiments.Settings(mode=mode, seeds=args.seeds, device=args.device, out=out, progress=not args.quiet)
-    print(f"spectral-edge reproduce {args.name} ({mode}) on {args.device}: writing {os.path.abspath(out)}")
-    results = experiments.run(args.name, settings)
+    print(f"spectral-edge reproduce {args.name} ({mode}: {experiments.MODES[mode]}) on {args.device}: "
+          f"writing {os.path.abspath(out)}")
+    try:
+        results = experiments.run(args.name, settings)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: no results; {os.path.abspath(os.path.join(out, 'results.md'))} says so, and the runs "
+              "finished so far stay beside it", file=sys.stderr)
+        return 130
     print()
+    if mode == "quick":
+        print(experiments.QUICK_NOTE + "\n")
     for c in results["claims"]:
         print(f"[{c['verdict']}] {c['claim']}\n    paper: {c['paper']}\n    ours:  {c['ours']}")
     print(f"\nresults: {os.path.abspath(os.path.join(out, 'results.md'))} (and results.json)")
@@ -235,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .config import STORAGE_DTYPES
     from .kernels import _MODULES
+    from .reproduce.common import MODES, VERDICTS
     from .workloads.grokking import TASKS
 
     ap = argparse.ArgumentParser(prog="spectral-edge", description=DESCRIPTION,
@@ -302,14 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=analyze, parser=a)
 
     r = sub.add_parser("reproduce", help="one of the paper's experiments, with its claims table (--list names them)",
-                       description="Run one of the paper's experiments and write DIR/results.json and results.md: "
-                                   "each claim of the paper it tests, the paper's figure beside ours, and a verdict.")
+                       description="Run one of the paper's experiments and write OUT/results.json and results.md: "
+                                   "each claim of the paper it tests, the paper's figure beside ours, and a verdict "
+                                   f"(one of {', '.join(VERDICTS)}). Without --quick or --full: {MODES['default']}. "
+                                   "Until the run finishes, results.md says it has not.")
     r.add_argument("name", nargs="?", metavar="NAME", help="the experiment (see --list)")
     r.add_argument("--list", action="store_true", help="name the experiments, one line each")
     size = r.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="a smoke run of a minute or two")
-    size.add_argument("--full", action="store_true", help="the paper's full sweep (a GPU where needed)")
-    r.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="seeds to run (default: the mode's own)")
+    size.add_argument("--quick", action="store_true", help=MODES["quick"])
+    size.add_argument("--full", action="store_true", help=MODES["full"])
+    r.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="seeds to run, distinct, from 0 to 2^32 - 1 (default: the mode's own)")
     r.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     r.add_argument("--threads", type=at_least(0), default=1,
                    help="torch CPU threads (default: 1, the small models gain nothing from more; 0 keeps torch's choice)")

@@ -1,7 +1,8 @@
 """``spectral-edge reproduce NAME``: the paper's experiments, one command each.
 
 Each experiment is a module of this package with ``SUMMARY`` (one line for
-``--list``) and ``run(settings: Settings) -> dict``, which trains what it
+``--list``), optionally ``MAX_SEEDS`` (the most seeds it runs; more are
+refused), and ``run(settings: Settings) -> dict``, which trains what it
 needs under ``settings.out`` and returns the results in the shape
 :func:`~spectral_edge_fast.reproduce.common.write_results` checks and writes
 (``results.json`` and ``results.md``; docs/reproduction.md describes them)."""
@@ -11,7 +12,7 @@ import importlib
 import time
 from typing import Dict
 
-from .common import Settings, write_results
+from .common import MODES, QUICK_NOTE, Settings, mark_unfinished, write_results
 
 #: experiment name -> module of this package (imported only when asked for)
 EXPERIMENTS: Dict[str, str] = {
@@ -49,10 +50,23 @@ def available() -> Dict[str, str]:
     return out
 
 
+def check(name: str, settings: Settings) -> None:
+    """Raise ValueError when experiment ``name`` cannot run ``settings`` as
+    given (more seeds than it runs)."""
+    most = getattr(experiment(name), "MAX_SEEDS", None)
+    if most is not None and settings.seeds is not None and len(settings.seeds) > most:
+        raise ValueError(f"seeds: {name} runs {'one seed' if most == 1 else f'at most {most} seeds'}, got "
+                         f"{' '.join(map(str, settings.seeds))}; run it once per seed, each with its own --out")
+
+
 def run(name: str, settings: Settings) -> dict:
     """Run experiment ``name`` and write its ``results.json`` and
-    ``results.md`` under ``settings.out``; returns the results."""
+    ``results.md`` under ``settings.out``; returns the results. Until then
+    ``results.md`` says the run has not finished and ``results.json`` of an
+    earlier run is removed."""
     module = experiment(name)
+    check(name, settings)
+    mark_unfinished(settings.out, settings.command(name))
     t0 = time.time()
     results = module.run(settings)
     results.setdefault("experiment", name)
@@ -63,4 +77,4 @@ def run(name: str, settings: Settings) -> dict:
     return results
 
 
-__all__ = ["EXPERIMENTS", "Settings", "available", "experiment", "run", "write_results"]
+__all__ = ["EXPERIMENTS", "MODES", "QUICK_NOTE", "Settings", "available", "check", "experiment", "run", "write_results"]

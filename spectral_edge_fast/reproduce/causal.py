@@ -39,6 +39,8 @@ from .common import Settings, claim, table
 
 SUMMARY = ("Section 28: per-direction loss decomposition I_j = alpha_j G_j^train G_j^val against removing v_j "
            "from the update, multi-task grokking, W = 10..40")
+#: one model and its checkpoints: another seed is another run of the command
+MAX_SEEDS = 1
 
 TASKS = "add,mul,x2+y2"
 

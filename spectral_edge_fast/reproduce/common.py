@@ -14,16 +14,26 @@ people: the claims table (the paper's figure beside ours), then the tables.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..files import atomic_write
 
-MODES = ("quick", "default", "full")
+#: each mode, for ``--help`` and the line a run starts with
+MODES = {"quick": "a smoke run of a minute or two; its verdicts test nothing",
+         "default": "about 30 minutes or less on a 2-core CPU",
+         "full": "the paper's full sweep, its seeds and sizes (a GPU where the sizes need one)"}
 VERDICTS = ("reproduced", "partly", "not reproduced", "not testable here")
+#: above a quick run's claims, in results.md and on the terminal
+QUICK_NOTE = ("A --quick smoke run: too short and too small for the paper's effects, so its verdicts only show that "
+              "the experiment runs end to end; run it without --quick to test the claims.")
+#: seeds reach torch.manual_seed with small offsets added
+SEED_RANGE = range(2 ** 32)
 
 
 @dataclass
@@ -34,7 +44,8 @@ class Settings:
         mode: ``"quick"`` (a smoke run of a minute or two, what the tests
             use), ``"default"`` (about 30 minutes or less on a 2-core CPU) or
             ``"full"`` (the paper's sweep; a GPU where needed).
-        seeds: the seeds to run; None for the mode's own.
+        seeds: the seeds to run (distinct, in :data:`SEED_RANGE`); None for
+            the mode's own.
         device: where to train (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
         out: the output directory (created).
         progress: show progress bars.
@@ -54,6 +65,11 @@ class Settings:
             self.seeds = [int(s) for s in self.seeds]
             if not self.seeds:
                 raise ValueError("seeds: give at least one seed, or None for the mode's own")
+            for i, s in enumerate(self.seeds):
+                if s not in SEED_RANGE:
+                    raise ValueError(f"seeds: each must be an integer from 0 to {SEED_RANGE.stop - 1}, got {s}")
+                if s in self.seeds[:i]:
+                    raise ValueError(f"seeds: {s} is given twice; a seed is one run, give it once")
 
     def pick(self, quick, default, full):
         """The value for this mode."""
@@ -138,6 +154,8 @@ def render_markdown(results: Dict[str, Any], level: int = 1) -> str:
     wall = results.get("wall_s")
     lines += [f"`{results.get('command', 'spectral-edge reproduce ' + results['experiment'])}`"
               + (f" ({wall / 60:.1f} min)" if wall else ""), ""]
+    if results.get("mode") == "quick":
+        lines += [f"**{QUICK_NOTE}**", ""]
     lines += [f"{h}# Claims", ""]
     lines += markdown_table(["claim", "paper", "ours", "verdict", "why"],
                             [[c["claim"], c["paper"], c["ours"], f"**{c['verdict']}**", c["why"]]
@@ -157,6 +175,19 @@ def write_results(out: str, results: Dict[str, Any]) -> None:
         f.write("\n")
     with atomic_write(os.path.join(out, "results.md")) as f:
         f.write(render_markdown(results))
+
+
+def mark_unfinished(out: str, command: str) -> None:
+    """Withdraw an earlier run's ``out/results.json`` and put a ``results.md``
+    saying that ``command`` has not finished in its place, so that a run
+    stopped by any means (Ctrl-C, SIGTERM, a crash) leaves no results that
+    look complete; :func:`write_results` replaces it."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(out, "results.json"))
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    with atomic_write(os.path.join(out, "results.md")) as f:
+        f.write(f"# not finished\n\n`{command}` started at {started} and has not finished: it is still running or "
+                "was stopped. Its results replace this file when it finishes.\n")
 
 
 def _clean(value):

@@ -9,8 +9,8 @@ import pytest
 
 from spectral_edge_fast import reproduce
 from spectral_edge_fast.cli import main
-from spectral_edge_fast.reproduce.common import (GENERATED, Settings, build_docs, claim, render_markdown, table,
-                                                 write_results)
+from spectral_edge_fast.reproduce.common import (GENERATED, QUICK_NOTE, Settings, build_docs, claim, render_markdown,
+                                                 table, write_results)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -85,3 +85,76 @@ def test_docs_page_is_generated_from_the_committed_results():
         data = json.loads(path.read_text())
         assert data["experiment"] == path.stem and data["mode"] == "default", path
         assert render_markdown(data, level=2) in page.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("seeds, match", [([1, 1], "1 is given twice"), ([-1], "-1"), ([2 ** 32], "4294967296")])
+def test_seeds_are_distinct_and_in_range(seeds, match, tmp_path, capsys):
+    # a seed given twice trained (or read back) one run and counted it twice; one out of range reached
+    # torch.manual_seed mid-run
+    with pytest.raises(ValueError, match=match):
+        Settings(seeds=seeds)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "grokking", "--quick", "--out", str(out), "--seeds", *map(str, seeds)])
+    assert exc.value.code == 2 and "seeds" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_experiment_of_one_seed_refuses_more(tmp_path, capsys):
+    # causal ran the first seed alone and its results named the command with both
+    with pytest.raises(ValueError, match="causal runs one seed"):
+        reproduce.check("causal", Settings(seeds=[1, 2]))
+    reproduce.check("causal", Settings(seeds=[7]))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "causal", "--quick", "--out", str(out), "--seeds", "1", "2"])
+    assert exc.value.code == 2 and "seeds: causal runs one seed" in capsys.readouterr().err and not out.exists()
+
+
+class Interrupted:
+    """An experiment stopped in the middle: it finds the earlier run's results withdrawn."""
+
+    SUMMARY = "stopped"
+
+    def __init__(self, out):
+        self.out = out
+
+    def run(self, settings):
+        assert not (self.out / "results.json").exists()
+        assert "not finished" in (self.out / "results.md").read_text()
+        raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_leaves_no_results_that_look_complete(tmp_path, monkeypatch, capsys):
+    # the earlier run's results.md stayed beside the new run's half-trained runs, as if this run had written it
+    write_results(str(tmp_path), results())
+    monkeypatch.setattr(reproduce, "experiment", lambda name: Interrupted(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.run("toy", Settings(mode="quick", out=str(tmp_path)))
+    assert not (tmp_path / "results.json").exists()
+    md = (tmp_path / "results.md").read_text()
+    assert "not finished" in md and "spectral-edge reproduce toy --quick" in md and "| claim |" not in md
+    # the command: one line, not a traceback, and the exit status of an interrupt
+    assert main(["reproduce", "grokking", "--quick", "--quiet", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0] and str(tmp_path) in err[0]
+
+
+def test_quick_verdicts_are_marked_as_a_smoke_run(tmp_path, monkeypatch, capsys):
+    # a 200-step run printed "[not reproduced] All runs grok with weight decay" like a default run's verdict
+    write_results(str(tmp_path), results(mode="quick", command="spectral-edge reproduce toy --quick"))
+    assert QUICK_NOTE in (tmp_path / "results.md").read_text()
+    write_results(str(tmp_path), results(mode="default"))
+    assert QUICK_NOTE not in (tmp_path / "results.md").read_text()
+
+    class Toy:
+        SUMMARY = "toy"
+
+        @staticmethod
+        def run(settings):
+            return results()
+
+    monkeypatch.setattr(reproduce, "experiment", lambda name: Toy)
+    assert main(["reproduce", "grokking", "--quick", "--quiet", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.index(QUICK_NOTE) < out.index("[partly] R rises")
+    assert QUICK_NOTE in (tmp_path / "results.md").read_text()
