@@ -279,9 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("analyze", help="records and report from a directory of checkpoints",
                        description="Stream a directory of checkpoints through the window and write the records "
-                                   "(spectral.jsonl, spectral.csv, meta.json) and report (report.html) to --out. Reads torch.save files (.pt, .pth, .bin), Lightning .ckpt files, "
-                                   ".safetensors, Hugging Face Trainer folders (checkpoint-N/) and sharded weights, "
-                                   "ordered by step. Tied tensors count once; tensors equal in every checkpoint "
+                                   "(spectral.jsonl, spectral.csv, meta.json) and report (report.html) to --out. Reads torch.save files "
+                                   "(.pt, .pth, .pth.tar, .bin), Lightning .ckpt files, .safetensors, Hugging Face "
+                                   "Trainer folders (checkpoint-N/) and sharded weights, torch.distributed.checkpoint "
+                                   "(FSDP) folders and DeepSpeed global_stepN/ folders, ordered by step. Tied tensors count once; tensors equal in every checkpoint "
                                    "(frozen parameters, buffers) are left out.")
     a.add_argument("ckpt_dir", help="the folder of checkpoints (its subfolders are searched too)")
     a.add_argument("--window", type=at_least(2), default=16, help="updates in the window, W (default: 16)")
