@@ -32,6 +32,8 @@ def test_quick_run(tmp_path):
     assert saved["experiment"] == "gapflow" and {c["verdict"] for c in saved["claims"]} <= set(VERDICTS)
     names = [run["name"] for run in r["runs"]]
     assert names[0] == "grokking-seed0"
+    # the LM runs the first seed alone; the config said only "seeds"
+    assert [n for n in names if n.startswith("lm-")] == [f"lm-seed{s}" for s in r["config"]["lm_seeds"]] == ["lm-seed0"]
     for run in r["runs"]:
         assert os.path.isfile(os.path.join(out, run["name"], "report.html"))
         rows = run["intervals"]
