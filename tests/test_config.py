@@ -64,7 +64,7 @@ def _window(entry: str, tmp_path, kw: dict):
         cb.on_train_start(trainer, _model())
     else:
         cb = pytest.importorskip("spectral_edge_fast.integrations.huggingface").SpectralEdgeCallback(**kw)
-        args = types.SimpleNamespace(output_dir=str(tmp_path), run_name=None)
+        args = types.SimpleNamespace(output_dir=str(tmp_path), run_name=None, report_to=[])
         with pytest.warns(RuntimeWarning, match="no Trainer.train"):
             cb.on_train_begin(args, types.SimpleNamespace(global_step=0), None, model=_model())
     cb.monitor.close()
