@@ -94,7 +94,7 @@ import torch
 
 from .config import MonitorOptions, WindowOptions, resolve
 from .monitor import SpectralMonitor, _lr_of
-from .sinks import FILES
+from .sinks import clear_records
 
 EXTENSIONS = (".pt", ".pth", ".pth.tar", ".bin", ".safetensors", ".ckpt")
 # Weight files of a Hugging Face folder, preferred first.
@@ -838,9 +838,7 @@ def _output_dir(ckpt_dir: str, out: Optional[str], overwrite: bool) -> str:
         if not overwrite:
             raise FileExistsError(f"{out} holds results of an earlier analysis; name another output directory "
                                   f"(--out), or pass --overwrite (overwrite=True) to replace them")
-        for entry in os.scandir(out):  # the earlier records go, as asked (the sinks warn of records they replace)
-            if entry.is_file() and entry.name.split(".")[0] in FILES.values():
-                os.remove(entry.path)
+        clear_records(out)  # as asked
     return writable_dir(out)
 
 

@@ -136,6 +136,16 @@ class Sink:
 _writing: Dict[Tuple[str, str], "_FileSink"] = {}
 
 
+def clear_records(log_dir: str) -> None:
+    """Remove the records and meta an earlier run left in ``log_dir``, which
+    a run about to start there replaces on purpose (an ``--overwrite``, a
+    rerun of an experiment): the sinks would warn of each file they replace."""
+    if os.path.isdir(log_dir):
+        for entry in os.scandir(log_dir):
+            if entry.is_file() and (entry.name.split(".")[0] in FILES.values() or entry.name == META_FILE):
+                os.remove(entry.path)
+
+
 def _replacing(path: str, header: int = 0) -> None:
     """A run's first record truncates its file: one warning when the file
     holds records (lines past ``header``) of an earlier run."""
@@ -195,13 +205,16 @@ class _FileSink(Sink):
     def _superseded(self) -> bool:
         """Another sink of this process took the files over: stop, once, with a warning."""
         if not self._stopped and self._claimed and _writing.get(self._key()) is not self:
-            self._stopped = True
-            self._close_files()
-            warnings.warn(f"{os.path.join(self.log_dir, '*' + self.suffix)} is written by a newer sink of this process "
-                          "(another monitor with the same log_dir): this one stops, its later records are not written; "
-                          "close a monitor before making another on its log_dir, or give each its own",
-                          RuntimeWarning, stacklevel=4)
+            self._stop(f"{os.path.join(self.log_dir, '*' + self.suffix)} is written by a newer sink of this process "
+                       "(another monitor with the same log_dir): this one stops, its later records are not written; "
+                       "close a monitor before making another on its log_dir, or give each its own")
         return self._stopped
+
+    def _stop(self, why: str) -> None:
+        """No more writes from this sink, said once (stacklevel: the user's call that wrote)."""
+        self._stopped = True
+        self._close_files()
+        warnings.warn(why, RuntimeWarning, stacklevel=5)
 
     def path(self, kind: str) -> str:
         self._claim()
@@ -240,12 +253,9 @@ class _FileSink(Sink):
         try:
             write(*args)
         except OSError as exc:
-            self._stopped = True
-            self._close_files()
-            warnings.warn(f"{path}: cannot write {what} ({exc.strerror or exc}): this sink stops, the training "
-                          "goes on. Its files keep the records before (a line the failed write cut is skipped "
-                          "when read); the monitor keeps its last records in memory (monitor.history, .metrics)",
-                          RuntimeWarning, stacklevel=4)
+            self._stop(f"{path}: cannot write {what} ({exc.strerror or exc}): this sink stops, the training goes on. "
+                       "Its files keep the records before (a line the failed write cut is skipped when read); the "
+                       "monitor keeps its last records in memory (monitor.history, .metrics)")
 
     def _close_files(self) -> None:
         for f in self._files.values():

@@ -40,8 +40,8 @@ from ..analysis import (
 from ..analysis.gapflow import TERMS
 from ..monitor import SpectralMonitor
 from ..report import render
+from ..sinks import clear_records
 from .common import Settings, claim, table
-from .training import clear_records
 
 SUMMARY = ("Theorem 14.2's gap flow term by term (curvatures v_j^T H v_j by Hessian-vector products) against the "
            "measured d(gap)/dt, through grokking and on a small LM; Corollary 11.5's level repulsion per slide")

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Dict, List, Optional
 
-from ..sinks import read_records
+from ..sinks import clear_records, read_records
 
 #: a quick run's model: small enough for a smoke test of every code path
 QUICK_MODEL = dict(d_model=32, n_heads=2, d_ff=64)
@@ -127,18 +127,6 @@ def _json(value):
     if isinstance(value, (list, tuple)):
         return [_json(v) for v in value]
     return value
-
-
-def clear_records(log_dir: str) -> None:
-    """Remove the records and meta an earlier run left in ``log_dir``
-    (unfinished, or with other settings), which the run about to start there
-    replaces (the sinks would warn of each file they replace)."""
-    from ..sinks import FILES, META_FILE
-
-    if os.path.isdir(log_dir):
-        for entry in os.scandir(log_dir):
-            if entry.is_file() and (entry.name.split(".")[0] in FILES.values() or entry.name == META_FILE):
-                os.remove(entry.path)
 
 
 def run_or_reuse(config, steps: int, log_dir: str, settings, window: int = 16, every: int = 10,
