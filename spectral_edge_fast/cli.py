@@ -196,6 +196,8 @@ def reproduce(args) -> int:
             print(f"{name:<{width}}  {summary}")
         if args.name is None and not args.list:
             print("\nrun one with: spectral-edge reproduce NAME [--quick | --full] [--seeds ...] [--device ...] [--out DIR]")
+        elif args.name is not None:
+            print(f"\n--list lists the experiments: {args.name} was not run (leave --list out to run it)")
         return 0
     if args.name not in experiments.available():
         args.parser.error(f"no experiment {args.name!r}; choose one of {', '.join(experiments.available())}")
@@ -228,6 +230,8 @@ def reproduce(args) -> int:
     for c in results["claims"]:
         print(f"[{c['verdict']}] {c['claim']}\n    paper: {c['paper']}\n    ours:  {c['ours']}")
     print(f"\nresults: {os.path.abspath(os.path.join(out, 'results.md'))} (and results.json)")
+    if os.path.exists(os.path.join(out, "report.html")):  # the runs' records, plotted
+        print(f"report: {os.path.abspath(os.path.join(out, 'report.html'))}")
     print(f"wall time: {results['wall_s'] / 60:.1f} min")
     return 0
 

@@ -83,7 +83,9 @@ def test_a_group_of_empty_tensors_is_sketched_as_zeros(backend, sketch):
     """A group holding only empty tensors (groups="tensor") has no numbers to
     sketch; it must not stop the others (the kernels refused a group of none)."""
     backend_or_skip(backend)
-    model = torch.nn.ModuleDict({"a": torch.nn.Linear(20, 20), "e": torch.nn.Linear(0, 0, bias=False)})
+    empty = torch.nn.Module()
+    empty.weight = torch.nn.Parameter(torch.empty(0, 4))
+    model = torch.nn.ModuleDict({"a": torch.nn.Linear(20, 20), "e": empty})
     exact = GramWindow(model, window=3, groups="tensor", backend=backend)
     sketched = GramWindow(model, window=3, groups="tensor", sketch=sketch, backend=backend)
     _train(model, _Both(exact, sketched), 5)

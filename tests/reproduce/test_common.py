@@ -2,6 +2,7 @@
 files it writes, and docs/reproduction.md generated from the committed runs."""
 import json
 import math
+import os
 import pathlib
 
 import numpy as np
@@ -74,6 +75,8 @@ def test_list_names_every_available_experiment(capsys):
     out = capsys.readouterr().out
     for name, summary in reproduce.available().items():
         assert f"{name}" in out and summary in out
+    assert main(["reproduce", "grokking", "--list"]) == 0  # a name beside --list was ignored without a word
+    assert "grokking was not run" in capsys.readouterr().out
 
 
 def test_docs_page_is_generated_from_the_committed_results():
@@ -158,3 +161,14 @@ def test_quick_verdicts_are_marked_as_a_smoke_run(tmp_path, monkeypatch, capsys)
     out = capsys.readouterr().out
     assert out.index(QUICK_NOTE) < out.index("[partly] R rises")
     assert QUICK_NOTE in (tmp_path / "results.md").read_text()
+    assert "report:" not in out  # this toy rendered none; a run that renders one names it
+
+    class Rendering(Toy):
+        @staticmethod
+        def run(settings):
+            open(os.path.join(settings.out, "report.html"), "w").close()
+            return results()
+
+    monkeypatch.setattr(reproduce, "experiment", lambda name: Rendering)
+    assert main(["reproduce", "grokking", "--quick", "--quiet", "--out", str(tmp_path / "r")]) == 0
+    assert f"report: {tmp_path / 'r' / 'report.html'}" in capsys.readouterr().out
